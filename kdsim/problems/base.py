@@ -1,0 +1,269 @@
+"""The problem protocol shared by every finite-sum problem.
+
+f(x) = (1/n) Σ_i f_i(x),   f_i(x) = ℓ_i(x) + (α/2)‖x‖²   (α = ``l2``, default 0)
+
+Parameters are flat float vectors; each problem knows its shapes. Subclasses
+implement the data loss ℓ and its closed-form gradients (no autodiff); this
+base class adds the ridge, validates every argument, and provides the batched
+primitives the engines call (one row per trajectory).
+
+Two KD gradients coexist when α > 0 (THEORY.md §2):
+
+* ``kd_grad`` — the gradient of ``kd_loss``, the literal KD loss with the ridge
+  on the student only: ∇f_B(x) − λ∇ℓ_B(θ) (estimator ``"kd_loss"``);
+* the distillation gradient of f, ∇f_B(x) − λ∇f_B(θ) (estimator ``"kd"``).
+
+Without a ridge they coincide.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from .. import _validate as V
+
+
+@dataclass(frozen=True)
+class TeacherTerms:
+    """Teacher quantities that do not depend on the student iterate.
+
+    ``sample_grads`` holds ∇ℓ_i(θ) for every sample (n, dim); ``ridge`` is α·θ for
+    the distillation gradient of f (term "f") and 0 for the data-loss term.
+    """
+
+    sample_grads: np.ndarray
+    ridge: np.ndarray
+    full: np.ndarray  # (1/n) Σ_i sample_grads[i] + ridge
+
+
+class Problem(ABC):
+    """Finite-sum problem with closed-form per-sample gradients."""
+
+    #: short identifier used in tables and configuration hashes
+    name = "problem"
+
+    def __init__(self, n, dim, l2=0.0):
+        self.n = int(n)
+        self.dim = int(dim)
+        self.l2 = V.nonnegative_float("l2", l2)
+
+    # ------------------------------------------------------------------ hooks
+    @abstractmethod
+    def _losses(self, x, idx):
+        """Per-sample data losses ℓ_i(x) for i in idx, shape (len(idx),)."""
+
+    @abstractmethod
+    def _sample_grads(self, x, idx):
+        """Per-sample data gradients ∇ℓ_i(x), shape (len(idx), dim)."""
+
+    @abstractmethod
+    def _kd_losses(self, x, theta, lam, idx, temperature):
+        """Per-sample KD data losses (1−λ)·loss(x, label) + λ·loss(x, teacher's label)."""
+
+    @abstractmethod
+    def _kd_grad(self, x, theta, lam, idx, temperature):
+        """Closed-form gradient of the mean KD data loss over idx (no ridge)."""
+
+    @abstractmethod
+    def _solve(self):
+        """A minimiser x* of f (ridge included) to high accuracy."""
+
+    @abstractmethod
+    def _hessian(self, x, idx):
+        """Hessian of the mean data loss over idx, shape (dim, dim)."""
+
+    def _batch_grad(self, X, idx):
+        """Mean data gradient per trajectory: X (T, dim), idx (T, b) -> (T, dim).
+
+        Generic fallback; problems override it with a vectorised form.
+        """
+        return np.stack([self._sample_grads(x, i).mean(axis=0) for x, i in zip(X, idx)])
+
+    def _batch_full_grad(self, X):
+        """Full-data gradient of ℓ per trajectory, (T, dim)."""
+        full = np.arange(self.n)
+        return np.stack([self._sample_grads(x, full).mean(axis=0) for x in X])
+
+    def _batch_loss(self, X):
+        """Full-data loss ℓ per trajectory, (T,)."""
+        full = np.arange(self.n)
+        return np.array([self._losses(x, full).mean() for x in X])
+
+    # ----------------------------------------------------------- validation
+    def _x(self, x, name="x"):
+        return V.as_vector(name, x, self.dim)
+
+    def _idx(self, idx):
+        if idx is None:
+            return np.arange(self.n)
+        return V.index_array("idx", idx, self.n)
+
+    def _teacher(self, theta):
+        """Validate a teacher; problems with other teacher forms override this."""
+        return V.as_vector("theta", theta, self.dim)
+
+    def check_teacher(self, theta):
+        """Return ``theta`` validated as a teacher for this problem."""
+        return self._teacher(theta)
+
+    @staticmethod
+    def _temperature(temperature):
+        return V.positive_float("temperature", temperature)
+
+    # ------------------------------------------------------------ public API
+    def loss(self, x, idx=None):
+        """f_B(x) = mean over idx of ℓ_i(x) + (α/2)‖x‖² (full data when idx is None)."""
+        x = self._x(x)
+        return float(self._losses(x, self._idx(idx)).mean() + 0.5 * self.l2 * x @ x)
+
+    def data_loss(self, x, idx=None):
+        """ℓ_B(x): the mean data loss without the ridge."""
+        return float(self._losses(self._x(x), self._idx(idx)).mean())
+
+    def grad(self, x, idx=None):
+        """∇f_B(x) (ridge included)."""
+        x = self._x(x)
+        return self._sample_grads(x, self._idx(idx)).mean(axis=0) + self.l2 * x
+
+    def data_grad(self, x, idx=None):
+        """∇ℓ_B(x): the data-loss gradient without the ridge."""
+        return self._sample_grads(self._x(x), self._idx(idx)).mean(axis=0)
+
+    def sample_grads(self, x, idx=None):
+        """∇f_i(x) for i in idx, one row per sample (ridge included)."""
+        x = self._x(x)
+        return self._sample_grads(x, self._idx(idx)) + self.l2 * x
+
+    def kd_loss(self, x, theta, lam, idx=None, temperature=1.0):
+        """Literal KD loss: mean of (1−λ)·loss(x, y_i) + λ·loss(x, teacher label) + (α/2)‖x‖².
+
+        The ridge belongs to the student only (THEORY.md §2, estimator "kd_loss").
+        """
+        x = self._x(x)
+        theta = self._teacher(theta)
+        lam = V.finite_float("lam", lam)
+        t = self._temperature(temperature)
+        return float(self._kd_losses(x, theta, lam, self._idx(idx), t).mean() + 0.5 * self.l2 * x @ x)
+
+    def kd_grad(self, x, theta, lam, idx=None, temperature=1.0):
+        """Closed-form gradient of ``kd_loss`` (mixed labels; ridge on the student only).
+
+        At τ = 1 it equals ∇f_B(x) − λ∇ℓ_B(θ); without a ridge, ∇f_B(x) − λ∇f_B(θ).
+        """
+        x = self._x(x)
+        theta = self._teacher(theta)
+        lam = V.finite_float("lam", lam)
+        t = self._temperature(temperature)
+        return self._kd_grad(x, theta, lam, self._idx(idx), t) + self.l2 * x
+
+    def distillation_grad(self, x, theta, lam, idx=None):
+        """Distillation gradient of f: ∇f_B(x) − λ∇f_B(θ) (estimator "kd")."""
+        theta = self._teacher(theta)
+        lam = V.finite_float("lam", lam)
+        return self.grad(x, idx) - lam * self.grad(theta, idx)
+
+    def hessian(self, x, idx=None):
+        """∇²f_B(x), dense (dim, dim), ridge included."""
+        x = self._x(x)
+        return self._hessian(x, self._idx(idx)) + self.l2 * np.eye(self.dim)
+
+    def sample_smoothness(self):
+        """Global smoothness constants L_i of each f_i (exact or a stated bound).
+
+        Problems without global constants raise and point to ``local_sample_smoothness``.
+        """
+        raise ValueError(f"{self.name} has no global per-sample smoothness constant; "
+                         "use local_sample_smoothness(x)")
+
+    #: how ``sample_smoothness`` is obtained: "exact" or "bound"
+    smoothness_kind = "exact"
+
+    def local_sample_smoothness(self, x):
+        """λ_max(∇²f_i(x)) for every sample (dense per-sample Hessians)."""
+        x = self._x(x)
+        out = np.empty(self.n)
+        for i in range(self.n):
+            h = self._hessian(x, np.array([i]))
+            out[i] = np.linalg.eigvalsh(h)[-1] + self.l2
+        return out
+
+    def solution(self):
+        """x*, computed once to high accuracy and cached."""
+        return self._solution.copy()
+
+    @cached_property
+    def _solution(self):
+        x = np.asarray(self._solve(), dtype=np.float64)
+        x.setflags(write=False)
+        return x
+
+    @cached_property
+    def f_star(self):
+        """f(x*)."""
+        return self.loss(self._solution)
+
+    def canonical(self, x):
+        """The identifiable part of x in which distances are measured (x itself here).
+
+        Accepts (dim,) or (T, dim); softmax and deep linear override it.
+        """
+        return np.asarray(x, dtype=np.float64)
+
+    def canonical_teacher(self, theta):
+        """Canonical form of a (validated) teacher."""
+        return self.canonical(theta)
+
+    def fingerprint(self):
+        """Hash of the problem's data and settings (keys cached results)."""
+        parts = [self.name]
+        for key in sorted(vars(self)):
+            if key.startswith("_"):
+                continue
+            val = vars(self)[key]
+            parts.append(f"{key}={V.array_digest(val) if isinstance(val, np.ndarray) else val!r}")
+        import hashlib
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def default_x0(self):
+        """The start used when ``simulate`` gets x0=None: the origin."""
+        return np.zeros(self.dim)
+
+    # ------------------------------------------- batched primitives (engines)
+    def batch_grad(self, X, idx):
+        """∇f_B(x) for each trajectory: X (T, dim), idx (T, b) -> (T, dim)."""
+        return self._batch_grad(X, idx) + self.l2 * X
+
+    def batch_full_grad(self, X):
+        """∇f(x) for each trajectory, (T, dim)."""
+        return self._batch_full_grad(X) + self.l2 * X
+
+    def batch_loss(self, X):
+        """f(x) for each trajectory, (T,)."""
+        return self._batch_loss(X) + 0.5 * self.l2 * np.einsum("td,td->t", X, X)
+
+    def suboptimality(self, X):
+        """f(x) − f* for each trajectory, (T,). Problems override with a cancellation-free form."""
+        return self.batch_loss(np.atleast_2d(X)) - self.f_star
+
+    def teacher_terms(self, theta, term="f"):
+        """Precompute the teacher's per-sample gradients (they do not depend on x).
+
+        ``term="f"``: ∇f_i(θ) = ∇ℓ_i(θ) + αθ (distillation gradient of f);
+        ``term="data"``: ∇ℓ_i(θ) (literal KD loss, ridge on the student only).
+        """
+        V.choice("term", term, ("f", "data"))
+        theta = self._teacher(theta)
+        rows = self._sample_grads(theta, np.arange(self.n))
+        ridge = self.l2 * theta if term == "f" else np.zeros(self.dim)
+        return TeacherTerms(rows, ridge, rows.mean(axis=0) + ridge)
+
+    def batch_teacher_grad(self, X, terms, idx):
+        """Teacher minibatch term T_B for each trajectory, (T, dim)."""
+        return terms.sample_grads[idx].mean(axis=1) + terms.ridge
+
+    def full_teacher_grad(self, X, terms):
+        """Teacher full-data term T for each trajectory (broadcastable to (T, dim))."""
+        return terms.full

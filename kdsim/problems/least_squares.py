@@ -1,0 +1,94 @@
+"""Least squares: f_i(x) = ½ (a_iᵀx − b_i)² (+ α/2 ‖x‖²)."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from .. import _validate as V
+from .base import Problem
+
+
+class LeastSquares(Problem):
+    """Least squares on data A (n, d) and targets b (n,), optional ridge ``l2``.
+
+    KD with teacher θ is regression on the mixed labels (1−λ)b_i + λ a_iᵀθ, so
+    ∇f_i(x | θ, λ) = ∇f_i(x) − λ∇ℓ_i(θ) exactly (THEORY.md §2).
+    """
+
+    name = "least_squares"
+
+    def __init__(self, A, b, l2=0.0):
+        A = V.as_float_array("A", A, ndim=2)
+        b = V.as_float_array("b", b, ndim=1)
+        if b.shape[0] != A.shape[0]:
+            raise ValueError(f"b must have one entry per row of A ({A.shape[0]}); got {b.shape[0]}")
+        super().__init__(A.shape[0], A.shape[1], l2)
+        self.A, self.b = A, b
+
+    # data loss and gradients -------------------------------------------------
+    def _losses(self, x, idx):
+        r = self.A[idx] @ x - self.b[idx]
+        return 0.5 * r * r
+
+    def _sample_grads(self, x, idx):
+        Ai = self.A[idx]
+        return Ai * (Ai @ x - self.b[idx])[:, None]
+
+    def _kd_losses(self, x, theta, lam, idx, temperature):
+        if temperature != 1.0:
+            raise ValueError("temperature must be 1 for least squares (no softmax to temper); "
+                             f"got {temperature}")
+        Ai = self.A[idx]
+        z = Ai @ x
+        return 0.5 * (1 - lam) * (z - self.b[idx]) ** 2 + 0.5 * lam * (z - Ai @ theta) ** 2
+
+    def _kd_grad(self, x, theta, lam, idx, temperature):
+        if temperature != 1.0:
+            raise ValueError("temperature must be 1 for least squares; got " f"{temperature}")
+        Ai = self.A[idx]
+        mixed = (1 - lam) * self.b[idx] + lam * (Ai @ theta)
+        return Ai.T @ (Ai @ x - mixed) / len(idx)
+
+    def _hessian(self, x, idx):
+        Ai = self.A[idx]
+        return Ai.T @ Ai / len(idx)
+
+    def _solve(self):
+        if self.l2 == 0.0:
+            x, *_ = scipy.linalg.lstsq(self.A, self.b)  # minimum-norm when rank-deficient
+        else:
+            H = self.A.T @ self.A / self.n + self.l2 * np.eye(self.dim)
+            x = scipy.linalg.solve(H, self.A.T @ self.b / self.n, assume_a="pos")
+        # one step of iterative refinement on the normal equations
+        H = self.A.T @ self.A / self.n + self.l2 * np.eye(self.dim)
+        r = self.A.T @ (self.A @ x - self.b) / self.n + self.l2 * x
+        dx, *_ = scipy.linalg.lstsq(H, r)
+        return x - dx
+
+    # constants -------------------------------------------------------------
+    def sample_smoothness(self):
+        """L_i = ‖a_i‖² + α (exact)."""
+        return np.einsum("ij,ij->i", self.A, self.A) + self.l2
+
+    def local_sample_smoothness(self, x):
+        self._x(x)
+        return self.sample_smoothness()
+
+    # batched primitives ------------------------------------------------------
+    def _batch_grad(self, X, idx):
+        Ab = self.A[idx]                                    # (T, b, d)
+        r = np.einsum("tbd,td->tb", Ab, X) - self.b[idx]    # residuals
+        return np.einsum("tbd,tb->td", Ab, r) / idx.shape[1]
+
+    def _batch_full_grad(self, X):
+        return (X @ self.A.T - self.b) @ self.A / self.n
+
+    def _batch_loss(self, X):
+        R = X @ self.A.T - self.b
+        return 0.5 * np.mean(R * R, axis=1)
+
+    def suboptimality(self, X):
+        """f(x) − f* = ½ eᵀ(H + αI)e, e = x − x* (exact; no cancellation)."""
+        E = np.atleast_2d(X) - self._solution
+        AE = E @ self.A.T
+        return 0.5 * (np.mean(AE * AE, axis=1) + self.l2 * np.einsum("td,td->t", E, E))

@@ -1,0 +1,102 @@
+"""SimResult: the arrays a simulation produced, indexed (λ, seed, record)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+#: the per-trajectory quantities every engine records
+RECORDS = ("dist2_opt", "subopt", "dist2_teacher")
+RECORD_LABELS = {
+    "dist2_opt": "‖x_t − x*‖²",
+    "subopt": "f(x_t) − f*",
+    "dist2_teacher": "‖x_t − θ‖²",
+}
+
+
+def config_hash(config):
+    """Stable short hash of a JSON-serialisable configuration."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class SimResult:
+    """Records of a simulation.
+
+    ``dist2_opt``, ``subopt`` and ``dist2_teacher`` have shape (λ, seed, record);
+    ``steps`` is the time axis (iteration numbers of the records). A trajectory
+    whose iterate left the finite range is *diverged*: ``diverged_step`` holds the
+    first step at which it did (−1 if never) and its later records are NaN in the
+    raw arrays; ``to_frame`` and ``mean`` leave them out.
+    """
+
+    lams: np.ndarray
+    steps: np.ndarray
+    dist2_opt: np.ndarray
+    subopt: np.ndarray
+    dist2_teacher: np.ndarray
+    diverged_step: np.ndarray
+    x_final: np.ndarray
+    config: dict = field(default_factory=dict)
+
+    @property
+    def n_seeds(self):
+        return self.dist2_opt.shape[1]
+
+    @property
+    def diverged(self):
+        """(λ, seed) mask of diverged trajectories."""
+        return self.diverged_step >= 0
+
+    @property
+    def config_hash(self):
+        return config_hash(self.config)
+
+    def record(self, name):
+        """The (λ, seed, record) array of one recorded quantity."""
+        if name not in RECORDS:
+            raise ValueError(f"unknown record {name!r}; valid values: {', '.join(RECORDS)}")
+        return getattr(self, name)
+
+    def mean(self, name):
+        """Mean over the non-diverged seeds, shape (λ, record); NaN only where every seed diverged."""
+        arr = self.record(name)
+        alive = ~self.diverged
+        count = alive.sum(axis=1)
+        total = np.where(alive[:, :, None], arr, 0.0).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return total / count[:, None]
+
+    def divergence_summary(self):
+        """One line per λ with diverged trajectories (empty list when none)."""
+        lines = []
+        for k, lam in enumerate(self.lams):
+            m = self.diverged[k]
+            if m.any():
+                first = int(self.diverged_step[k][m].min())
+                lines.append(f"λ={lam:g}: {int(m.sum())} of {m.size} trajectories diverged "
+                             f"(first at step {first}) with step={self.config.get('step')}")
+        return lines
+
+    def to_frame(self):
+        """Long frame: one row per (λ, seed, record) up to divergence.
+
+        Columns: lam, seed, step, dist2_opt, subopt, dist2_teacher, diverged.
+        Records after a trajectory diverged are dropped (no NaN rows).
+        """
+        L, S, R = self.dist2_opt.shape
+        lam = np.repeat(self.lams, S * R)
+        seed = np.tile(np.repeat(np.arange(S), R), L)
+        step = np.tile(self.steps, L * S)
+        div_step = np.repeat(self.diverged_step.ravel(), R)
+        keep = (div_step < 0) | (step < div_step)
+        frame = pd.DataFrame({
+            "lam": lam, "seed": seed, "step": step,
+            **{name: self.record(name).ravel() for name in RECORDS},
+            "diverged": div_step >= 0,
+        })
+        return frame[keep].reset_index(drop=True)

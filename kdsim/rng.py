@@ -1,0 +1,93 @@
+"""Counter-based minibatch indices, reproducible by every backend.
+
+A minibatch is a pure function of (seed, stream, step): no generator state is
+carried between steps, so the numpy reference engine, the numba kernels and a GPU
+kernel draw the same indices from the same integers.
+
+Construction (all arithmetic on uint64, wrapping):
+
+* ``splitmix64(z)``: the SplitMix64 finaliser, a bijective 64-bit mixer.
+* key  = splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ step)
+* draw j (j = 0 .. b-1) uses h_j = splitmix64(key + (j + 1) * GOLDEN).
+* A uniform integer in [0, m) is ``((h >> 32) * m) >> 32`` (multiply-shift on the
+  top 32 bits; each value has probability within m / 2**32 of 1/m relative).
+* The minibatch is Floyd's algorithm: for j = 0 .. b-1 with c = n - b + j, draw
+  r uniform in [0, c]; take r unless already taken, else take c. The picks form a
+  uniformly random b-subset; column j of the output is the j-th pick, and engines
+  sum per-sample terms in that column order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._validate import int_in_range
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
+STREAM_LAMBDA_SHIFT = 32  # stream = seed_index + (lam_index + 1) << 32 without common random numbers
+
+
+def splitmix64(z):
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    z = np.asarray(z, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + GOLDEN
+        z = (z ^ (z >> _S30)) * _M1
+        z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+def step_keys(seed, streams, step):
+    """Per-stream 64-bit key of one step."""
+    seed_key = splitmix64(np.uint64(seed))
+    s = splitmix64(seed_key ^ np.asarray(streams, dtype=np.uint64))
+    return splitmix64(s ^ np.uint64(step))
+
+
+def uniform_below(h, m):
+    """Map 64-bit hashes to integers in [0, m) by multiply-shift of the top 32 bits."""
+    m = np.asarray(m, dtype=np.uint64)
+    return ((h >> _S32) * m) >> _S32
+
+
+def stream_ids(n_seeds, n_lams, common_random_numbers=True):
+    """Stream number of each (λ, seed) trajectory, shape (n_lams, n_seeds).
+
+    With common random numbers every λ reuses the seed's stream; otherwise each
+    (λ, seed) pair gets its own stream.
+    """
+    seeds = np.arange(n_seeds, dtype=np.uint64)
+    if common_random_numbers:
+        return np.broadcast_to(seeds, (n_lams, n_seeds)).copy()
+    lam_part = (np.arange(n_lams, dtype=np.uint64) + np.uint64(1)) << np.uint64(STREAM_LAMBDA_SHIFT)
+    return lam_part[:, None] + seeds[None, :]
+
+
+def minibatch_indices(seed, streams, step, n, batch_size):
+    """Indices of one step's minibatch for every stream, shape (len(streams), batch_size).
+
+    Drawn without replacement (Floyd's algorithm); identical for identical
+    (seed, stream, step, n, batch_size).
+    """
+    n = int_in_range("n", n, 1)
+    b = int_in_range("batch_size", batch_size, 1, n)
+    streams = np.atleast_1d(np.asarray(streams, dtype=np.uint64))
+    t = streams.shape[0]
+    out = np.empty((t, b), dtype=np.int64)
+    if b == n:  # full batch: every sample, in order; no randomness needed
+        out[:] = np.arange(n)
+        return out
+    keys = step_keys(seed, streams, step)
+    taken = np.zeros((t, n), dtype=bool)
+    rows = np.arange(t)
+    with np.errstate(over="ignore"):
+        for j in range(b):
+            c = n - b + j
+            h = splitmix64(keys + np.uint64(j + 1) * GOLDEN)
+            r = uniform_below(h, c + 1).astype(np.int64)
+            pick = np.where(taken[rows, r], c, r)
+            taken[rows, pick] = True
+            out[:, j] = pick
+    return out
