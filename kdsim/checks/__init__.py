@@ -1,0 +1,62 @@
+"""Theory checks: one module per claim of THEORY.md §8, each exposing ``check(...)``.
+
+Every check returns a :class:`CheckResult` whose rows put the empirical value (with a
+confidence interval when it is a Monte Carlo mean) beside the theoretical one.
+Scripts in ``theory_checks/``, the ``kdsim check`` command and the tests all call the
+same functions.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .base import COLUMNS, CheckResult, make_row
+
+#: name -> (claim number, module); the order is THEORY.md §8's
+CLAIMS = {
+    "identity": (1, "kdsim.checks.claim01_identity"),
+    "optimal_teacher": (2, "kdsim.checks.claim02_optimal_teacher"),
+    "teacher_fixed_point": (3, "kdsim.checks.claim03_teacher_fixed_point"),
+}
+
+
+def resolve(name):
+    """Canonical check name from a name, a claim number ("2") or "claim2"."""
+    key = str(name).strip().lower().removeprefix("claim").lstrip("_ ")
+    for check_name, (number, _) in CLAIMS.items():
+        if key in (check_name, str(number), f"{number:02d}"):
+            return check_name
+    valid = ", ".join(f"{n} ({c})" for c, (n, _) in CLAIMS.items())
+    raise ValueError(f"unknown check {name!r}; valid checks: {valid}, or 'all'")
+
+
+def get_check(name):
+    """The ``check`` function of a claim."""
+    return importlib.import_module(CLAIMS[resolve(name)][1]).check
+
+
+def describe():
+    """(number, name, one-line statement) of every registered check."""
+    out = []
+    for name, (number, module) in CLAIMS.items():
+        doc = importlib.import_module(module).__doc__.strip().splitlines()[0]
+        out.append((number, name, doc.split(":", 1)[-1].strip()))
+    return out
+
+
+def script_main(name, argv=None):
+    """Entry point of a ``theory_checks/`` script: run one check, print its table, return the exit code."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=f"THEORY.md §8 claim {CLAIMS[resolve(name)][0]}")
+    parser.add_argument("--quick", action="store_true", help="reduced size")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--backend", default="numpy")
+    args = parser.parse_args(argv)
+    result = get_check(name)(quick=args.quick, seeds=args.seeds, backend=args.backend)
+    print(result.statement)
+    print(result.table())
+    print(result.verdict())
+    return 0 if result.passed else 1
+
+
+__all__ = ["CLAIMS", "COLUMNS", "CheckResult", "describe", "get_check", "make_row", "resolve", "script_main"]

@@ -1,0 +1,1 @@
+"""Reporting: tables and plots from check results. No computation happens here."""

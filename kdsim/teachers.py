@@ -1,0 +1,130 @@
+"""Teachers: a parameter θ (or, for deep linear networks, an end-to-end map) and how it was made.
+
+Every constructor returns a ``Teacher(theta, kind, provenance)``; ``provenance``
+records the parameters so that a table can say which teacher a row used.
+Distances are measured in the problem's canonical space (``problem.canonical``):
+class-centred weights for softmax, end-to-end maps for deep linear networks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _validate as V
+from .problems.base import Problem
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A teacher θ with a record of how it was made."""
+
+    theta: np.ndarray
+    kind: str
+    provenance: dict = field(default_factory=dict)
+
+    def distance_to_optimum(self, problem):
+        """‖θ − x*‖ in the problem's canonical space."""
+        diff = problem.canonical_teacher(self.theta) - problem.canonical(problem.solution())
+        return float(np.linalg.norm(diff))
+
+    def describe(self):
+        """Short label for tables: kind and its defining parameters."""
+        args = ", ".join(f"{k}={v}" for k, v in self.provenance.items() if k != "note")
+        return f"{self.kind}({args})" if args else self.kind
+
+
+def _problem(problem):
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a kdsim problem; got {type(problem).__name__}")
+    return problem
+
+
+def _is_deep_linear(problem):
+    return hasattr(problem, "end_to_end") and hasattr(problem, "solution_map")
+
+
+def optimum(problem):
+    """θ = x*, the perfect teacher."""
+    p = _problem(problem)
+    return Teacher(p.solution(), "optimum", {})
+
+
+def at_distance(problem, r, seed=0):
+    """θ at canonical distance exactly ``r`` from x*, in a seeded random direction.
+
+    Softmax: the direction is class-centred, so the distance is not spent on the
+    invariant direction. Deep linear: θ is an end-to-end map M* + r·U, ‖U‖_F = 1.
+    """
+    p = _problem(problem)
+    r = V.nonnegative_float("r", r)
+    seed = V.int_in_range("seed", seed, 0)
+    rng = np.random.default_rng(seed)
+    if _is_deep_linear(p):
+        M = p.solution_map()
+        U = rng.standard_normal(M.shape)
+        return Teacher(M + r * U / np.linalg.norm(U), "at_distance", {"r": r, "seed": seed})
+    u = p.canonical(rng.standard_normal(p.dim))
+    theta = p.solution() + r * u / np.linalg.norm(u)
+    return Teacher(theta, "at_distance", {"r": r, "seed": seed})
+
+
+def early_stopped(problem, steps, step, batch_size=1, seed=0, x0=None):
+    """The SGD iterate after ``steps`` steps from x0 (one trajectory, reference engine)."""
+    from .simulate import simulate  # teachers sit above the engine in the data flow
+
+    p = _problem(problem)
+    res = simulate(p, p.solution() if not _is_deep_linear(p) else p.solution_map(), [0.0], step, steps, 1,
+                   batch_size=batch_size, estimator="sgd", record_every=steps, seed=seed, x0=x0)
+    if res.diverged.any():
+        raise ValueError(f"step={step} makes SGD diverge; the early-stopped teacher needs a stable step")
+    return Teacher(res.x_final[0, 0].copy(), "early_stopped",
+                   {"steps": int(steps), "step": float(step), "batch_size": int(batch_size), "seed": int(seed)})
+
+
+def top_k(problem, theta, k):
+    """Keep the ``k`` largest-magnitude entries of θ, zero the rest."""
+    p = _problem(problem)
+    theta = np.asarray(p.check_teacher(theta), dtype=np.float64)
+    k = V.int_in_range("k", k, 0, theta.size)
+    flat = theta.ravel().copy()
+    if k < flat.size:
+        drop = np.argsort(np.abs(flat), kind="stable")[: flat.size - k]
+        flat[drop] = 0.0
+    return Teacher(flat.reshape(theta.shape), "top_k", {"k": k})
+
+
+def quantized(problem, theta, bits):
+    """Uniform quantisation of θ to 2**bits levels over [min θ, max θ]."""
+    p = _problem(problem)
+    theta = np.asarray(p.check_teacher(theta), dtype=np.float64)
+    bits = V.int_in_range("bits", bits, 1, 32)
+    lo, hi = float(theta.min()), float(theta.max())
+    if hi == lo:
+        return Teacher(theta.copy(), "quantized", {"bits": bits})
+    levels = 2 ** bits - 1
+    q = np.round((theta - lo) / (hi - lo) * levels) / levels * (hi - lo) + lo
+    return Teacher(q, "quantized", {"bits": bits})
+
+
+def rank_truncated(problem, rank):
+    """Deep linear: the end-to-end optimum truncated to its top ``rank`` singular values."""
+    p = _problem(problem)
+    if not _is_deep_linear(p):
+        raise TypeError("rank_truncated needs a DeepLinear problem")
+    M = p.solution_map()
+    rank = V.int_in_range("rank", rank, 0, min(M.shape))
+    U, s, Vt = np.linalg.svd(M, full_matrices=False)
+    return Teacher((U[:, :rank] * s[:rank]) @ Vt[:rank], "rank_truncated", {"rank": rank})
+
+
+def other_architecture(problem, hidden):
+    """Deep linear: the end-to-end optimum of a network with other hidden widths.
+
+    Only the teacher's end-to-end map enters KD, so it is returned as a matrix.
+    """
+    p = _problem(problem)
+    if not _is_deep_linear(p):
+        raise TypeError("other_architecture needs a DeepLinear problem")
+    other = p.with_hidden(hidden)
+    return Teacher(other.solution_map(), "other_architecture", {"hidden": tuple(int(h) for h in hidden)})
