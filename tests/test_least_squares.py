@@ -98,3 +98,11 @@ def test_methods_reject_bad_input(problem):
         problem.kd_loss(np.zeros(5), np.zeros(5), 0.5, temperature=0.0)
     with pytest.raises(ValueError, match="temperature"):
         problem.kd_grad(np.zeros(5), np.zeros(5), 0.5, temperature=2.0)
+
+
+def test_fingerprint_stable_and_data_sensitive(problem):
+    before = problem.fingerprint()
+    _ = problem.f_star, problem.solution()          # cached values must not enter the key
+    assert problem.fingerprint() == before
+    other = kdsim.LeastSquares(problem.A, problem.b + 1e-9, l2=problem.l2)
+    assert other.fingerprint() != before

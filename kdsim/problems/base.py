@@ -160,7 +160,11 @@ class Problem(ABC):
         return self._kd_grad(x, theta, lam, self._idx(idx), t) + self.l2 * x
 
     def distillation_grad(self, x, theta, lam, idx=None):
-        """Distillation gradient of f: ∇f_B(x) − λ∇f_B(θ) (estimator "kd")."""
+        """Distillation gradient of f: ∇f_B(x) − λ∇f_B(θ) (estimator "kd").
+
+        Problems whose teacher term is not a parameter-space gradient (deep linear)
+        override this with what their "kd" estimator computes.
+        """
         theta = self._teacher(theta)
         lam = V.finite_float("lam", lam)
         return self.grad(x, idx) - lam * self.grad(theta, idx)
@@ -200,9 +204,13 @@ class Problem(ABC):
         x.setflags(write=False)
         return x
 
-    @cached_property
+    @property
     def f_star(self):
-        """f(x*)."""
+        """f(x*), computed once."""
+        return self._f_star
+
+    @cached_property
+    def _f_star(self):
         return self.loss(self._solution)
 
     def canonical(self, x):
