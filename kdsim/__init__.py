@@ -1,8 +1,11 @@
 """kdsim: numerical validation of the optimisation theory of knowledge distillation."""
 __version__ = "0.1.0"
 
-from .problems import LeastSquares, Problem  # noqa: E402
+from .problems import (  # noqa: E402
+    GLM, DeepLinear, LeastSquares, LogisticRegression, PoissonRegression, Problem, SoftmaxRegression,
+)
 from .results import SimResult  # noqa: E402
 from .simulate import simulate  # noqa: E402
 
-__all__ = ["__version__", "LeastSquares", "Problem", "SimResult", "simulate"]
+__all__ = ["__version__", "LeastSquares", "SoftmaxRegression", "GLM", "LogisticRegression",
+           "PoissonRegression", "DeepLinear", "Problem", "SimResult", "simulate"]

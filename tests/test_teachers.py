@@ -63,3 +63,19 @@ def test_bad_input(ls, call, match):
 def test_not_a_problem():
     with pytest.raises(TypeError, match="problem"):
         teachers.optimum(np.zeros(3))
+
+
+def test_deep_linear_teachers():
+    p = synthetic.deep_linear(80, 4, 3, hidden=(4,), seed=1)
+    t = teachers.rank_truncated(p, 1)
+    assert np.linalg.matrix_rank(t.theta) == 1
+    s = np.linalg.svd(p.solution_map(), compute_uv=False)
+    # Eckart–Young: the Frobenius distance of the best rank-1 map is the tail of the spectrum
+    assert t.distance_to_optimum(p) == pytest.approx(np.sqrt(np.sum(s[1:] ** 2)), rel=1e-12)
+    narrow = teachers.other_architecture(p, (2,))
+    assert narrow.theta.shape == (3, 4) and np.linalg.matrix_rank(narrow.theta) == 2
+    assert teachers.other_architecture(p, (6, 5)).distance_to_optimum(p) < 1e-8
+    r = teachers.at_distance(p, 0.5, seed=0)
+    assert r.theta.shape == (3, 4) and r.distance_to_optimum(p) == pytest.approx(0.5, rel=1e-12)
+    es = teachers.early_stopped(p, 20, 0.05)
+    assert es.theta.shape == (p.dim,) and es.distance_to_optimum(p) > 0

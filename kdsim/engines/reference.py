@@ -41,17 +41,27 @@ def run(problem, plan):
     snap = snap_full = None
     rec = 0
 
-    def record(r, alive):
+    def record(r, t, alive):
         Xa = X[alive]
-        C = problem.canonical(Xa)
-        out["dist2_opt"][alive, r] = np.sum((C - x_star) ** 2, axis=1)
-        out["dist2_teacher"][alive, r] = np.sum((C - theta_c) ** 2, axis=1)
-        out["subopt"][alive, r] = problem.suboptimality(Xa)
+        with np.errstate(over="ignore", invalid="ignore"):
+            C = problem.canonical(Xa)
+            vals = {"dist2_opt": np.sum((C - x_star) ** 2, axis=1),
+                    "dist2_teacher": np.sum((C - theta_c) ** 2, axis=1),
+                    "subopt": problem.suboptimality(Xa)}
+        # an iterate whose loss overflows (e.g. Poisson's exp) has left the finite range too
+        bad = ~np.all([np.isfinite(v) for v in vals.values()], axis=0)
+        rows = np.flatnonzero(alive)
+        for name, v in vals.items():
+            out[name][rows[~bad], r] = v[~bad]
+        if bad.any():
+            diverged_step[rows[bad]] = t
+            alive[rows[bad]] = False
+            X[rows[bad]] = np.nan
 
     alive = np.ones(T, dtype=bool)
     for t in range(plan.steps + 1):
         if rec < R and plan.record_steps[rec] == t:
-            record(rec, alive)
+            record(rec, t, alive)
             rec += 1
         if t == plan.steps:
             break

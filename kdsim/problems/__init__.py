@@ -1,5 +1,9 @@
 """Finite-sum problems with closed-form per-sample gradients."""
 from .base import Problem, TeacherTerms
+from .deep_linear import DeepLinear, DeepLinearTeacherTerms
+from .glm import GLM, LogisticRegression, PoissonRegression
 from .least_squares import LeastSquares
+from .softmax import SoftmaxRegression
 
-__all__ = ["Problem", "TeacherTerms", "LeastSquares"]
+__all__ = ["Problem", "TeacherTerms", "LeastSquares", "SoftmaxRegression", "GLM", "LogisticRegression",
+           "PoissonRegression", "DeepLinear", "DeepLinearTeacherTerms"]

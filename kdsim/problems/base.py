@@ -140,7 +140,9 @@ class Problem(ABC):
     def kd_loss(self, x, theta, lam, idx=None, temperature=1.0):
         """Literal KD loss: mean of (1−λ)·loss(x, y_i) + λ·loss(x, teacher label) + (α/2)‖x‖².
 
-        The ridge belongs to the student only (THEORY.md §2, estimator "kd_loss").
+        Softmax at temperature τ uses the tempered teacher and student probabilities and
+        weights the distillation term by τ². The ridge belongs to the student only
+        (THEORY.md §2, estimator "kd_loss").
         """
         x = self._x(x)
         theta = self._teacher(theta)
@@ -151,7 +153,8 @@ class Problem(ABC):
     def kd_grad(self, x, theta, lam, idx=None, temperature=1.0):
         """Closed-form gradient of ``kd_loss`` (mixed labels; ridge on the student only).
 
-        At τ = 1 it equals ∇f_B(x) − λ∇ℓ_B(θ); without a ridge, ∇f_B(x) − λ∇f_B(θ).
+        At τ = 1 it equals ∇f_B(x) − λ∇ℓ_B(θ), and without a ridge ∇f_B(x) − λ∇f_B(θ)
+        (THEORY.md §2); at τ ≠ 1 (softmax) the identity fails.
         """
         x = self._x(x)
         theta = self._teacher(theta)
@@ -182,8 +185,8 @@ class Problem(ABC):
         raise ValueError(f"{self.name} has no global per-sample smoothness constant; "
                          "use local_sample_smoothness(x)")
 
-    #: how ``sample_smoothness`` is obtained: "exact" or "bound"
-    smoothness_kind = "exact"
+    #: how ``sample_smoothness`` is obtained: "exact", "bound", or "none" (no global constant)
+    smoothness_kind = "none"
 
     def local_sample_smoothness(self, x):
         """λ_max(∇²f_i(x)) for every sample (dense per-sample Hessians)."""

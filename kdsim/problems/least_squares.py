@@ -16,6 +16,7 @@ class LeastSquares(Problem):
     """
 
     name = "least_squares"
+    smoothness_kind = "exact"
 
     def __init__(self, A, b, l2=0.0):
         A = V.as_float_array("A", A, ndim=2)
