@@ -1,0 +1,41 @@
+"""The theory of THEORY.md §3–§7 as code: constants, bounds, optimal weights, exact dynamics.
+
+* :func:`constants` (§3) → :class:`Constants` (μ, L, L_max, 𝓛(b), ω(b), σ²_*, the KD noise
+  quadratic, ρ, ‖∇f(θ)‖, ‖θ − x*‖, with provenance); :func:`mu_path`, :func:`pl_path`.
+* :mod:`~kdsim.theory.bounds` (§4): :func:`t1`, :func:`t1_prime`, :func:`t2`,
+  :func:`sgd_bound` → :class:`Bound` (``curve``, ``neighbourhood``, ``gamma_max``, ``status``).
+* :mod:`~kdsim.theory.lambdas` (§6): :func:`lambda_hat`, :func:`lambda_star_t1`,
+  :func:`lambda_star_t2`, :func:`lambda_star_published`, :func:`lambda_opt`.
+* :mod:`~kdsim.theory.exact_ls` (§5): :func:`exact_moments`, :func:`mse_sgd`,
+  :func:`stationary_error`, :func:`largest_stable_step`, :func:`spectral_radius`.
+* :mod:`~kdsim.theory.deep_linear_flow` (§7): mode curves and predicted maps.
+* :mod:`~kdsim.theory.sampling`: the ω(b) identity and exact minibatch expectations.
+
+Note: the name ``kdsim.theory.constants`` is the *function*; import the module's other
+names with ``from kdsim.theory.constants import Constants`` (the import system finds the
+module).
+
+Layering: this package imports only kdsim.problems, kdsim.estimators and kdsim._validate.
+"""
+from .bounds import Bound, NotApplicableError, all_bounds, sgd_bound, t1, t1_prime, t2, x_lambda
+from .constants import Constants, expected_smoothness, mu_path, pl_path
+from .constants import constants as _constants_fn
+from .deep_linear_flow import (balanced_aligned_init, kd_mode_targets, mode_strength, predicted_map,
+                               predicted_trajectory, whitened_instance)
+from .exact_ls import ExactMoments, exact_moments, largest_stable_step, mse_sgd, spectral_radius, stationary_error
+from .lambdas import (all_lambdas, lambda_hat, lambda_opt, lambda_star_published, lambda_star_t1,
+                      lambda_star_t2)
+from .sampling import batch_inner, batch_outer, batch_sq_norm, inclusion_probabilities, omega
+
+constants = _constants_fn
+del _constants_fn
+
+__all__ = [
+    "Bound", "Constants", "ExactMoments", "NotApplicableError", "all_bounds", "all_lambdas",
+    "balanced_aligned_init", "batch_inner", "batch_outer", "batch_sq_norm", "constants",
+    "exact_moments", "expected_smoothness", "inclusion_probabilities", "kd_mode_targets",
+    "lambda_hat", "lambda_opt", "lambda_star_published", "lambda_star_t1", "lambda_star_t2",
+    "largest_stable_step", "mode_strength", "mse_sgd", "mu_path", "omega", "pl_path",
+    "predicted_map", "predicted_trajectory", "sgd_bound", "spectral_radius", "stationary_error",
+    "t1", "t1_prime", "t2", "whitened_instance", "x_lambda",
+]
