@@ -64,3 +64,61 @@ def test_ratio_and_result():
     res.rows.append(make_row(1, "i", "q", 3.0, 2.0, "≤"))
     assert not res.passed and "1/2" in res.verdict()
     assert not CheckResult(1, "x", "s").passed   # a check with no rows cannot pass
+
+
+def test_bootstrap_ci_contains_mean_and_is_reproducible():
+    x = np.random.default_rng(2).exponential(size=200)
+    est, lo, hi = stats.bootstrap_ci(x, level=0.95, seed=3)
+    assert lo < est < hi and est == pytest.approx(x.mean())
+    assert stats.bootstrap_ci(x, level=0.95, seed=3)[1] == lo
+    _, tlo, thi, _ = stats.mean_ci(x, level=0.95)
+    assert abs((hi - lo) / (thi - tlo) - 1) < 0.25     # agrees with the t-interval on n=200
+
+
+def test_plateau_of_noisy_stationary_curves():
+    rng = np.random.default_rng(4)
+    steps = np.arange(0, 1000, 10)
+    v = 2.0 + np.exp(-steps / 50.0)[None, :] + 0.1 * rng.standard_normal((64, steps.size))
+    p = stats.plateau(steps, v)
+    assert p.start_step == 500 and p.count == 64
+    assert p.ci_low < 2.0 < p.ci_high and p.spread < 0.05
+
+
+def test_fit_rate_recovers_geometric_decay_above_a_plateau():
+    rng = np.random.default_rng(5)
+    steps = np.arange(0, 2000, 10)
+    per_seed = (3.0 * 0.99 ** steps + 0.01)[None, :] * rng.lognormal(0, 0.05, size=(128, 1))
+    fit = stats.fit_rate(steps, per_seed)
+    assert fit.ci_low <= 0.99 <= fit.ci_high and abs(fit.rate - 0.99) < 1e-3
+    assert fit.window[0] == 0 and fit.window[1] < 1000 and fit.n_points >= 3
+
+
+def test_quadratic_in_lambda_exact_for_least_squares():
+    # THEORY §5.1: with common random numbers ‖x_t(λ) − x*‖² is a quadratic in λ per seed
+    import kdsim
+    from kdsim.problems import synthetic
+    p = synthetic.least_squares(50, 4, seed=1)
+    theta = p.solution() + 0.3
+    lams = np.array([0.0, 0.5, 1.0, 0.25, 0.8])
+    res = kdsim.simulate(p, theta, lams, 0.05, 200, 6, record_every=200)
+    c = stats.quadratic_in_lambda(lams[:3], res.dist2_opt[:3, :, -1])
+    for k in (3, 4):
+        pred = c[:, 0] + c[:, 1] * lams[k] + c[:, 2] * lams[k] ** 2
+        np.testing.assert_allclose(pred, res.dist2_opt[k, :, -1], rtol=1e-9)
+    opt = stats.lambda_opt_from_quadratics(c, n_boot=200)
+    assert opt.ci_low <= opt.lam <= opt.ci_high
+    with pytest.raises(ValueError, match="three distinct"):
+        stats.quadratic_in_lambda([0.0, 0.0, 1.0], res.dist2_opt[:3, :, -1])
+
+
+def test_lambda_opt_from_grid_finds_the_parabola_minimum():
+    rng = np.random.default_rng(6)
+    lams = np.linspace(0, 1, 11)
+    noise = rng.standard_normal(300)                        # shared by every λ: paired seeds
+    v = (lams[:, None] - 0.37) ** 2 + 1.0 + 0.05 * noise[None, :] + 0.01 * rng.standard_normal((11, 300))
+    opt = stats.lambda_opt_from_grid(lams, v, n_boot=300)
+    assert abs(opt.lam - 0.37) < 0.02 and opt.ci_low < 0.37 < opt.ci_high
+
+
+def test_tightness():
+    np.testing.assert_array_equal(stats.tightness([2.0, 1.0, 1.0], [1.0, 2.0, 0.0]), [2.0, 0.5, np.inf])
