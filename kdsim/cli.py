@@ -92,6 +92,9 @@ def _run_check_command(args):
             fig = plots.convergence_plot(result.curves, out / f"claim{result.claim:02d}_{result.name}.png",
                                          f"Claim {result.claim}: {result.name}")
             index.append(f"\n![claim {result.claim}]({fig.name})\n")
+        for figure in result.figures:
+            fig = plots.render(figure, out)
+            index.append(f"\n![{figure['title']}]({fig.name})\n")
     summary = tables.write_summary(results, out)
     index.insert(1, f"\n[Summary]({summary.name})\n")
     (out / "index.md").write_text("".join(index))

@@ -58,7 +58,8 @@ class CheckResult:
     name: str
     statement: str
     rows: list = field(default_factory=list)
-    curves: list = field(default_factory=list)   # long frames for plots (report.plots)
+    curves: list = field(default_factory=list)   # long frames for the convergence plot (report.plots)
+    figures: list = field(default_factory=list)  # further figures: dicts for report.plots.render
     notes: list = field(default_factory=list)
     seconds: float = 0.0
 

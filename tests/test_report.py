@@ -1,0 +1,46 @@
+"""Figures and tables render from plain frames (no computation in the report layer)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdsim.checks.base import CheckResult, make_row
+from kdsim.report import plots, tables
+
+PNG = b"\x89PNG"
+
+
+def _is_png(path):
+    return path.exists() and path.read_bytes()[:4] == PNG and path.stat().st_size > 5000
+
+
+def test_render_every_kind(tmp_path):
+    lam = np.linspace(0, 1, 11)
+    sweep = pd.DataFrame({"instance": "i", "lam": lam, "mean": 1 + (lam - 0.3) ** 2,
+                          "ci_low": 0.9 + (lam - 0.3) ** 2, "ci_high": 1.1 + (lam - 0.3) ** 2, "method": "MC"})
+    grid = pd.DataFrame([(g, r, g / (g + r)) for g in (0.01, 0.1) for r in (0.5, 1.0)], columns=["γ", "r", "λ_opt"])
+    scat = pd.DataFrame({"instance": ["a", "b"], "theoretical": [1.0, 2.0], "empirical": [1.1, 1.9],
+                         "ci_low": [1.0, 1.8], "ci_high": [1.2, 2.0]})
+    figures = [
+        {"kind": "lambda_sweep", "name": "sweep", "data": sweep, "title": "t",
+         "markers": {"λ̂": 0.25, "λ*_T1": 0.2}, "optimum": (0.3, 0.28, 0.32)},
+        {"kind": "heatmap", "name": "heat", "data": grid, "title": "t", "x": "γ", "y": "r", "value": "λ_opt"},
+        {"kind": "scatter", "name": "scatter", "data": scat, "title": "t"},
+    ]
+    for fig in figures:
+        assert _is_png(plots.render(fig, tmp_path))
+    with pytest.raises(ValueError, match="figure kind"):
+        plots.render({"kind": "pie", "name": "x", "data": grid, "title": "t"}, tmp_path)
+
+
+def test_convergence_plot_and_tables(tmp_path):
+    steps = np.arange(0, 100, 10)
+    curve = pd.DataFrame({"instance": "i", "method": "KD", "step": steps, "quantity": "‖x_t − x*‖²",
+                          "mean": 0.9 ** steps, "ci_low": 0.8 * 0.9 ** steps, "ci_high": 1.2 * 0.9 ** steps})
+    assert _is_png(plots.convergence_plot([curve], tmp_path / "c.png", "title"))
+    res = CheckResult(7, "demo", "statement", rows=[make_row(7, "i", "q", 1.0, 2.0, "≤")])
+    paths = tables.write_tables(res, tmp_path)
+    assert "| 7 | i | q |" in paths["md"].read_text()
+    assert "\\begin{tabular}" in paths["tex"].read_text()
+    assert pd.read_csv(paths["csv"]).passed.all()
+    tables.write_summary([res], tmp_path)
+    assert "PASS" in (tmp_path / "summary.md").read_text()
