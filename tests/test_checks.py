@@ -13,15 +13,24 @@ from kdsim.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", list(checks.CLAIMS))
-def test_check_passes_quick(name):
-    result = checks.get_check(name)(quick=True, seeds=8)
+def _assert_passes(result):
     assert result.rows, "a check must compare something"
     failed = [r for r in result.rows if not r["passed"]]
     assert not failed, result.table()
     frame = result.frame()
     assert list(frame.columns) == checks.COLUMNS
     assert not frame[["empirical", "ci_low", "ci_high", "theoretical", "ratio"]].isna().any().any()
+
+
+@pytest.mark.parametrize("name", list(checks.CLAIMS))
+def test_check_passes_quick(name):
+    _assert_passes(checks.get_check(name)(quick=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(checks.CLAIMS))
+def test_check_passes_full_size(name):
+    _assert_passes(checks.get_check(name)())
 
 
 def test_claim1_fails_when_the_identity_is_broken(monkeypatch):
