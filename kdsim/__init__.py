@@ -4,8 +4,10 @@ __version__ = "0.1.0"
 from .problems import (  # noqa: E402
     GLM, DeepLinear, LeastSquares, LogisticRegression, PoissonRegression, Problem, SoftmaxRegression,
 )
-from .results import SimResult  # noqa: E402
+from .results import SimResult, SimSummary  # noqa: E402
+from . import datasets, teachers, theory  # noqa: E402,F401
 from .simulate import simulate  # noqa: E402
 
 __all__ = ["__version__", "LeastSquares", "SoftmaxRegression", "GLM", "LogisticRegression",
-           "PoissonRegression", "DeepLinear", "Problem", "SimResult", "simulate"]
+           "PoissonRegression", "DeepLinear", "Problem", "SimResult", "SimSummary", "simulate",
+           "datasets", "teachers", "theory"]

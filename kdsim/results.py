@@ -42,6 +42,7 @@ class SimResult:
     diverged_step: np.ndarray
     x_final: np.ndarray
     config: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)   # engine timings (compile, run); not hashed
 
     @property
     def n_seeds(self):
@@ -100,3 +101,69 @@ class SimResult:
             "diverged": div_step >= 0,
         })
         return frame[keep].reset_index(drop=True)
+
+
+@dataclass
+class SimSummary:
+    """Per-(λ, record) moments over the seeds that never diverged (``simulate(..., reduce=True)``)."""
+
+    lams: np.ndarray
+    steps: np.ndarray
+    means: dict                  # record name -> (λ, record)
+    variances: dict              # record name -> (λ, record), ddof=1, NaN with fewer than 2 seeds
+    count: np.ndarray            # (λ,) seeds that entered
+    diverged_step: np.ndarray    # (λ, seed)
+    config: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
+
+    @property
+    def n_seeds(self):
+        return self.diverged_step.shape[1]
+
+    @property
+    def diverged(self):
+        return self.diverged_step >= 0
+
+    @property
+    def config_hash(self):
+        return config_hash(self.config)
+
+    def _check(self, name):
+        if name not in RECORDS:
+            raise ValueError(f"unknown record {name!r}; valid values: {', '.join(RECORDS)}")
+
+    def mean(self, name):
+        """Mean over non-diverged seeds, (λ, record)."""
+        self._check(name)
+        return self.means[name]
+
+    def var(self, name):
+        """Variance over non-diverged seeds (ddof=1), (λ, record)."""
+        self._check(name)
+        return self.variances[name]
+
+    def sem(self, name):
+        """Standard error of the mean, (λ, record)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(self.var(name) / self.count[:, None])
+
+    @staticmethod
+    def reduce_arrays(arrays):
+        """Full engine arrays -> the moments dict that ``numba_cpu.run_reduced`` returns."""
+        from .engines.plan import RunningMoments
+        L, S, R = arrays["dist2_opt"].shape
+        keep = arrays["diverged_step"] < 0
+        out = {"mean": {}, "var": {}, "diverged_step": arrays["diverged_step"]}
+        for name in RECORDS:
+            m = RunningMoments(L, R)
+            m.add(arrays[name], keep)
+            out["mean"][name], out["var"][name], out["count"] = m.result()
+        return out
+
+    def to_frame(self):
+        """One row per (λ, record): count and mean and variance of each record."""
+        L, R = len(self.lams), len(self.steps)
+        return pd.DataFrame({"lam": np.repeat(self.lams, R), "step": np.tile(self.steps, L),
+                             "count": np.repeat(self.count, R),
+                             **{f"{n}_mean": self.means[n].ravel() for n in RECORDS},
+                             **{f"{n}_var": self.variances[n].ravel() for n in RECORDS}})

@@ -91,3 +91,83 @@ def minibatch_indices(seed, streams, step, n, batch_size):
             taken[rows, pick] = True
             out[:, j] = pick
     return out
+
+
+# ----------------------------------------------------------------------------
+# numba twins (same integers as the numpy functions above; tested equal)
+#
+# Kernels derive a per-stream key once, ``stream_key_nb(seed_key_nb(seed), stream)``,
+# then per step ``step_key_nb(stream_key, step)`` and fill a minibatch with
+# ``minibatch_into_nb``. numba promotes uint64 ∘ int64 to float64, so every
+# operand is cast to uint64 explicitly.
+try:
+    from numba import njit as _njit
+except ImportError:  # numba is optional at import time; the numba engine checks for it
+    _njit = None
+
+if _njit is not None:
+    _G_INT = 0x9E3779B97F4A7C15
+    _M1_INT = 0xBF58476D1CE4E5B9
+    _M2_INT = 0x94D049BB133111EB
+
+    @_njit(cache=True)
+    def splitmix64_nb(z):
+        """SplitMix64 finaliser of one uint64 (numba twin of ``splitmix64``)."""
+        z = np.uint64(z) + np.uint64(_G_INT)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1_INT)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2_INT)
+        return z ^ (z >> np.uint64(31))
+
+    @_njit(cache=True)
+    def seed_key_nb(seed):
+        """splitmix64(seed): the part of ``step_keys`` shared by every stream."""
+        return splitmix64_nb(np.uint64(seed))
+
+    @_njit(cache=True)
+    def stream_key_nb(seed_key, stream):
+        """splitmix64(seed_key ^ stream): the per-stream part of ``step_keys``."""
+        return splitmix64_nb(np.uint64(seed_key) ^ np.uint64(stream))
+
+    @_njit(cache=True)
+    def step_key_nb(stream_key, step):
+        """Key of one step: splitmix64(stream_key ^ step) (equals ``step_keys``)."""
+        return splitmix64_nb(np.uint64(stream_key) ^ np.uint64(step))
+
+    @_njit(cache=True)
+    def uniform_below_nb(h, m):
+        """((h >> 32) · m) >> 32 on uint64 (twin of ``uniform_below``)."""
+        return ((np.uint64(h) >> np.uint64(32)) * np.uint64(m)) >> np.uint64(32)
+
+    @_njit(cache=True)
+    def minibatch_into_nb(key, n, b, out, taken):
+        """Write one minibatch (Floyd's algorithm) into ``out[:b]``.
+
+        ``taken`` is a boolean scratch array of length n, all False on entry and
+        on exit (only the picked entries are touched, so a step costs O(b)).
+        ``b == n`` gives 0..n-1 in order, like ``minibatch_indices``.
+        """
+        if b == n:
+            for j in range(n):
+                out[j] = j
+            return
+        for j in range(b):
+            c = n - b + j
+            h = splitmix64_nb(np.uint64(key) + np.uint64(j + 1) * np.uint64(_G_INT))
+            r = np.int64(uniform_below_nb(h, np.uint64(c + 1)))
+            pick = c if taken[r] else r
+            taken[pick] = True
+            out[j] = pick
+        for j in range(b):
+            taken[out[j]] = False
+
+    @_njit(cache=True)
+    def minibatch_indices_nb(seed, streams, step, n, batch_size):
+        """numba twin of ``minibatch_indices`` (no validation), shape (len(streams), b)."""
+        t = streams.shape[0]
+        out = np.empty((t, batch_size), dtype=np.int64)
+        taken = np.zeros(n, dtype=np.bool_)
+        sk = seed_key_nb(seed)
+        for i in range(t):
+            key = step_key_nb(stream_key_nb(sk, streams[i]), step)
+            minibatch_into_nb(key, n, batch_size, out[i], taken)
+        return out

@@ -30,6 +30,7 @@ class Plan:
     x0: np.ndarray
     streams: np.ndarray          # (λ, seed) stream numbers of the index generator
     svrg_period: int
+    dtype: str = "float64"       # iterate precision of compiled engines: "float64" or "float32"
 
 
 def record_times(steps, record_every):
@@ -41,7 +42,8 @@ def record_times(steps, record_every):
 
 
 def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="kd",
-              record_every=1, seed=0, x0=None, common_random_numbers=True, svrg_period=None):
+              record_every=1, seed=0, x0=None, common_random_numbers=True, svrg_period=None,
+              dtype="float64"):
     """Validate every argument of ``simulate`` and return a Plan."""
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a kdsim problem (e.g. kdsim.LeastSquares); got {type(problem).__name__}")
@@ -61,8 +63,13 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
     if not isinstance(common_random_numbers, (bool, np.bool_)):
         raise TypeError(f"common_random_numbers must be True or False; got {common_random_numbers!r}")
     streams = stream_ids(n_seeds, len(lams), bool(common_random_numbers))
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        raise TypeError(f"dtype must be 'float64' or 'float32'; got {dtype!r}") from None
+    dtype = V.choice("dtype", dtype, ("float64", "float32"))
     return Plan(theta, lams, step, steps, n_seeds, batch_size, est,
-                record_times(steps, record_every), seed, x0, streams, svrg_period)
+                record_times(steps, record_every), seed, x0, streams, svrg_period, dtype)
 
 
 def plan_config(problem, plan, backend):
@@ -76,13 +83,13 @@ def plan_config(problem, plan, backend):
         "estimator": plan.estimator.name, "record_steps": [int(plan.record_steps[0]), int(plan.record_steps[-1]), len(plan.record_steps)],
         "seed": plan.seed, "x0_sha": V.array_digest(plan.x0),
         "common_random_numbers": bool(np.all(plan.streams == plan.streams[0])) if len(plan.lams) > 1 else True,
-        "svrg_period": plan.svrg_period, "backend": backend,
+        "svrg_period": plan.svrg_period, "backend": backend, "dtype": plan.dtype,
     }
 
 
 def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="kd",
-             record_every=1, backend="numpy", seed=0, x0=None, common_random_numbers=True,
-             svrg_period=None):
+             record_every=1, backend="auto", seed=0, x0=None, common_random_numbers=True,
+             svrg_period=None, dtype="float64", reduce=False, memory_budget=None):
     """Run ``seeds`` trajectories of a stochastic method for each KD weight in ``lams``.
 
     Parameters
@@ -96,19 +103,44 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
     batch_size : minibatch size b in [1, n], drawn without replacement
     estimator : "sgd", "kd", "kd_loss", "corrected" or "svrg" (see ``kdsim.estimators``)
     record_every : record every k steps (0 and the last step always included)
-    backend : "numpy" (reference) or "auto"
+    backend : "auto" (numba when available and it has kernels for the problem, else numpy),
+        "numpy" (the readable reference) or "numba"; every backend draws the same minibatches
     seed : master seed of the counter-based index generator
     x0 : start (default: ``problem.default_x0()``)
     common_random_numbers : all λ share each seed's index stream (default True)
     svrg_period : SVRG snapshot period m (default n // b)
+    dtype : iterate precision, "float64" or "float32" (float32 needs a compiled engine)
+    reduce : return only per-(λ, record) means and variances over seeds (``SimSummary``)
+    memory_budget : bytes the numba engine may use for records (it runs seeds in chunks)
 
     Returns
     -------
-    SimResult with arrays (λ, seed, record) of ‖x_t − x*‖², f(x_t) − f*, ‖x_t − θ‖².
+    SimResult with arrays (λ, seed, record) of ‖x_t − x*‖², f(x_t) − f*, ‖x_t − θ‖²
+    (or a SimSummary when ``reduce``).
     """
+    from .engines import numba_cpu, reference
+    from .results import SimSummary
+
     engine = get_engine(backend)
     plan = make_plan(problem, theta, lams, step, steps, seeds, batch_size, estimator,
-                     record_every, seed, x0, common_random_numbers, svrg_period)
-    arrays = engine.run(problem, plan)
-    return SimResult(lams=plan.lams, steps=plan.record_steps, config=plan_config(problem, plan, backend),
-                     **arrays)
+                     record_every, seed, x0, common_random_numbers, svrg_period, dtype)
+    resolved = engine.select(problem) if hasattr(engine, "select") else engine
+    if plan.dtype != "float64" and resolved is reference:
+        raise ValueError("dtype='float32' needs a compiled engine (backend='numba'); "
+                         "the numpy reference engine is float64 only")
+    config = plan_config(problem, plan, backend)
+    kw = {} if memory_budget is None or resolved is not numba_cpu else {"memory_budget": memory_budget}
+    if reduce:
+        if resolved is numba_cpu:
+            red = numba_cpu.run_reduced(problem, plan, **kw)
+        else:
+            red = SimSummary.reduce_arrays(resolved.run(problem, plan))
+        return SimSummary(lams=plan.lams, steps=plan.record_steps, means=red["mean"], variances=red["var"],
+                          count=red["count"], diverged_step=red["diverged_step"], config=config,
+                          timing=_timing(resolved))
+    arrays = resolved.run(problem, plan, **kw)
+    return SimResult(lams=plan.lams, steps=plan.record_steps, config=config, timing=_timing(resolved), **arrays)
+
+
+def _timing(engine):
+    return engine.last_timing() if hasattr(engine, "last_timing") else {}

@@ -2,9 +2,14 @@
 import numpy as np
 import pytest
 
+import functools
+
 import kdsim
 from kdsim.estimators import ESTIMATORS, get_estimator
 from kdsim.rng import minibatch_indices, stream_ids
+
+# this module tests the reference engine itself
+simulate = functools.partial(kdsim.simulate, backend="numpy")
 
 
 def naive_trajectory(problem, theta, lam, step, steps, seed, stream, b, estimator, x0, period):
@@ -37,7 +42,7 @@ def test_matches_naive_loop(ls_problem, estimator, b, l2):
     theta = p.solution() + 0.3 * rng.standard_normal(p.dim)
     x0 = rng.standard_normal(p.dim)
     lams, steps, seeds = [0.3, 1.0], 37, 3
-    res = kdsim.simulate(p, theta, lams, 0.05, steps, seeds, batch_size=b, estimator=estimator,
+    res = simulate(p, theta, lams, 0.05, steps, seeds, batch_size=b, estimator=estimator,
                          record_every=10, seed=4, x0=x0, svrg_period=7)
     for k, lam in enumerate(lams):
         for s in range(seeds):
@@ -51,9 +56,9 @@ def test_matches_naive_loop(ls_problem, estimator, b, l2):
 def test_common_random_numbers_share_streams(ls_problem):
     # With CRN, the sgd estimator gives the same trajectory for every λ; without, they differ.
     p, theta = ls_problem, ls_problem.solution()
-    crn = kdsim.simulate(p, theta, [0.0, 0.5], 0.05, 30, 2, estimator="sgd")
+    crn = simulate(p, theta, [0.0, 0.5], 0.05, 30, 2, estimator="sgd")
     assert np.array_equal(crn.x_final[0], crn.x_final[1])
-    own = kdsim.simulate(p, theta, [0.0, 0.5], 0.05, 30, 2, estimator="sgd", common_random_numbers=False)
+    own = simulate(p, theta, [0.0, 0.5], 0.05, 30, 2, estimator="sgd", common_random_numbers=False)
     assert not np.allclose(own.x_final[0], own.x_final[1])
     np.testing.assert_array_equal(stream_ids(2, 2, False)[0], [1 << 32, (1 << 32) + 1])
 
@@ -63,13 +68,13 @@ def test_least_squares_iterates_affine_in_lambda(ls_problem):
     p = ls_problem
     theta = p.solution() + np.array([0.5, -0.2, 0.1, 0.3])
     for est in ("kd", "corrected"):
-        res = kdsim.simulate(p, theta, [0.0, 0.4, 1.0], 0.03, 100, 3, estimator=est)
+        res = simulate(p, theta, [0.0, 0.4, 1.0], 0.03, 100, 3, estimator=est)
         u, v = res.x_final[0], res.x_final[2] - res.x_final[0]
         np.testing.assert_allclose(res.x_final[1], u + 0.4 * v, rtol=1e-12, atol=1e-14)
 
 
 def test_record_axis_and_frame(ls_problem):
-    res = kdsim.simulate(ls_problem, ls_problem.solution(), [0.0, 1.0], 0.05, 25, 3, record_every=10)
+    res = simulate(ls_problem, ls_problem.solution(), [0.0, 1.0], 0.05, 25, 3, record_every=10)
     np.testing.assert_array_equal(res.steps, [0, 10, 20, 25])
     assert res.dist2_opt.shape == (2, 3, 4)
     frame = res.to_frame()
@@ -79,17 +84,17 @@ def test_record_axis_and_frame(ls_problem):
 
 
 def test_same_configuration_same_numbers(ls_problem):
-    a = kdsim.simulate(ls_problem, np.zeros(4), [0.5], 0.05, 50, 4, batch_size=2, seed=3)
-    b = kdsim.simulate(ls_problem, np.zeros(4), [0.5], 0.05, 50, 4, batch_size=2, seed=3)
+    a = simulate(ls_problem, np.zeros(4), [0.5], 0.05, 50, 4, batch_size=2, seed=3)
+    b = simulate(ls_problem, np.zeros(4), [0.5], 0.05, 50, 4, batch_size=2, seed=3)
     assert np.array_equal(a.dist2_opt, b.dist2_opt) and a.config_hash == b.config_hash
-    c = kdsim.simulate(ls_problem, np.zeros(4), [0.5], 0.05, 50, 4, batch_size=2, seed=4)
+    c = simulate(ls_problem, np.zeros(4), [0.5], 0.05, 50, 4, batch_size=2, seed=4)
     assert not np.array_equal(a.dist2_opt, c.dist2_opt)
 
 
 def test_divergence_detected_and_reported(ls_problem):
     p = ls_problem
     L_max = p.sample_smoothness().max()
-    res = kdsim.simulate(p, p.solution(), [0.0, 1.0], 12.0 / L_max, 2000, 4, estimator="kd")
+    res = simulate(p, p.solution(), [0.0, 1.0], 12.0 / L_max, 2000, 4, estimator="kd")
     assert res.diverged.all()
     assert np.all(res.diverged_step > 0)
     frame = res.to_frame()
@@ -102,7 +107,7 @@ def test_divergence_detected_and_reported(ls_problem):
 def test_partial_divergence_mean_excludes_diverged(ls_problem):
     # a large teacher-term weight makes only the λ = 50 trajectories blow up
     p = ls_problem
-    res = kdsim.simulate(p, p.solution() + 1.0, [0.0, 1e300], 0.01, 20, 3)
+    res = simulate(p, p.solution() + 1.0, [0.0, 1e300], 0.01, 20, 3)
     assert not res.diverged[0].any() and res.diverged[1].all()
     assert np.all(np.isfinite(res.mean("dist2_opt")[0]))
 
@@ -110,7 +115,7 @@ def test_partial_divergence_mean_excludes_diverged(ls_problem):
 def test_claim2_least_squares_linear_convergence_to_optimum(ls_problem):
     # THEORY §8 claim 2: θ = x*, λ = 1: noise-free linear convergence to x*; SGD plateaus.
     p = ls_problem
-    res = kdsim.simulate(p, p.solution(), [0.0, 1.0], 0.05, 3000, 8, record_every=100)
+    res = simulate(p, p.solution(), [0.0, 1.0], 0.05, 3000, 8, record_every=100)
     kd = res.dist2_opt[1]
     assert kd[:, -1].max() < 1e-20
     # linear convergence: every 100-step block shrinks the error by a factor < 0.1 until
@@ -127,7 +132,7 @@ def test_claim3_least_squares_converges_to_teacher(ls_problem):
     p = ls_problem
     theta = p.solution() + np.array([1.0, -2.0, 0.5, 0.0])
     for b in (1, 5):
-        res = kdsim.simulate(p, theta, [1.0], 0.05, 3000, 8, batch_size=b, record_every=3000)
+        res = simulate(p, theta, [1.0], 0.05, 3000, 8, batch_size=b, record_every=3000)
         assert res.dist2_teacher[0, :, -1].max() < 1e-20
         assert res.x_final[0].std(axis=0).max() < 1e-10
 
@@ -164,9 +169,9 @@ def test_estimator_registry():
 def test_simulate_rejects_bad_input(ls_problem, kw, exc, match):
     args = dict(theta=np.zeros(4), lams=[0.5], step=0.1, steps=10, seeds=2) | kw
     with pytest.raises(exc, match=match):
-        kdsim.simulate(ls_problem, **args)
+        simulate(ls_problem, **args)
 
 
 def test_simulate_rejects_non_problem():
     with pytest.raises(TypeError, match="problem"):
-        kdsim.simulate("least squares", np.zeros(2), [0.5], 0.1, 10, 2)
+        simulate("least squares", np.zeros(2), [0.5], 0.1, 10, 2)

@@ -1,0 +1,317 @@
+"""numba kernels for layered models: softmax regression, canonical GLMs and deep linear nets.
+
+All three are one structure: parameters x = (W_1, …, W_L) flattened row-major and
+concatenated (softmax: one K×d' layer; GLM: one 1×d layer; deep linear: L layers),
+logits z = W_L⋯W_1 a_i, and an output residual r_i = ∂g_i/∂z:
+
+=====  =====================  ==================
+code   loss                   r_i
+=====  =====================  ==================
+0      squared (deep linear)  z − y_i
+1      softmax CE             softmax(z) − e_{y_i}
+2      logistic               σ(z) − y_i
+3      Poisson                e^z − y_i
+=====  =====================  ==================
+
+The data gradient of sample i is J(x)ᵀ(r_i a_iᵀ), computed by back-propagation.
+The teacher term of every estimator is function-space: T_B = J(x)ᵀ((1/b)Σ rθ_i a_iᵀ)
++ ridge, T = J(x)ᵀ Ḡθ + ridge, with the teacher residuals rθ_i (n, d_out) and their
+mean map Ḡθ = (1/n)Σ rθ_i a_iᵀ precomputed once (for one layer J(x) = I, so these
+are the parameter-space teacher gradients of softmax and GLMs exactly). A step
+back-propagates the combined residual r_i(x) − a·rθ_i once per sample:
+
+    g = J(x)ᵀ[(1/b)Σ_i (r_i(x) − a rθ_i) a_iᵀ + c Ḡθ] + αx + (c − a)·ridge.
+
+SVRG back-propagates r_i(x) through x and −a·r_i(y) through the snapshot y and adds
+α(x − a y) + c ∇f(y), with ∇f(y) = J(y)ᵀ(1/n)Σ r_i(y) a_iᵀ + αy refreshed every
+``period`` steps.
+
+Records are not evaluated here: the kernel saves the iterate (float64) at every
+record step and the engine computes the problem's canonical distances and its
+cancellation-free ``suboptimality`` with the problem's own numpy code, exactly as
+the reference engine does; memory for the saved iterates is bounded by chunking.
+Conventions (dtype, guard, fastmath) are those of ``_kernels_ls``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..rng import minibatch_into_nb, step_key_nb
+from ._kernels_ls import FASTMATH
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _residual(code, z, yrow, out):
+    """Output residual ∂g/∂z of one sample (see the module table)."""
+    m = z.shape[0]
+    if code == 0:
+        for o in range(m):
+            out[o] = z[o] - yrow[o]
+    elif code == 1:
+        zmax = z[0]
+        for o in range(1, m):
+            if z[o] > zmax:
+                zmax = z[o]
+        s = z[0] - z[0]
+        for o in range(m):
+            e = np.exp(z[o] - zmax)
+            out[o] = e
+            s += e
+        for o in range(m):
+            out[o] = out[o] / s - yrow[o]
+    elif code == 2:
+        for o in range(m):
+            if z[o] >= 0:
+                sig = 1.0 / (1.0 + np.exp(-z[o]))
+            else:
+                e = np.exp(z[o])
+                sig = e / (1.0 + e)
+            out[o] = sig - yrow[o]
+    else:
+        for o in range(m):
+            out[o] = np.exp(z[o]) - yrow[o]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _forward(x, dims, offs, a_row, hbuf, hoff):
+    """Activations h_0 = a, h_{k+1} = W_k h_k into hbuf (segment k at hoff[k])."""
+    L = dims.shape[0] - 1
+    for c in range(dims[0]):
+        hbuf[hoff[0] + c] = a_row[c]
+    for k in range(L):
+        rows, cols = dims[k + 1], dims[k]
+        o, hi, ho = offs[k], hoff[k], hoff[k + 1]
+        for r in range(rows):
+            acc = hbuf[hi] - hbuf[hi]
+            base = o + r * cols
+            for c in range(cols):
+                acc += x[base + c] * hbuf[hi + c]
+            hbuf[ho + r] = acc
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _backward_add(x, dims, offs, hbuf, hoff, delta, dbuf, grad, scale):
+    """grad += scale · J(x)ᵀ(δ h_0ᵀ): back-propagate the output residual δ (overwrites dbuf)."""
+    L = dims.shape[0] - 1
+    m = dims[L]
+    for o in range(m):
+        dbuf[o] = scale * delta[o]
+    for k in range(L - 1, -1, -1):
+        rows, cols = dims[k + 1], dims[k]
+        o, hi = offs[k], hoff[k]
+        for r in range(rows):
+            dr = dbuf[r]
+            base = o + r * cols
+            for c in range(cols):
+                grad[base + c] += dr * hbuf[hi + c]
+        if k > 0:
+            # δ_k = W_kᵀ δ_{k+1}, written after the rows it reads: use the tail of dbuf
+            tail = dbuf.shape[0] - cols
+            for c in range(cols):
+                dbuf[tail + c] = dbuf[0] - dbuf[0]
+            for r in range(rows):
+                dr = dbuf[r]
+                base = o + r * cols
+                for c in range(cols):
+                    dbuf[tail + c] += x[base + c] * dr
+            for c in range(cols):
+                dbuf[c] = dbuf[tail + c]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _prefix(x, dims, offs, qbuf, qoff):
+    """Q_0 = I, Q_{k+1} = W_k Q_k (dims[k] × d_in, row-major at qoff[k]); Q_L is W(x)."""
+    L = dims.shape[0] - 1
+    d_in = dims[0]
+    q0 = qoff[0]
+    for r in range(d_in):
+        for c in range(d_in):
+            qbuf[q0 + r * d_in + c] = 1.0 if r == c else 0.0
+    for k in range(L):
+        rows, inner = dims[k + 1], dims[k]
+        o, qi, qo = offs[k], qoff[k], qoff[k + 1]
+        for r in range(rows):
+            for c in range(d_in):
+                acc = qbuf[qi] - qbuf[qi]
+                for s in range(inner):
+                    acc += x[o + r * inner + s] * qbuf[qi + s * d_in + c]
+                qbuf[qo + r * d_in + c] = acc
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _pullback_add(x, dims, offs, G, coef, qbuf, qoff, vbuf, grad):
+    """grad += coef · J(x)ᵀG for an end-to-end direction G (d_out × d_in); needs _prefix first.
+
+    Block k is P_kᵀ G Q_kᵀ with P_k = W_{L−1}⋯W_{k+1}: V_{L−1} = G, V_{k−1} = W_kᵀ V_k.
+    """
+    L = dims.shape[0] - 1
+    d_in = dims[0]
+    half = vbuf.shape[0] // 2
+    cur = 0
+    m = dims[L]
+    for r in range(m):
+        for c in range(d_in):
+            vbuf[r * d_in + c] = coef * G[r, c]
+    for k in range(L - 1, -1, -1):
+        rows, cols = dims[k + 1], dims[k]
+        o, qk = offs[k], qoff[k]
+        for r in range(rows):
+            for c in range(cols):
+                acc = vbuf[cur] - vbuf[cur]
+                for s in range(d_in):
+                    acc += vbuf[cur + r * d_in + s] * qbuf[qk + c * d_in + s]
+                grad[o + r * cols + c] += acc
+        if k > 0:
+            nxt = half - cur
+            for c in range(cols):
+                for s in range(d_in):
+                    acc = vbuf[cur] - vbuf[cur]
+                    for r in range(rows):
+                        acc += x[o + r * cols + c] * vbuf[cur + r * d_in + s]
+                    vbuf[nxt + c * d_in + s] = acc
+            cur = nxt
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_b, inv_n, x0, acoef,
+                      ccoef, use_teacher, snapshot, period, rec_steps, steps, stream_keys, b, limit, zero,
+                      saved, div, xfin):
+    """Body of ``layered_traj`` for one trajectory (serial, nogil; the engine runs ranges on threads)."""
+    n = A.shape[0]
+    dim = x0.shape[0]
+    L = dims.shape[0] - 1
+    d_in, d_out = dims[0], dims[L]
+    T = stream_keys.shape[0]
+    R = rec_steps.shape[0]
+    hoff = np.zeros(L + 2, dtype=np.int64)
+    qoff = np.zeros(L + 2, dtype=np.int64)
+    wmax = 0
+    for k in range(L + 1):
+        hoff[k + 1] = hoff[k] + dims[k]
+        qoff[k + 1] = qoff[k] + dims[k] * d_in
+        if dims[k] > wmax:
+            wmax = dims[k]
+    x = x0.copy()
+    g = np.empty_like(x0)
+    y = np.empty_like(x0)
+    gy = np.empty_like(x0)
+    hx = np.empty(hoff[L + 1], dtype=x0.dtype)
+    hy = np.empty(hoff[L + 1], dtype=x0.dtype)
+    dbuf = np.empty(2 * wmax, dtype=x0.dtype)
+    rho = np.empty(d_out, dtype=x0.dtype)
+    rhoy = np.empty(d_out, dtype=x0.dtype)
+    qbuf = np.empty(qoff[L + 1], dtype=x0.dtype)
+    vbuf = np.empty(2 * wmax * d_in, dtype=x0.dtype)
+    Gy = np.empty((d_out, d_in), dtype=x0.dtype)
+    idx = np.empty(b, dtype=np.int64)
+    taken = np.zeros(n, dtype=np.bool_)
+    a = acoef[j0]
+    c = ccoef[j0]
+    key0 = stream_keys[j0]
+    rec = 0
+    dead = False
+    for t in range(steps + 1):
+        if rec < R and rec_steps[rec] == t:
+            for p in range(dim):
+                saved[j0, rec, p] = x[p]
+            rec += 1
+        if t == steps:
+            break
+        if snapshot and t % period == 0:
+            for p in range(dim):
+                y[p] = x[p]
+                gy[p] = zero
+            for o in range(d_out):
+                for q in range(d_in):
+                    Gy[o, q] = zero
+            if L == 1:
+                for i in range(n):
+                    _forward(y, dims, offs, A[i], hy, hoff)
+                    _residual(code, hy[hoff[1]:hoff[2]], Y[i], rhoy)
+                    _backward_add(y, dims, offs, hy, hoff, rhoy, dbuf, gy, inv_n)
+            else:
+                _prefix(y, dims, offs, qbuf, qoff)
+                for i in range(n):
+                    for o in range(d_out):
+                        acc = zero
+                        for q in range(d_in):
+                            acc += qbuf[qoff[L] + o * d_in + q] * A[i, q]
+                        hy[o] = acc
+                    _residual(code, hy[:d_out], Y[i], rhoy)
+                    for o in range(d_out):
+                        ro = rhoy[o] * inv_n
+                        for q in range(d_in):
+                            Gy[o, q] += ro * A[i, q]
+                _pullback_add(y, dims, offs, Gy, gam / gam, qbuf, qoff, vbuf, gy)
+            for p in range(dim):
+                gy[p] += alpha * y[p]
+        minibatch_into_nb(step_key_nb(key0, t), n, b, idx, taken)
+        for p in range(dim):
+            g[p] = zero
+        for jj in range(b):
+            i = idx[jj]
+            _forward(x, dims, offs, A[i], hx, hoff)
+            _residual(code, hx[hoff[L]:hoff[L + 1]], Y[i], rho)
+            if use_teacher:
+                for o in range(d_out):
+                    rho[o] -= a * rt[i, o]
+            if snapshot:
+                _forward(y, dims, offs, A[i], hy, hoff)
+                _residual(code, hy[hoff[L]:hoff[L + 1]], Y[i], rhoy)
+                if L == 1:
+                    for o in range(d_out):
+                        rho[o] -= a * rhoy[o]
+                else:
+                    _backward_add(y, dims, offs, hy, hoff, rhoy, dbuf, g, -a)
+            _backward_add(x, dims, offs, hx, hoff, rho, dbuf, g, gam / gam)
+        nx = zero
+        if snapshot:
+            for p in range(dim):
+                xn = x[p] - gam * (g[p] * inv_b + alpha * (x[p] - a * y[p]) + c * gy[p])
+                x[p] = xn
+                nx += xn * xn
+        else:
+            if use_teacher and c != 0:
+                for p in range(dim):
+                    g[p] *= inv_b
+                if L == 1:
+                    for o in range(d_out):
+                        for q in range(d_in):
+                            g[o * d_in + q] += c * Gt[o, q]
+                else:
+                    _prefix(x, dims, offs, qbuf, qoff)
+                    _pullback_add(x, dims, offs, Gt, c, qbuf, qoff, vbuf, g)
+                for p in range(dim):
+                    xn = x[p] - gam * (g[p] + alpha * x[p] + (c - a) * ridge[p])
+                    x[p] = xn
+                    nx += xn * xn
+            else:
+                for p in range(dim):
+                    xn = x[p] - gam * (g[p] * inv_b + alpha * x[p] - a * ridge[p])
+                    x[p] = xn
+                    nx += xn * xn
+        if not (nx <= limit):
+            div[j0] = t + 1
+            dead = True
+            break
+    for p in range(dim):
+        xfin[j0, p] = np.nan if dead else x[p]
+
+
+@njit(cache=True, nogil=True)
+def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_b, inv_n, x0, acoef, ccoef,
+                 use_teacher, snapshot, period, rec_steps, steps, stream_keys, b, limit, zero,
+                 saved, div, xfin):
+    """Trajectories lo .. hi−1, one after the other; saves the iterate at every record step.
+
+    ``A`` (n, d_in) inputs, ``Y`` (n, d_out) targets (one-hot for softmax), ``rt``
+    (n, d_out) teacher residuals, ``Gt`` (d_out, d_in) their mean map, ``ridge``
+    (dim,) the teacher's ridge term; ``dims`` the layer widths (d_in, …, d_out) and
+    ``offs`` the layer offsets in x. ``saved`` (T, R, dim) float64 receives x at the
+    record steps while the trajectory is alive (NaN stays after divergence).
+    """
+    for j0 in range(lo, hi):
+        _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_b, inv_n, x0, acoef,
+                          ccoef, use_teacher, snapshot, period, rec_steps, steps, stream_keys, b, limit,
+                          zero, saved, div, xfin)

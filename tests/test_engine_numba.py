@@ -1,0 +1,368 @@
+"""The numba CPU engine against the reference engine, trajectory by trajectory.
+
+Tolerances. In float64 the two engines evaluate the same arithmetic in a different
+order (and least squares under common random numbers through the affine form of
+THEORY §5.1), so records agree to rounding: |Δ| ≤ 1e-9·|r| + 1e-12·s, with s the
+largest value of that record over the trajectory (the absolute part covers records
+that converge to 0, e.g. ‖x_t − θ‖² at λ = 1, where only the rounding floor
+ε·s remains). In float32 the iterate itself carries ε₃₂ ≈ 1.2e-7 relative error
+per step; the contracting dynamics keep it from growing, and records agree with
+float64 to |Δ| ≤ 2e-3·|r| + 1e-4·s (deep linear: 1e-2·|r| + 1e-3·s, its flat
+rotation directions do not contract).
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import kdsim  # noqa: E402
+from kdsim import rng  # noqa: E402
+from kdsim.engines import BACKENDS, get_engine, numba_cpu, reference  # noqa: E402
+from kdsim.engines import plan as memplan  # noqa: E402
+from kdsim.engines._kernels_ls import FASTMATH  # noqa: E402
+from kdsim.estimators import ESTIMATORS  # noqa: E402
+from kdsim.results import RECORDS, SimResult  # noqa: E402
+from kdsim.simulate import make_plan  # noqa: E402
+
+ESTS = list(ESTIMATORS)
+
+
+def assert_records_close(got, want, rtol=1e-9, scale_tol=1e-12):
+    """Records equal up to rtol·|r| + scale_tol·(largest value of the trajectory); same NaNs."""
+    for name in RECORDS:
+        g, w = got[name], want[name]
+        assert np.array_equal(np.isnan(g), np.isnan(w)), name
+        scale = np.nanmax(np.abs(w), axis=-1, keepdims=True, initial=0.0)
+        ok = np.isnan(w) | (np.abs(g - w) <= rtol * np.abs(w) + scale_tol * scale)
+        assert ok.all(), (name, np.max(np.abs(g - w) / (np.abs(w) + 1e-300)))
+    np.testing.assert_array_equal(got["diverged_step"], want["diverged_step"])
+
+
+def ls_problem(l2=0.0):
+    r = np.random.default_rng(1)
+    A = r.standard_normal((12, 3))
+    b = A @ r.standard_normal(3) + 0.5 * r.standard_normal(12)
+    return kdsim.LeastSquares(A, b, l2=l2)
+
+
+def layered_problems():
+    """Tiny instances of every non-least-squares family, with a teacher for each."""
+    from kdsim.problems import synthetic as syn
+    from kdsim.problems.deep_linear import DeepLinear
+    r = np.random.default_rng(2)
+    out = {
+        "softmax": syn.softmax(n=15, d=2, n_classes=3, l2=0.1, bias=True, seed=1),
+        "logistic": syn.logistic(n=15, d=3, l2=0.1, seed=1),
+        "poisson": syn.poisson(n=15, d=3, l2=0.0, seed=1),
+        "deep_linear": syn.deep_linear(n=15, d_in=3, d_out=2, hidden=(3, 2), seed=1),
+    }
+    out["deep_linear"] = DeepLinear(out["deep_linear"].A, out["deep_linear"].Y, hidden=(3, 2), l2=0.05)
+    A = r.standard_normal((15, 3))
+    out["deep_linear_softmax"] = DeepLinear(A, np.arange(15) % 3, hidden=(2,), loss="softmax", l2=0.1)
+    teachers = {}
+    for name, p in out.items():
+        teachers[name] = p.solution() + 0.2 * r.standard_normal(p.dim)
+    # an end-to-end map teacher (any architecture) for the deep linear softmax net
+    p = out["deep_linear_softmax"]
+    teachers["deep_linear_softmax"] = p.solution_map() + 0.2 * r.standard_normal((p.d_out, p.d_in))
+    return out, teachers
+
+
+@pytest.fixture(scope="module")
+def layered():
+    return layered_problems()
+
+
+# --------------------------------------------------------------------------- rng twin
+def test_rng_twin_equals_numpy():
+    r = np.random.default_rng(0)
+    cases = [(0, 0, 10, 1), (2**63 - 1, 12345, 1000, 7), (5, 3, 5, 5), (9, 2**40, 97, 96), (1, 1, 1, 1),
+             (7, 0, 2, 1), (3, 999, 64, 64), (11, 5, 1000, 1000)]
+    cases += [(int(r.integers(0, 2**62)), int(r.integers(0, 2**40)), int(n), int(r.integers(1, n + 1)))
+              for n in r.integers(1, 300, size=40)]
+    streams = np.concatenate([np.arange(60, dtype=np.uint64), rng.stream_ids(30, 3, False).ravel()])
+    for seed, step, n, b in cases:
+        want = rng.minibatch_indices(seed, streams, step, n, b)
+        got = rng.minibatch_indices_nb(seed, streams, step, n, b)
+        np.testing.assert_array_equal(got, want, err_msg=str((seed, step, n, b)))
+
+
+def test_rng_twin_scalar_parts():
+    z = np.array([0, 1, 2**63, 2**64 - 1, 0x9E3779B97F4A7C15], dtype=np.uint64)
+    assert [int(rng.splitmix64_nb(v)) for v in z] == [int(v) for v in rng.splitmix64(z)]
+    key = rng.step_keys(42, np.array([7], dtype=np.uint64), 99)[0]
+    assert int(rng.step_key_nb(rng.stream_key_nb(rng.seed_key_nb(42), np.uint64(7)), 99)) == int(key)
+
+
+# ------------------------------------------------------------------ least squares
+@pytest.mark.parametrize("estimator", ESTS)
+@pytest.mark.parametrize("b", [1, 3, 12])
+@pytest.mark.parametrize("crn", [True, False])
+def test_least_squares_matches_reference(estimator, b, crn):
+    for l2 in (0.0, 0.1):
+        p = ls_problem(l2)
+        r = np.random.default_rng(3)
+        theta = p.solution() + 0.3 * r.standard_normal(p.dim)
+        x0 = r.standard_normal(p.dim)
+        plan = make_plan(p, theta, [0.0, 0.4, 1.0], 0.05, 300, 3, batch_size=b, estimator=estimator,
+                         record_every=25, seed=5, x0=x0, common_random_numbers=crn, svrg_period=7)
+        want = reference.run(p, plan)
+        got = numba_cpu.run(p, plan)
+        assert_records_close(got, want)
+        np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+        kernel = numba_cpu.last_timing()["kernel"]
+        assert kernel == ("ls_affine" if crn and estimator != "svrg" else "ls_traj")
+
+
+def test_affine_form_equals_per_trajectory_kernel_and_coefficients():
+    p = ls_problem(0.1)
+    theta = p.solution() + np.array([0.5, -0.2, 0.1])
+    lams = [0.0, 0.3, 0.7, 1.0, 1.5]
+    for est in ("kd", "kd_loss", "corrected", "sgd"):
+        plan = make_plan(p, theta, lams, 0.05, 400, 4, batch_size=2, estimator=est, record_every=40)
+        runner = numba_cpu._runner(p, plan, None)
+        assert runner.affine
+        aff = runner.run_chunk(0, 4)
+        runner.affine = False
+        per = runner.run_chunk(0, 4)
+        assert_records_close(aff, per, rtol=1e-11)
+        coeffs = numba_cpu.affine_coefficients(p, plan)
+        lam = np.asarray(lams)[:, None, None] if est != "sgd" else np.zeros((len(lams), 1, 1))
+        for name in RECORDS:
+            c = coeffs[name]                                               # (S, R, 3)
+            curve = c[None, ..., 0] + lam * c[None, ..., 1] + lam**2 * c[None, ..., 2]
+            np.testing.assert_allclose(curve, aff[name], rtol=1e-9, atol=1e-12)
+
+
+def test_claim2_machine_precision_survives_affine_form():
+    # θ = x*, λ = 1: noise-free linear convergence to x*; the affine records must reach the
+    # rounding floor as the reference does (no cancellation from the quadratic's coefficients).
+    p = ls_problem()
+    plan = make_plan(p, p.solution(), [0.0, 1.0], 0.1, 10000, 4, record_every=1000)
+    got = numba_cpu.run(p, plan)
+    assert numba_cpu.last_timing()["kernel"] == "ls_affine"
+    assert got["dist2_opt"][1, :, -1].max() < 1e-26
+    assert got["dist2_opt"][0, :, -1].min() > 1e-6
+
+
+# ------------------------------------------------------ softmax, GLMs, deep linear
+@pytest.mark.parametrize("name", ["softmax", "logistic", "poisson", "deep_linear", "deep_linear_softmax"])
+@pytest.mark.parametrize("estimator", ESTS)
+def test_layered_families_match_reference(layered, name, estimator):
+    problems, teachers = layered
+    p, theta = problems[name], teachers[name]
+    x0 = p.default_x0() + 0.1 * np.random.default_rng(4).standard_normal(p.dim)
+    for b in (1, 3, p.n):
+        plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 200, 2, batch_size=b, estimator=estimator,
+                         record_every=20, seed=9, x0=x0, svrg_period=6)
+        want = reference.run(p, plan)
+        got = numba_cpu.run(p, plan)
+        assert_records_close(got, want)
+        np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- float32
+def _float32_case(p, theta, crn, rtol, scale_tol):
+    plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 400, 3, batch_size=3, estimator="kd",
+                     record_every=40, common_random_numbers=crn)
+    f64 = numba_cpu.run(p, plan)
+    f32 = numba_cpu.run(p, plan, dtype="float32")
+    assert numba_cpu.last_timing()["dtype"] == "float32"
+    assert_records_close(f32, f64, rtol=rtol, scale_tol=scale_tol)
+    assert f32["x_final"].dtype == np.float64
+
+
+@pytest.mark.parametrize("crn", [True, False])
+def test_float32_close_to_float64_least_squares(crn):
+    p = ls_problem(0.1)
+    _float32_case(p, p.solution() + 0.2, crn, 2e-3, 1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["softmax", "logistic", "poisson", "deep_linear"])
+def test_float32_close_to_float64_layered(layered, name):
+    problems, teachers = layered
+    tol = (1e-2, 1e-3) if name.startswith("deep") else (2e-3, 1e-4)
+    _float32_case(problems[name], teachers[name], False, *tol)
+
+
+def test_dtype_from_plan_field_and_validation():
+    p = ls_problem()
+    plan = make_plan(p, p.solution(), [0.5], 0.05, 20, 2)
+    fields = {f.name for f in dataclasses.fields(plan)}
+    if "dtype" in fields:
+        numba_cpu.run(p, dataclasses.replace(plan, dtype="float32"))
+        assert numba_cpu.last_timing()["dtype"] == "float32"
+    with pytest.raises(ValueError, match="dtype"):
+        numba_cpu.run(p, plan, dtype="float16")
+
+
+# ---------------------------------------------------------------------- divergence
+@pytest.mark.parametrize("dtype,big", [("float64", 1e300), ("float32", 1e30)])
+def test_divergence_per_trajectory(dtype, big, layered):
+    # λ = big makes only those trajectories blow up (‖x‖² beyond 1e100, or beyond the
+    # float32 range); λ = 0 stays finite. fastmath must not remove the guard.
+    problems, teachers = layered
+    cases = [(ls_problem(), None, True), (ls_problem(), None, False),
+             (problems["softmax"], teachers["softmax"], False)]
+    for p, theta, crn in cases:
+        theta = p.solution() + 1.0 if theta is None else theta
+        plan = make_plan(p, theta, [0.0, big], 0.01, 30, 3, common_random_numbers=crn)
+        got = numba_cpu.run(p, plan, dtype=dtype)
+        assert not (got["diverged_step"][0] >= 0).any()
+        assert (got["diverged_step"][1] > 0).all()
+        assert np.isnan(got["x_final"][1]).all() and np.isfinite(got["x_final"][0]).all()
+        res = SimResult(lams=plan.lams, steps=plan.record_steps, **got)
+        for name in RECORDS:
+            assert np.all(np.isfinite(res.mean(name)[0]))
+        if dtype == "float64":
+            want = reference.run(p, plan)
+            np.testing.assert_array_equal(got["diverged_step"], want["diverged_step"])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_divergence_from_step_size_matches_reference(dtype):
+    p = ls_problem()
+    step = 12.0 / p.sample_smoothness().max()
+    for crn in (True, False):
+        plan = make_plan(p, p.solution(), [0.0, 1.0], step, 2000, 4, estimator="kd",
+                         common_random_numbers=crn, record_every=50)
+        got = numba_cpu.run(p, plan, dtype=dtype)
+        assert (got["diverged_step"] > 0).all()
+        if dtype == "float64":
+            np.testing.assert_array_equal(got["diverged_step"], reference.run(p, plan)["diverged_step"])
+        else:   # float32 overflows ‖x‖² (≈3.4e38) before 1e100: it is flagged no later
+            assert (got["diverged_step"] <= reference.run(p, plan)["diverged_step"]).all()
+
+
+def test_fastmath_keeps_nan_and_inf_semantics():
+    assert not FASTMATH & {"nnan", "ninf", "fast"}
+    assert numba_cpu.guard_limit("float64") == 1e100
+    assert numba_cpu.guard_limit("float32") == np.finfo(np.float32).max
+
+
+# ------------------------------------------------------------------------ chunks
+def test_chunked_equals_unchunked_exactly(layered):
+    problems, teachers = layered
+    p = ls_problem()
+    cases = [(p, p.solution() + 0.3, True), (p, p.solution() + 0.3, False),
+             (problems["softmax"], teachers["softmax"], True)]
+    for prob, theta, crn in cases:
+        plan = make_plan(prob, theta, [0.0, 0.5, 1.0], 0.05, 100, 7, batch_size=2, record_every=10,
+                         common_random_numbers=crn)
+        whole = numba_cpu.run(prob, plan)
+        assert numba_cpu.last_timing()["chunks"] == 1
+        parts = numba_cpu.run(prob, plan, chunk_seeds=3)
+        assert numba_cpu.last_timing()["chunks"] == 3
+        for k in whole:
+            np.testing.assert_array_equal(parts[k], whole[k])
+        # a memory budget that only fits two seeds per chunk gives the same numbers too
+        runner = numba_cpu._runner(prob, plan, None)
+        fixed = 3 * 7 * (3 * len(plan.record_steps) * 8 + 8 + prob.dim * 8)
+        small = numba_cpu.run(prob, plan, memory_budget=fixed + 2 * runner.bytes_per_seed)
+        assert numba_cpu.last_timing()["chunk_seeds"] == 2
+        for k in whole:
+            np.testing.assert_array_equal(small[k], whole[k])
+
+
+def test_plan_chunks_and_budget_errors():
+    cp = memplan.plan_chunks(10, 100, fixed_bytes=50, budget=50 + 300)
+    assert cp.chunk_seeds == 3 and cp.chunks == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert cp.peak_bytes <= 350
+    with pytest.raises(MemoryError, match="memory_budget"):
+        memplan.plan_chunks(10, 100, fixed_bytes=50, budget=120)
+    assert memplan.plan_chunks(10, 100, budget=10**9, chunk_seeds=4).chunks[-1] == (8, 10)
+    assert memplan.available_memory() > 0 and memplan.default_budget(0.1) > 0
+
+
+def test_reduced_mode_matches_full_run():
+    p = ls_problem()
+    plan = make_plan(p, p.solution() + 0.3, [0.0, 0.5, 1e300], 0.05, 60, 11, record_every=10)
+    full = numba_cpu.run(p, plan)
+    red = numba_cpu.run_reduced(p, plan, chunk_seeds=4)
+    assert numba_cpu.last_timing()["chunks"] == 3
+    res = SimResult(lams=plan.lams, steps=plan.record_steps, **full)
+    alive = ~res.diverged
+    np.testing.assert_array_equal(red["count"], alive.sum(axis=1))
+    np.testing.assert_array_equal(red["diverged_step"], full["diverged_step"])
+    for name in RECORDS:
+        np.testing.assert_allclose(red["mean"][name], res.mean(name), rtol=1e-12)
+        for k in range(2):
+            want = np.var(full[name][k][alive[k]], axis=0, ddof=1)
+            np.testing.assert_allclose(red["var"][name][k], want, rtol=1e-10, atol=1e-12 * want.max())
+        assert np.isnan(red["mean"][name][2]).all() and np.isnan(red["var"][name][2]).all()
+
+
+def test_running_moments_merge_is_exact():
+    r = np.random.default_rng(0)
+    vals = r.standard_normal((2, 50, 4)) * 1e3 + 1e6
+    keep = r.random((2, 50)) < 0.8
+    m = memplan.RunningMoments(2, 4)
+    for s0 in range(0, 50, 7):
+        m.add(vals[:, s0:s0 + 7], keep[:, s0:s0 + 7])
+    mean, var, count = m.result()
+    for k in range(2):
+        np.testing.assert_allclose(mean[k], vals[k][keep[k]].mean(axis=0), rtol=1e-14)
+        np.testing.assert_allclose(var[k], vals[k][keep[k]].var(axis=0, ddof=1), rtol=1e-9)
+    np.testing.assert_array_equal(count, keep.sum(axis=1))
+
+
+# ------------------------------------------------------------- registry and timing
+def test_backend_registry_and_simulate():
+    assert "numba" in BACKENDS and "auto" in BACKENDS
+    assert get_engine("numba") is numba_cpu
+    p = ls_problem()
+    assert get_engine("auto").select(p) is numba_cpu
+    with pytest.raises(ValueError, match="backend"):
+        get_engine("tpu")
+    a = kdsim.simulate(p, p.solution() + 0.2, [0.0, 0.5], 0.05, 50, 3, backend="numba", record_every=10)
+    b = kdsim.simulate(p, p.solution() + 0.2, [0.0, 0.5], 0.05, 50, 3, backend="numpy", record_every=10)
+    assert a.config["backend"] == "numba"
+    np.testing.assert_allclose(a.dist2_opt, b.dist2_opt, rtol=1e-10)
+    auto = get_engine("auto")
+    plan = make_plan(p, p.solution(), [0.5], 0.05, 10, 2)
+    auto.run(p, plan)
+    assert auto.last_timing()["kernel"] == "ls_affine"
+
+
+def test_unsupported_problem_raises_and_auto_falls_back():
+    class Shifted(kdsim.LeastSquares):
+        name = "shifted"
+    p0 = ls_problem()
+    p = Shifted(p0.A, p0.b)
+    plan = make_plan(p, p.solution(), [0.5], 0.05, 10, 2)
+    with pytest.raises(NotImplementedError, match="backend='numpy'"):
+        numba_cpu.run(p, plan)
+    assert get_engine("auto").select(p) is reference
+    out = get_engine("auto").run(p, plan)
+    np.testing.assert_array_equal(out["dist2_opt"], reference.run(p, plan)["dist2_opt"])
+
+
+def test_timing_separates_compilation():
+    p = ls_problem()
+    plan = make_plan(p, p.solution(), [0.5, 1.0], 0.05, 100, 4)
+    numba_cpu.run(p, plan)
+    numba_cpu.run(p, plan)
+    t = numba_cpu.last_timing()
+    assert t["compile_s"] >= 0 and t["run_s"] > 0 and t["total_s"] >= t["run_s"]
+    assert t["compile_s"] < 0.5            # second call: nothing left to compile
+    assert t["trajectory_steps"] == 2 * 4 * 100 and t["throughput"] > 0
+    assert numba_cpu.warmup("least_squares") >= 0
+    with pytest.raises(ValueError, match="problem_kind"):
+        numba_cpu.warmup("svm")
+
+
+def test_threads_give_identical_numbers():
+    p = ls_problem()
+    plan = make_plan(p, p.solution() + 0.1, [0.0, 1.0], 0.05, 80, 9, common_random_numbers=False)
+    try:
+        numba_cpu.set_threads(1)
+        one = numba_cpu.run(p, plan)
+        numba_cpu.set_threads(3)
+        three = numba_cpu.run(p, plan)
+    finally:
+        numba_cpu.set_threads(None)
+    for k in one:
+        np.testing.assert_array_equal(one[k], three[k])
