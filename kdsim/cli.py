@@ -88,6 +88,9 @@ def _run_check_command(args):
         links = " · ".join(f"[{kind}]({p.name})" for kind, p in paths.items())
         index.append(f"\n## Claim {result.claim}: {result.name} — {'PASS' if result.passed else 'FAIL'}\n\n"
                      f"{result.statement}\n\nTables: {links}\n")
+        index.extend(f"\n- {note}" for note in result.notes)
+        if result.notes:
+            index.append("\n")
         if result.curves:
             fig = plots.convergence_plot(result.curves, out / f"claim{result.claim:02d}_{result.name}.png",
                                          f"Claim {result.claim}: {result.name}")

@@ -33,7 +33,9 @@ def write_tables(result, out_dir):
     stem = f"claim{result.claim:02d}_{result.name}"
     paths = {"csv": out / f"{stem}.csv", "md": out / f"{stem}.md", "tex": out / f"{stem}.tex"}
     frame.to_csv(paths["csv"], index=False)
-    paths["md"].write_text(f"# Claim {result.claim}: {result.name}\n\n{result.statement}\n\n{_markdown(frame)}")
+    notes = "".join(f"- {note}\n" for note in result.notes)
+    notes = f"\nNotes:\n\n{notes}" if notes else ""
+    paths["md"].write_text(f"# Claim {result.claim}: {result.name}\n\n{result.statement}\n\n{_markdown(frame)}{notes}")
     paths["tex"].write_text(frame.to_latex(index=False, float_format="%.3e", escape=True))
     return paths
 

@@ -183,6 +183,8 @@ def x_lambda(problem, theta, lam, teacher_term="f", tol=1e-12, max_iter=100):
             return (1.0 - lam) * x_star + lam * th
         H = problem.hessian(x_star)
         return x_star + scipy.linalg.solve(H, lam * tbar - problem.grad(x_star), assume_a="pos")
+    if lam == 1.0 and teacher_term == "f":
+        return np.array(problem.check_teacher(theta), dtype=np.float64)   # ∇f(θ) = t̄ exactly
     x = x_star.copy()
     target = lam * tbar
     scale = max(1.0, float(np.linalg.norm(target)))
@@ -200,6 +202,8 @@ def x_lambda(problem, theta, lam, teacher_term="f", tol=1e-12, max_iter=100):
         slope = float(g @ dx)
         while s > 1e-12 and F(x + s * dx) > f0 + 1e-4 * s * slope:
             s *= 0.5
+        if s <= 1e-12:      # no decrease left at float precision: stop and judge the gradient
+            break
         x = x + s * dx
     g = problem.grad(x) - target
     if np.linalg.norm(g) <= 1e3 * tol * scale:
