@@ -1,4 +1,4 @@
-"""The ``kdsim`` command line: ``kdsim check [NAME ...|all]``.
+"""The ``kdsim`` command line: ``kdsim check [NAME ...|all]``, ``kdsim sweep | table | plot``.
 
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage (one-line error).
 """
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .sweeps import cli as sweeps_cli
 
 
 class _UsageError(Exception):
@@ -39,6 +40,7 @@ def _parser():
     chk.add_argument("--seeds", type=_positive_int, default=None, help="seeds per Monte Carlo estimate")
     chk.add_argument("--backend", default="auto", help="simulation backend (auto, numpy)")
     chk.add_argument("--out", default="kdsim-results", help="results folder (default: ./kdsim-results)")
+    sweeps_cli.add_parsers(sub)
     return parser
 
 
@@ -117,7 +119,9 @@ def main(argv=None):
     try:
         if args.command == "check":
             return _run_check_command(args)
-    except _UsageError as exc:
+        if args.command in sweeps_cli.COMMANDS:
+            return sweeps_cli.run_command(args)
+    except (_UsageError, sweeps_cli.UsageError) as exc:
         print(f"kdsim: error: {exc}", file=sys.stderr)
         return 2
     return 2

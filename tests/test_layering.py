@@ -38,7 +38,7 @@ FORBIDDEN = {
     # kernels never import theory, stats, pandas or seaborn
     "engines": ("kdsim.theory", "kdsim.stats", "kdsim.report", "kdsim.checks", "pandas", "seaborn", "matplotlib"),
     # reports compute nothing: no simulation or theory
-    "report": ("kdsim.simulate", "kdsim.engines", "kdsim.theory"),
+    "report": ("kdsim.simulate", "kdsim.engines", "kdsim.theory", "kdsim.sweeps"),
 }
 
 

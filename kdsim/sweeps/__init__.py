@@ -1,0 +1,47 @@
+"""Sweeps at scale: declarative TOML grids, a cached and resumable parquet store, Dask execution.
+
+>>> import kdsim.sweeps as sw
+>>> frame = sw.run("examples/sweeps/ls_small.toml", out="results/ls", workers=2)   # doctest: +SKIP
+>>> frame = sw.load("results/ls")                                                  # doctest: +SKIP
+
+* :mod:`~kdsim.sweeps.spec`: TOML → validated :class:`Sweep` → cells (Cartesian product), each
+  with its full configuration and hash;
+* :mod:`~kdsim.sweeps.registry`: the named problem families and teacher kinds a spec can use;
+* :mod:`~kdsim.sweeps.task`: one cell = ``kdsim.simulate`` reduced to summaries, theory beside them;
+* :mod:`~kdsim.sweeps.store`: one atomic, validated parquet part per cell;
+* :mod:`~kdsim.sweeps.run`: in-process, LocalCluster or remote-scheduler execution, progress, dry run;
+* :mod:`~kdsim.sweeps.report`: bound-vs-empirical tables and figures from a store;
+* :mod:`~kdsim.sweeps.cli`: ``kdsim sweep | table | plot``.
+"""
+import importlib
+
+from .registry import PROBLEMS, TEACHERS, Builder, Param, SpecError, SweepUsageError, register_problem, register_teacher
+
+#: public name -> submodule; imported on first use so that ``kdsim.sweeps.cli`` (wired into the
+#: ``kdsim`` command) loads no more than the registry until a sweep command runs
+_LAZY = {
+    "RunReport": "run", "SweepError": "run", "dry_run": "run", "run": "run",
+    "Cell": "spec", "Sweep": "spec", "load_spec": "spec",
+    "Store": "store", "StoreError": "store", "StoreWarning": "store", "load": "store",
+    "plot": "report", "table": "report",
+}
+_SUBMODULES = ("cli", "registry", "report", "run", "spec", "store", "task")
+
+__all__ = ["Builder", "Cell", "PROBLEMS", "Param", "RunReport", "SpecError", "Store", "StoreError", "StoreWarning",
+           "Sweep", "SweepError", "SweepUsageError", "TEACHERS", "dry_run", "load", "load_spec", "plot",
+           "register_problem", "register_teacher", "report", "run", "table"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

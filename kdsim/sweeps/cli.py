@@ -1,0 +1,146 @@
+"""``kdsim sweep | table | plot``: the sweep subcommands, wired into ``kdsim.cli``.
+
+``add_parsers(subparsers)`` adds the three subcommands to the main parser;
+``run_command(args)`` runs one and returns the exit code: 0 success, 1 some cells failed
+or the store holds corrupt parts, 130 interrupted (finished cells are kept; re-running
+resumes). Usage errors (a bad spec, a bad option) raise :class:`UsageError`, a
+ValueError, which the main program prints as one line with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .registry import SweepUsageError as UsageError
+
+COMMANDS = ("sweep", "table", "plot")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1); got {value}")
+    return value
+
+
+def add_parsers(subparsers):
+    """Add ``sweep``, ``table`` and ``plot`` to an argparse subparsers object."""
+    sw = subparsers.add_parser(
+        "sweep", help="run a declarative sweep (TOML spec) into a cached, resumable parquet store",
+        description="Run every cell of a sweep spec (Cartesian product of its grids) and store one parquet part "
+                    "per cell. Cells already stored are skipped; corrupt parts are recomputed. Ctrl-C keeps "
+                    "finished cells: run the same command again to resume.")
+    sw.add_argument("spec", metavar="SPEC", help="sweep spec (TOML file)")
+    sw.add_argument("--dry-run", action="store_true", help="print the cells, a cost estimate and the memory plan; run nothing")
+    sw.add_argument("--calibrate", action="store_true", help="with --dry-run: time a short simulation for the cost estimate")
+    sw.add_argument("--out", default=None, help="results folder (default: [sweep] out, else kdsim-sweeps/<name>)")
+    sw.add_argument("--workers", type=_positive_int, default=1,
+                    help="1: in-process (default); N > 1: a local Dask cluster of N processes")
+    sw.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                    help="submit to a running Dask scheduler, e.g. tcp://host:8786 (kdsim installed on every worker)")
+    sw.add_argument("--recompute", action="store_true", help="recompute every cell, ignoring stored parts")
+    sw.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+    tb = subparsers.add_parser(
+        "table", help="bound-vs-empirical tables from a sweep's store",
+        description="Print a table from a sweep's results: bounds (per cell, λ and bound), lambdas (best λ on the "
+                    "grid vs λ̂, λ*_T1, λ*_T2, λ*_published, λ_opt) or cells.")
+    tb.add_argument("source", metavar="SPEC_OR_DIR", help="a sweep spec or a results folder")
+    tb.add_argument("--out", default=None, help="results folder when SPEC_OR_DIR is a spec")
+    tb.add_argument("--kind", default="bounds", choices=("bounds", "lambdas", "cells"), help="which table (default bounds)")
+    tb.add_argument("--format", default="md", choices=("md", "csv"), help="Markdown (default) or CSV")
+    tb.add_argument("--output", default=None, metavar="FILE", help="write to FILE instead of standard output")
+
+    pl = subparsers.add_parser(
+        "plot", help="figures from a sweep's store",
+        description="Plateau vs γ per λ with bounds, λ sweeps with the optimal-weight formulas, convergence curves.")
+    pl.add_argument("source", metavar="SPEC_OR_DIR", help="a sweep spec or a results folder")
+    pl.add_argument("--out", default=None, help="results folder when SPEC_OR_DIR is a spec")
+    pl.add_argument("--figures", default=None, metavar="DIR", help="figure folder (default: <results>/figures)")
+    pl.add_argument("--max-figures", type=_positive_int, default=24, help="at most this many figures (default 24)")
+    return subparsers
+
+
+def run_command(args):
+    """Run ``args.command`` (one of COMMANDS); return the exit code."""
+    if args.command == "sweep":
+        return _sweep(args)
+    if args.command == "table":
+        return _table(args)
+    if args.command == "plot":
+        return _plot(args)
+    raise UsageError(f"unknown sweep command {args.command!r}; valid values: {', '.join(COMMANDS)}")
+
+
+def _err(text):
+    print(f"kdsim: {text}", file=sys.stderr)
+
+
+def _sweep(args):
+    from .run import SweepError, dry_run, run
+    from .store import StoreError
+
+    if args.calibrate and not args.dry_run:
+        raise UsageError("--calibrate goes with --dry-run")
+    if args.scheduler and args.workers != 1:
+        raise UsageError("--workers starts a local cluster; with --scheduler the remote cluster's workers are used")
+    if args.dry_run:
+        print(dry_run(args.spec, out=args.out, workers=args.workers, calibrate_throughput=args.calibrate))
+        return 0
+    try:
+        frame = run(args.spec, out=args.out, workers=args.workers, scheduler=args.scheduler,
+                    progress=not args.no_progress, recompute=args.recompute)
+    except KeyboardInterrupt:
+        _err("interrupted; finished cells are stored, run the same command again to resume")
+        return 130
+    except SweepError as exc:
+        _err(f"error: {exc}")
+        return 1
+    except StoreError as exc:
+        _err(f"error: {exc}")
+        return 1
+    rep = frame.attrs["run"]
+    fixed = f", {len(rep['recomputed'])} corrupt part(s) recomputed" if rep["recomputed"] else ""
+    print(f"sweep {rep['name']!r}: {rep['total']} cells — {rep['skipped']} already stored, {rep['written']} computed"
+          f"{fixed} in {rep['seconds']:.1f} s; results in {rep['out']} ({len(frame)} rows). "
+          f"Next: kdsim table {rep['out']}")
+    return 0
+
+
+def _table(args):
+    from .report import render_table, table
+    from .store import StoreError
+
+    try:
+        frame = table(args.source, kind=args.kind, out=args.out)
+    except StoreError as exc:
+        _err(f"error: {exc}")
+        return 1
+    text = render_table(frame, args.format)
+    if args.output:
+        from pathlib import Path
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    missing = frame.attrs.get("missing", [])
+    if missing:
+        _err(f"note: {len(missing)} cell(s) have no results yet (sweep incomplete)")
+    return 0
+
+
+def _plot(args):
+    from .report import plot
+    from .store import StoreError
+
+    try:
+        paths = plot(args.source, out=args.out, figures=args.figures, max_figures=args.max_figures)
+    except StoreError as exc:
+        _err(f"error: {exc}")
+        return 1
+    for p in paths:
+        print(p)
+    return 0

@@ -1,0 +1,431 @@
+"""Sweep specs: TOML → validated :class:`Sweep` → Cartesian product of :class:`Cell`.
+
+A spec has four parts (every key is listed in ``SPEC_KEYS``; an unknown key is an
+error that names it and lists the valid ones)::
+
+    [sweep]                       # run-wide settings (all optional)
+    name = "ls-grid"              # default: the file's stem, else "sweep"
+    master_seed = 0               # seed of the counter-based index generator
+    backend = "auto"              # kdsim.engines.BACKENDS
+    cell_seeds = "common"         # "common": every cell uses master_seed (paired cells);
+                                  # "independent": a seed derived from the cell and master_seed
+    level = 0.99                  # confidence level of every interval
+    tail_fraction = 0.5           # plateau = average over the last half of the records
+    rate_boot = 200               # bootstrap resamples of the rate fit
+    out = "kdsim-sweeps/ls-grid"  # results folder (default kdsim-sweeps/<name>)
+
+    [problem]                     # or [[problems]], several tables
+    family = "least_squares"      # registry.PROBLEMS
+    n = 200
+    d = 5
+    cond = [4.0, 16.0]            # a list is a grid axis
+
+    [[teachers]]                  # default: one optimum teacher
+    kind = "at_distance"          # registry.TEACHERS
+    r = [0.1, 1.0]
+
+    [grid]
+    lams = [0.0, 0.5, 1.0]        # λ values inside each cell (or {start, stop, num})
+    step_fraction = [0.25, 0.5]   # γ = fraction / 𝓛(b); or step = [...] for absolute γ
+    batch_size = [1, 10]
+    estimator = "kd"
+    seeds = 64
+    steps = 2000
+    record_every = 20             # default max(1, steps // 100)
+
+Every value in [problem], [[teachers]] and [grid] (except ``lams``) may be a scalar
+or a list; lists are axes of the Cartesian product. λ is not an axis: the whole λ
+grid of a cell runs in one ``simulate`` call with common random numbers.
+Validation happens in :func:`load_spec`, before any work: bad specs raise
+:class:`SpecError` (a ValueError) naming the section and key.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..results import config_hash
+from .registry import PROBLEMS, REQUIRED, TEACHERS, Param, SpecError
+
+try:  # Python >= 3.11
+    import tomllib as _toml
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as _toml
+    except ModuleNotFoundError:
+        _toml = None
+
+#: version of the stored row layout; part files of another layout are recomputed
+STORE_SCHEMA = 1
+
+SPEC_KEYS = {
+    "": ("sweep", "problem", "problems", "teachers", "grid"),
+    "sweep": ("name", "description", "master_seed", "backend", "cell_seeds", "level", "tail_fraction",
+              "rate_boot", "out"),
+    "grid": ("lams", "step", "step_fraction", "batch_size", "estimator", "seeds", "steps", "record_every"),
+}
+
+_SWEEP_PARAMS = {
+    "name": Param("name", "str", None),
+    "description": Param("description", "str", ""),
+    "master_seed": Param("master_seed", "int", 0, lo=0, hi=2**63 - 1),
+    "backend": Param("backend", "str", "auto"),
+    "cell_seeds": Param("cell_seeds", "str", "common", choices=("common", "independent")),
+    "level": Param("level", "float", 0.99, lo=0, lo_open=True, hi=0.999999),
+    "tail_fraction": Param("tail_fraction", "float", 0.5, lo=0, lo_open=True, hi=1.0),
+    "rate_boot": Param("rate_boot", "int", 200, lo=10),
+    "out": Param("out", "str", None),
+}
+
+_GRID_PARAMS = {
+    "step": Param("step", "float", None, lo=0, lo_open=True),
+    "step_fraction": Param("step_fraction", "float", None, lo=0, lo_open=True),
+    "batch_size": Param("batch_size", "int", 1, lo=1),
+    "estimator": Param("estimator", "str", "kd"),
+    "seeds": Param("seeds", "int", 32, lo=1),
+    "steps": Param("steps", "int", REQUIRED, lo=1),
+    "record_every": Param("record_every", "int", None, lo=1),
+}
+
+
+def _backends():
+    from ..engines import BACKENDS
+    return tuple(BACKENDS)
+
+
+def _estimators():
+    from ..estimators import ESTIMATORS
+    return tuple(ESTIMATORS)
+
+
+# --------------------------------------------------------------------- cells
+@dataclass(frozen=True)
+class Cell:
+    """One task of a sweep: a full simulate() configuration plus its summary settings."""
+
+    index: int
+    config: dict = field(repr=False)        # JSON-serialisable, includes kdsim_version (hashed)
+    hash: str = ""
+    label: str = ""
+
+    @property
+    def n_lams(self):
+        return len(self.config["lams"])
+
+    @property
+    def n_records(self):
+        steps, every = self.config["steps"], self.config["record_every"]
+        return len(range(0, steps + 1, every)) + (0 if steps % every == 0 else 1)
+
+    @property
+    def n_rows(self):
+        """Rows of the cell's part when no trajectory diverges (λ × records)."""
+        return self.n_lams * self.n_records
+
+    @property
+    def trajectory_steps(self):
+        c = self.config
+        return len(c["lams"]) * c["seeds"] * c["steps"]
+
+    def gamma_text(self):
+        c = self.config
+        return f"{c['gamma']:.4g}" if c["gamma"] is not None else f"{c['gamma_fraction']:g}/𝓛(b)"
+
+
+def make_cell(index, config, label=""):
+    return Cell(index=index, config=config, hash=config_hash(config), label=label)
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: normalised spec (JSON-serialisable), cells and axes."""
+
+    name: str
+    spec: dict                      # normalised spec, defaults filled in
+    cells: list
+    axes: dict                      # axis name -> number of values (> 1 only)
+    source: str = ""                # the TOML text when read from TOML
+    path: str | None = None         # the spec file, when read from one
+
+    @property
+    def out(self):
+        """Default results folder (``[sweep] out`` or kdsim-sweeps/<name>)."""
+        return Path(self.spec["sweep"]["out"] or Path("kdsim-sweeps") / self.name)
+
+    @property
+    def hash(self):
+        return config_hash({"cells": [c.hash for c in self.cells]})
+
+    def describe_axes(self):
+        if not self.axes:
+            return "a single cell"
+        return " × ".join(f"{k} {v}" for k, v in self.axes.items())
+
+
+# ------------------------------------------------------------------- loading
+def read_source(spec):
+    """(dict, source text, path) from a path, a TOML string or a dict."""
+    if isinstance(spec, dict):
+        return copy.deepcopy(spec), "", None
+    looks_like_path = isinstance(spec, str) and "\n" not in spec and (Path(spec).is_file() or "=" not in spec)
+    if isinstance(spec, os.PathLike) or looks_like_path:
+        path = Path(spec)
+        if not path.is_file():
+            raise SpecError(f"spec file {str(path)!r} not found (pass a path to a TOML file, a TOML string or a dict)")
+        text = path.read_text(encoding="utf-8")
+        return _parse_toml(text, str(path)), text, str(path)
+    if isinstance(spec, str):
+        return _parse_toml(spec, "<string>"), spec, None
+    raise SpecError(f"spec must be a path, a TOML string or a dict; got {type(spec).__name__}")
+
+
+def _parse_toml(text, where):
+    if _toml is None:  # pragma: no cover - Python 3.10 without tomli
+        raise SpecError("reading TOML on Python 3.10 needs tomli: pip install tomli")
+    try:
+        return _toml.loads(text)
+    except _toml.TOMLDecodeError as exc:
+        raise SpecError(f"{where} is not valid TOML: {exc}") from None
+
+
+def load_spec(spec):
+    """Parse and validate a spec (path, TOML string, dict or Sweep) into a :class:`Sweep`.
+
+    Raises :class:`SpecError` before any work for an unknown key (named, with the
+    valid keys), an empty grid axis, a non-positive step / steps / seeds / batch size,
+    a value of the wrong type, an unknown problem family, teacher kind, estimator or
+    backend, a batch size above n, or record_every above steps.
+    """
+    if isinstance(spec, Sweep):
+        return spec
+    raw, source, path = read_source(spec)
+    if not isinstance(raw, dict):
+        raise SpecError(f"a spec must be a table of sections; got {type(raw).__name__}")
+    _unknown("spec (top level)", raw, SPEC_KEYS[""])
+    if "problem" in raw and "problems" in raw:
+        raise SpecError("spec: give either [problem] or [[problems]], not both")
+    if "grid" not in raw:
+        raise SpecError("spec: missing section [grid] (needs lams, steps and step or step_fraction)")
+
+    sweep = _sweep_section(raw.get("sweep", {}), path)
+    problems = _problems_section(raw)
+    teachers = _teachers_section(raw.get("teachers", [{"kind": "optimum"}]))
+    grid = _grid_section(raw["grid"])
+    _cross_checks(problems, grid)
+
+    norm = {"sweep": sweep, "problems": problems, "teachers": teachers, "grid": grid}
+    cells, axes = _cells(norm)
+    return Sweep(name=sweep["name"], spec=norm, cells=cells, axes=axes, source=source, path=path)
+
+
+def _unknown(where, table, valid):
+    if not isinstance(table, dict):
+        raise SpecError(f"{where} must be a table; got {table!r}")
+    for key in table:
+        if key not in valid:
+            raise SpecError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+
+
+def _as_axis(where, value):
+    """A list of values (a scalar is an axis of length one); empty lists are errors."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise SpecError(f"{where}: empty list (a grid axis needs at least one value)")
+    if any(isinstance(v, (list, dict)) for v in values):
+        raise SpecError(f"{where}: a grid axis is a list of scalars; got {value!r}")
+    return values
+
+
+def _axis(where, param, value):
+    values = [param.check(where, v) for v in _as_axis(f"{where} {param.name}", value)]
+    if len(set(map(repr, values))) != len(values):
+        raise SpecError(f"{where} {param.name}: repeated values in {value!r}")
+    return values
+
+
+def _sweep_section(table, path):
+    _unknown("[sweep]", table, SPEC_KEYS["sweep"])
+    out = {}
+    for key, param in _SWEEP_PARAMS.items():
+        out[key] = param.check("[sweep]", table[key]) if key in table else param.default
+    if out["name"] is None:
+        out["name"] = Path(path).stem if path else "sweep"
+    if not out["name"] or any(ch in out["name"] for ch in "/\\\0"):
+        raise SpecError(f"[sweep] name must be a non-empty name without slashes; got {out['name']!r}")
+    if out["backend"] not in _backends():
+        raise SpecError(f"[sweep] backend: unknown value {out['backend']!r}; valid values: "
+                        f"{', '.join(map(repr, _backends()))}")
+    return out
+
+
+def _builder_section(where, table, registry, key):
+    _unknown_builder = f"{where}: missing {key!r}; valid values: {', '.join(map(repr, registry))}"
+    if not isinstance(table, dict):
+        raise SpecError(f"{where} must be a table; got {table!r}")
+    if key not in table:
+        raise SpecError(_unknown_builder)
+    name = table[key]
+    if not isinstance(name, str) or name not in registry:
+        raise SpecError(f"{where} {key}: unknown value {name!r}; valid values: {', '.join(map(repr, registry))}")
+    builder = registry[name]
+    valid = (key,) + builder.param_names
+    _unknown(f"{where} ({key} = {name!r})", table, valid)
+    params = {}
+    for p in builder.params:
+        if p.name in table:
+            params[p.name] = _axis(where, p, table[p.name])
+        elif p.default is REQUIRED:
+            raise SpecError(f"{where} ({key} = {name!r}): missing required key {p.name!r} ({p.describe_range()})")
+        else:
+            params[p.name] = [p.default]
+    return {key: name, "params": params}
+
+
+def _problems_section(raw):
+    if "problems" in raw:
+        tables = raw["problems"]
+        if not isinstance(tables, list) or not tables:
+            raise SpecError("[[problems]]: empty list (a grid axis needs at least one value)")
+        return [_builder_section(f"[[problems]] #{k + 1}", t, PROBLEMS, "family") for k, t in enumerate(tables)]
+    if "problem" not in raw:
+        raise SpecError("spec: missing section [problem] (with family = one of "
+                        f"{', '.join(map(repr, PROBLEMS))})")
+    return [_builder_section("[problem]", raw["problem"], PROBLEMS, "family")]
+
+
+def _teachers_section(tables):
+    if isinstance(tables, dict):
+        tables = [tables]
+    if not isinstance(tables, list) or not tables:
+        raise SpecError("[[teachers]]: empty list (a grid axis needs at least one value)")
+    return [_builder_section(f"[[teachers]] #{k + 1}", t, TEACHERS, "kind") for k, t in enumerate(tables)]
+
+
+def _lams(value):
+    where = "[grid] lams"
+    if isinstance(value, dict):
+        _unknown(where, value, ("start", "stop", "num"))
+        missing = [k for k in ("start", "stop", "num") if k not in value]
+        if missing:
+            raise SpecError(f"{where}: a range needs start, stop and num; missing {', '.join(missing)}")
+        start = Param("start", "float").check(where, value["start"])
+        stop = Param("stop", "float").check(where, value["stop"])
+        num = Param("num", "int", lo=1).check(where, value["num"])
+        return [float(v) for v in np.linspace(start, stop, num)]
+    values = [Param("lams", "float").check("[grid]", v) for v in _as_axis(where, value)]
+    if len(set(values)) != len(values):
+        raise SpecError(f"{where}: repeated values in {value!r}")
+    return values
+
+
+def _grid_section(table):
+    _unknown("[grid]", table, SPEC_KEYS["grid"])
+    if "lams" not in table:
+        raise SpecError("[grid]: missing required key 'lams' (the KD weights λ of every cell)")
+    grid = {"lams": _lams(table["lams"])}
+    has_step, has_frac = "step" in table, "step_fraction" in table
+    if has_step == has_frac:
+        raise SpecError("[grid]: give exactly one of 'step' (absolute γ) or 'step_fraction' (γ = fraction / 𝓛(b))")
+    for key, param in _GRID_PARAMS.items():
+        if key in table:
+            grid[key] = _axis("[grid]", param, table[key])
+        elif param.default is REQUIRED:
+            raise SpecError(f"[grid]: missing required key {key!r} ({param.describe_range()})")
+        else:
+            grid[key] = [param.default]
+    for est in grid["estimator"]:
+        if est not in _estimators():
+            raise SpecError(f"[grid] estimator: unknown value {est!r}; valid values: {', '.join(map(repr, _estimators()))}")
+    return grid
+
+
+def _expand(params):
+    keys = list(params)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))]
+
+
+def _cross_checks(problems, grid):
+    for prob in problems:
+        builder = PROBLEMS[prob["family"]]
+        for params in _expand(prob["params"]):
+            n = builder.n_of(params)
+            if prob["family"] == "least_squares" and params["d"] > n:
+                raise SpecError(f"[problem] least_squares: d must be <= n; got d = {params['d']}, n = {n}")
+            big = [b for b in grid["batch_size"] if b > n]
+            if big:
+                raise SpecError(f"[grid] batch_size must be <= n = {n} ({prob['family']}); got {big[0]}")
+    for every in grid["record_every"]:
+        if every is not None:
+            short = [s for s in grid["steps"] if every > s]
+            if short:
+                raise SpecError(f"[grid] record_every must be <= steps; got record_every = {every}, steps = {short[0]}")
+
+
+def _short(params, varying):
+    inner = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items() if k in varying)
+    return inner
+
+
+def _cells(norm):
+    sweep, grid = norm["sweep"], norm["grid"]
+    problems = [(p["family"], params) for p in norm["problems"] for params in _expand(p["params"])]
+    teachers = [(t["kind"], params) for t in norm["teachers"] for params in _expand(t["params"])]
+    step_key = "step" if grid["step"] != [None] else "step_fraction"
+    axes_values = {
+        "problem": problems, "teacher": teachers, step_key: grid[step_key], "batch_size": grid["batch_size"],
+        "estimator": grid["estimator"], "seeds": grid["seeds"], "steps": grid["steps"],
+        "record_every": grid["record_every"],
+    }
+    axes = {k: len(v) for k, v in axes_values.items() if len(v) > 1}
+    varying_problem = {k for k in set().union(*(p for _, p in problems))
+                       if len({repr(p.get(k)) for _, p in problems}) > 1}
+    varying_teacher = {k for k in set().union(*(p for _, p in teachers))
+                       if len({repr(p.get(k)) for _, p in teachers}) > 1}
+    cells = []
+    combos = itertools.product(*axes_values.values())
+    for index, (prob, teach, gamma, b, est, seeds, steps, every) in enumerate(combos):
+        if every is None:
+            every = max(1, steps // 100)
+        config = {
+            "kdsim_version": __version__, "store_schema": STORE_SCHEMA,
+            "problem": {"family": prob[0], "params": dict(prob[1])},
+            "teacher": {"kind": teach[0], "params": dict(teach[1])},
+            "lams": list(grid["lams"]),
+            "gamma": gamma if step_key == "step" else None,
+            "gamma_fraction": gamma if step_key == "step_fraction" else None,
+            "batch_size": b, "estimator": est, "seeds": seeds, "steps": steps, "record_every": every,
+            "backend": sweep["backend"],
+            "summaries": {"level": sweep["level"], "tail_fraction": sweep["tail_fraction"],
+                          "rate_boot": sweep["rate_boot"]},
+        }
+        config["seed"] = (sweep["master_seed"] if sweep["cell_seeds"] == "common"
+                          else _derived_seed(config, sweep["master_seed"]))
+        parts = []
+        if len(norm["problems"]) > 1 or varying_problem:
+            inner = _short(prob[1], varying_problem)
+            parts.append(f"{prob[0]}({inner})" if inner else prob[0])
+        if len(teachers) > 1:
+            inner = _short(teach[1], varying_teacher)
+            parts.append(f"{teach[0]}({inner})" if inner else teach[0])
+        gtxt = f"γ={gamma:.4g}" if step_key == "step" else f"γ={gamma:g}/𝓛"
+        for name, text in ((step_key, gtxt), ("batch_size", f"b={b}"), ("estimator", est),
+                           ("seeds", f"seeds={seeds}"), ("steps", f"T={steps}"), ("record_every", f"every={every}")):
+            if name in axes:
+                parts.append(text)
+        cells.append(make_cell(index, config, " · ".join(parts) or "single cell"))
+    return cells, axes
+
+
+def _derived_seed(config, master_seed):
+    skip = ("seed", "kdsim_version", "store_schema", "summaries")
+    blob = json.dumps({k: v for k, v in config.items() if k not in skip}, sort_keys=True).encode()
+    digest = hashlib.sha256(blob + str(master_seed).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

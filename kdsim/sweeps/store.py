@@ -1,0 +1,319 @@
+"""The results store of a sweep: a folder holding a parquet dataset, one part per cell.
+
+Layout of a results folder ``OUT``::
+
+    OUT/sweep.json                  manifest: the normalised spec, its TOML source, the cells
+    OUT/parts/<cell hash>.parquet   one part per finished cell (one row per (λ, record))
+    OUT/corrupt/                    parts that failed validation, moved aside before recomputing
+
+``OUT/parts`` is a plain parquet dataset (``pandas.read_parquet(OUT / "parts")`` reads it;
+temporary files start with a dot and are ignored by dataset readers). Every part carries,
+in its parquet key-value metadata under ``kdsim.sweep``, the cell's full configuration,
+its hash (``kdsim.results.config_hash``; also the file name), the kdsim version, the
+normalised spec with its TOML source, and the expected row count.
+
+Writes are atomic: the part is written to a temporary name in the same folder, flushed
+and fsync'ed, then renamed over the final name with ``os.replace`` (and the folder is
+fsync'ed), so a crash leaves either the old state or the complete part, never half a file.
+
+A part is *valid* when it opens as parquet, its metadata names the expected hash and
+version, ``config_hash(config)`` reproduces that hash, its row count equals the recorded
+one and every row carries the cell's hash. Anything else (a truncated or unreadable file,
+a wrong hash, a wrong row count) is reported, moved to ``OUT/corrupt`` and recomputed by
+the next run; :func:`load` refuses to read it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .. import __version__
+from ..results import config_hash
+from .registry import SweepUsageError
+from .spec import STORE_SCHEMA, Sweep, load_spec, make_cell
+
+META_KEY = b"kdsim.sweep"
+MANIFEST = "sweep.json"
+
+
+class StoreError(RuntimeError):
+    """A results folder cannot be read as asked (corrupt parts, an unreadable manifest)."""
+
+
+class StoreWarning(UserWarning):
+    """Some cells of a sweep have no part yet (the sweep is incomplete)."""
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SweepUsageError("the sweep store needs pyarrow: pip install 'kdsim[dask]' (or pip install pyarrow)") from None
+    return pa, pq
+
+
+@dataclass(frozen=True)
+class PartStatus:
+    """Outcome of validating one part: state is "ok", "missing" or "corrupt" (with a reason)."""
+
+    state: str
+    reason: str = ""
+    frame: pd.DataFrame | None = None
+
+    @property
+    def ok(self):
+        return self.state == "ok"
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically (temporary name in the same folder, fsync, rename)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+class Store:
+    """A results folder (see the module docstring)."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.parts = self.root / "parts"
+        self.corrupt_dir = self.root / "corrupt"
+
+    # ----------------------------------------------------------- manifest
+    def prepare(self, sweep):
+        """Create the folders and write the manifest; return the hashes of stale parts (not in this sweep)."""
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SweepUsageError(f"results folder {str(self.root)!r} cannot be created ({exc.strerror or exc})") from None
+        manifest = {
+            "kdsim_version": __version__, "store_schema": STORE_SCHEMA, "name": sweep.name,
+            "sweep_hash": sweep.hash, "spec": sweep.spec, "source": sweep.source, "spec_path": sweep.path,
+            "cells": [{"index": c.index, "hash": c.hash, "label": c.label, "config": c.config} for c in sweep.cells],
+        }
+        atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        wanted = {c.hash for c in sweep.cells}
+        return sorted(h for h in self.part_hashes() if h not in wanted)
+
+    def manifest(self):
+        path = self.root / MANIFEST
+        if not path.is_file():
+            raise SweepUsageError(f"{str(self.root)!r} has no {MANIFEST}: not a kdsim sweep results folder "
+                                  "(run `kdsim sweep SPEC --out DIR` first)")
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path} is unreadable ({exc}); re-run the sweep to rewrite it") from None
+
+    def sweep(self):
+        """The Sweep recorded in the manifest (re-validated from its normalised spec)."""
+        m = self.manifest()
+        cells = [make_cell(c["index"], c["config"], c["label"]) for c in m["cells"]]
+        bad = [c for c, rec in zip(cells, m["cells"]) if c.hash != rec["hash"]]
+        if bad:
+            raise StoreError(f"{self.root / MANIFEST}: cell {bad[0].index} does not hash to its recorded hash "
+                             "(edited or written by another kdsim version); re-run the sweep")
+        return Sweep(name=m["name"], spec=m["spec"], cells=cells, axes={}, source=m.get("source", ""),
+                     path=m.get("spec_path"))
+
+    # -------------------------------------------------------------- parts
+    def part_path(self, cell_hash):
+        return self.parts / f"{cell_hash}.parquet"
+
+    def part_hashes(self):
+        if not self.parts.is_dir():
+            return []
+        return sorted(p.stem for p in self.parts.glob("*.parquet") if not p.name.startswith("."))
+
+    def write_part(self, cell, frame, info, sweep):
+        """Write one cell's frame with its metadata, atomically; return the path."""
+        pa, pq = _pyarrow()
+        meta = {
+            "config_hash": cell.hash, "config": cell.config, "kdsim_version": __version__,
+            "store_schema": STORE_SCHEMA, "n_rows": int(len(frame)),
+            "rows_per_lambda": [int(r) for r in info["rows_per_lambda"]],
+            "cell_index": cell.index, "cell_label": cell.label, "sweep_name": sweep.name,
+            "spec": sweep.spec, "spec_source": sweep.source,
+            "info": {k: v for k, v in info.items() if k not in ("rows_per_lambda",)},
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if int(sum(meta["rows_per_lambda"])) != meta["n_rows"]:
+            raise StoreError(f"cell {cell.hash}: rows per λ {meta['rows_per_lambda']} do not add up to {meta['n_rows']}")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
+        path = self.part_path(cell.hash)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as fh:
+                pq.write_table(table, fh, **_checksum_write_kw(pq))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        _fsync_dir(path.parent)
+        return path
+
+    def check_part(self, cell, read=True):
+        """Validate the part of ``cell``; with ``read`` also decode it (returned in ``frame``)."""
+        path = self.part_path(cell.hash)
+        if not path.exists():
+            return PartStatus("missing")
+        pa, pq = _pyarrow()
+        try:
+            pf = pq.ParquetFile(path, **_checksum_read_kw(pq.ParquetFile))
+            raw = (pf.schema_arrow.metadata or {}).get(META_KEY)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            return PartStatus("corrupt", f"unreadable parquet ({type(exc).__name__}: {exc})")
+        if raw is None:
+            return PartStatus("corrupt", "no kdsim metadata in the parquet footer")
+        try:
+            meta = json.loads(raw)
+        except ValueError as exc:
+            return PartStatus("corrupt", f"kdsim metadata is not valid JSON ({exc})")
+        recorded = meta.get("config_hash")
+        if recorded != cell.hash:
+            return PartStatus("corrupt", f"metadata hash {recorded!r} differs from the cell's hash {cell.hash!r}")
+        if config_hash(meta.get("config")) != cell.hash:
+            return PartStatus("corrupt", "the stored configuration does not hash to the file's hash")
+        want_version = cell.config.get("kdsim_version")
+        want_schema = cell.config.get("store_schema")
+        if meta.get("kdsim_version") != want_version or meta.get("store_schema") != want_schema:
+            return PartStatus("corrupt", f"metadata says kdsim {meta.get('kdsim_version')} (schema "
+                                         f"{meta.get('store_schema')}), the cell is kdsim {want_version} (schema {want_schema})")
+        rows = meta.get("rows_per_lambda") or []
+        n_rows = meta.get("n_rows")
+        if (len(rows) != cell.n_lams or sum(rows) != n_rows or any(r < 1 or r > cell.n_records for r in rows)
+                or pf.metadata.num_rows != n_rows):
+            return PartStatus("corrupt", f"wrong row count: the file has {pf.metadata.num_rows} rows, its metadata "
+                                         f"records {n_rows} ({rows} per λ) for {cell.n_lams} λ × ≤ {cell.n_records} records")
+        if not read:
+            return PartStatus("ok")
+        try:
+            frame = pf.read().to_pandas()
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            return PartStatus("corrupt", f"unreadable data pages ({type(exc).__name__}: {exc})")
+        if len(frame) != n_rows:
+            return PartStatus("corrupt", f"wrong row count: decoded {len(frame)} rows, metadata records {n_rows}")
+        if "cell_hash" not in frame or (frame["cell_hash"] != cell.hash).any():
+            return PartStatus("corrupt", "rows carry another cell's hash")
+        counts = frame.groupby("lam", sort=False).size().reindex(cell.config["lams"]).tolist()
+        if counts != rows or frame[["lam", "step"]].duplicated().any():
+            return PartStatus("corrupt", f"rows per λ {counts} differ from the recorded {rows} (or repeat a record)")
+        return PartStatus("ok", frame=frame)
+
+    def quarantine(self, cell_hash, reason):
+        """Move a failing part aside to OUT/corrupt (with the reason beside it); return the new path."""
+        src = self.part_path(cell_hash)
+        self.corrupt_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:6]}"
+        dst = self.corrupt_dir / f"{cell_hash}.{stamp}.parquet"
+        os.replace(src, dst)
+        dst.with_suffix(".reason.txt").write_text(reason + "\n")
+        _fsync_dir(self.parts)
+        return dst
+
+
+def _checksum_write_kw(pq):
+    import inspect
+    return {"write_page_checksum": True} if "write_page_checksum" in inspect.signature(pq.write_table).parameters else {}
+
+
+def _checksum_read_kw(reader):
+    """Ask ``reader`` (pyarrow.parquet.ParquetFile) to verify page checksums where it can (pyarrow >= 14)."""
+    import inspect
+    return ({"page_checksum_verification": True}
+            if "page_checksum_verification" in inspect.signature(reader).parameters else {})
+
+
+# ------------------------------------------------------------------- loading
+def resolve_store(spec_or_dir, out=None):
+    """(Store, Sweep) from a results folder, or from a spec (its out folder, or ``out``)."""
+    if isinstance(spec_or_dir, Store):
+        return spec_or_dir, spec_or_dir.sweep()
+    path = Path(spec_or_dir) if isinstance(spec_or_dir, (str, os.PathLike)) else None
+    if path is not None and path.is_dir():
+        if out is not None and Path(out).resolve() != path.resolve():
+            raise SweepUsageError(f"{str(path)!r} is a results folder; --out only goes with a spec")
+        store = Store(path)
+        return store, store.sweep()
+    sweep = load_spec(spec_or_dir)
+    return Store(out if out is not None else sweep.out), sweep
+
+
+def load(out, spec=None, missing="warn"):
+    """Read a sweep's results as one long DataFrame (validated; see the module docstring).
+
+    ``out``: a results folder (or a Store). ``spec``: read the cells of this spec (default:
+    the cells in the folder's manifest). Corrupt parts raise :class:`StoreError` (never
+    read); cells without a part are left out, with a :class:`StoreWarning` when
+    ``missing="warn"``, silently when "ignore", or a StoreError when "raise".
+    ``frame.attrs["missing"]`` lists their hashes.
+    """
+    if missing not in ("warn", "ignore", "raise"):
+        raise SweepUsageError(f"missing must be 'warn', 'ignore' or 'raise'; got {missing!r}")
+    store = out if isinstance(out, Store) else Store(out)
+    sweep = load_spec(spec) if spec is not None else store.sweep()
+    frames, absent, corrupt = [], [], []
+    for cell in sweep.cells:
+        status = store.check_part(cell)
+        if status.ok:
+            frames.append(status.frame.assign(cell_index=cell.index))
+        elif status.state == "missing":
+            absent.append(cell.hash)
+        else:
+            corrupt.append(f"{cell.hash} ({status.reason})")
+    if corrupt:
+        raise StoreError(f"{len(corrupt)} corrupt part(s) in {store.parts}: " + "; ".join(corrupt)
+                         + " — re-run the sweep to recompute them")
+    if absent:
+        text = f"{len(absent)} of {len(sweep.cells)} cells of sweep {sweep.name!r} have no results yet in {store.root}"
+        if missing == "raise":
+            raise StoreError(text)
+        if missing == "warn":
+            warnings.warn(text, StoreWarning, stacklevel=2)
+    frame = _concat(frames)
+    frame.attrs["missing"] = absent
+    frame.attrs["sweep"] = sweep.name
+    return frame
+
+
+def _concat(frames):
+    if not frames:
+        return pd.DataFrame()
+    frame = pd.concat(frames, ignore_index=True, sort=False)
+    front = ["cell_index"] + [c for c in frame.columns if c != "cell_index"]
+    return frame[front]
