@@ -11,8 +11,23 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 
+def log_band_low(mean, ci_low, ci_high):
+    """Lower edge of a band on a log axis.
+
+    A t-interval of a positive, heavy-tailed mean can reach below zero; there the band
+    shows the log-scale mirror of the upper limit, mean²/ci_high, instead of a drop to
+    the bottom of the axis.
+    """
+    mirror = mean * mean / ci_high.where(ci_high > 0, mean)
+    return ci_low.where(ci_low > 0, mirror)
+
+
 def convergence_plot(curves, path, title):
-    """Mean curves with confidence bands on a log scale, one panel per instance."""
+    """Mean curves with confidence bands on a log scale, one panel per instance.
+
+    Where a lower confidence limit is not positive the band's lower edge is the log-scale
+    mirror of the upper one (``log_band_low``).
+    """
     frame = pd.concat(curves, ignore_index=True)
     instances = list(dict.fromkeys(frame["instance"]))
     sns.set_theme(style="whitegrid", context="notebook")
@@ -23,8 +38,8 @@ def convergence_plot(curves, path, title):
         for colour, (method, g) in zip(palette, sub.groupby("method", sort=False)):
             pos = g["mean"] > 0
             ax.plot(g["step"][pos], g["mean"][pos], color=colour, label=method)
-            lo = g["ci_low"].clip(lower=g["mean"][pos].min() * 1e-3 if pos.any() else 1e-300)
-            ax.fill_between(g["step"][pos], lo[pos], g["ci_high"][pos], color=colour, alpha=0.25, linewidth=0)
+            ax.fill_between(g["step"][pos], log_band_low(g["mean"], g["ci_low"], g["ci_high"])[pos],
+                            g["ci_high"][pos], color=colour, alpha=0.25, linewidth=0)
         ax.set_yscale("log")
         ax.set_xlabel("step t")
         ax.set_ylabel(sub["quantity"].iloc[0] + " (mean, 99% CI)")
