@@ -16,6 +16,14 @@ CLAIMS = {
     "identity": (1, "kdsim.checks.claim01_identity"),
     "optimal_teacher": (2, "kdsim.checks.claim02_optimal_teacher"),
     "teacher_fixed_point": (3, "kdsim.checks.claim03_teacher_fixed_point"),
+    "ls_dynamics": (4, "kdsim.checks.claim04_ls_dynamics"),
+    "lambda_opt": (5, "kdsim.checks.claim05_lambda_opt"),
+    "bounds": (6, "kdsim.checks.claim06_bounds"),
+    "rates": (7, "kdsim.checks.claim07_rates"),
+    "variance_reduction": (8, "kdsim.checks.claim08_variance_reduction"),
+    "corrected_kd": (9, "kdsim.checks.claim09_corrected_kd"),
+    "deep_linear": (10, "kdsim.checks.claim10_deep_linear"),
+    "digits": (11, "kdsim.checks.claim11_digits"),
 }
 
 

@@ -8,7 +8,8 @@ relation, tolerance, passed.
   exceed the theoretical value: a bound or a threshold), "≥" (the lower
   confidence limit must reach it).
 * ``ratio`` is empirical / theoretical; when the theoretical value is 0 (an
-  identity), it is empirical / tolerance, the fraction of the tolerance used.
+  identity), it is empirical / tolerance, the fraction of the tolerance used; when
+  both are 0 (a sign comparison such as "difference ≥ 0"), the empirical value itself.
 * Deterministic quantities have ci_low = ci_high = empirical.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ def make_row(claim, instance, quantity, empirical, theoretical, relation, tolera
     elif tol > 0.0:
         ratio = emp / tol
     else:
-        ratio = 0.0 if emp == 0.0 else np.inf
+        ratio = emp
     passed = bool(passed and np.isfinite(emp) and np.isfinite(lo) and np.isfinite(hi))
     return {"claim": int(claim), "instance": str(instance), "quantity": str(quantity),
             "empirical": emp, "ci_low": lo, "ci_high": hi, "theoretical": theo, "ratio": float(ratio),

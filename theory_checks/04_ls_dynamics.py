@@ -1,0 +1,11 @@
+"""THEORY.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'ls_dynamics').
+
+Usage: python theory_checks/04_ls_dynamics.py [--quick] [--seeds N] [--backend NAME]
+Prints the comparison table and exits 1 when any row fails.
+"""
+import sys
+
+from kdsim.checks import script_main
+
+if __name__ == "__main__":
+    sys.exit(script_main("ls_dynamics"))
