@@ -1,15 +1,18 @@
 """Simulation engines. Each exposes ``run(problem, plan) -> dict of record arrays``.
 
 ``numpy`` is the readable reference engine and the ground truth for the others;
-``numba`` the compiled CPU engine (``numba_cpu``); ``auto`` the numba engine when
-numba imports and has kernels for the problem, else the reference engine.
+``numba`` the compiled CPU engine (``numba_cpu``); ``cupy`` the GPU engine
+(``cupy_gpu``: the array-module engine ``batched`` on CuPy arrays; CuPy is imported
+only when asked for); ``auto`` the numba engine when numba imports and has kernels
+for the problem, else the reference engine. ``auto`` stays on the CPU: a GPU run
+must be asked for by name.
 """
 from __future__ import annotations
 
 from .. import _validate as V
 
 #: every backend name kdsim knows; "auto" picks the fastest available
-BACKENDS = ("auto", "numpy", "numba")
+BACKENDS = ("auto", "numpy", "numba", "cupy")
 
 
 def numba_available():
@@ -57,6 +60,10 @@ def get_engine(backend):
             raise ImportError("backend 'numba' needs numba: pip install numba (or use backend='numpy')")
         from . import numba_cpu
         return numba_cpu
+    if backend == "cupy":
+        from . import cupy_gpu
+        cupy_gpu.require()    # ImportError naming `pip install kdsim[gpu]`, or RuntimeError: no usable GPU
+        return cupy_gpu
     if numba_available():
         return _AutoEngine
     from . import reference

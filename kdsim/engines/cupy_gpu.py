@@ -1,0 +1,106 @@
+"""The GPU engine (backend ``"cupy"``): the array-module engine ``batched`` with CuPy arrays.
+
+``run(problem, plan)`` is ``batched.run(problem, plan, xp=cupy)``: the problem's data,
+the teacher's per-sample residuals and the record constants are moved to the device
+once per run; every step, record and divergence check runs there; only the record
+arrays, ``diverged_step`` and ``x_final`` come back, once per seed chunk (one chunk,
+hence one transfer, whenever the run fits in the memory budget — by default half of
+the device's free memory). The numbers are those of ``batched.run`` with numpy (same
+index stream, same arithmetic up to the order of floating-point reductions), which the
+CPU test suite checks against the reference engine.
+
+CuPy is imported only inside functions, so importing kdsim never needs it. Without
+CuPy every entry point raises ImportError naming ``pip install kdsim[gpu]``; with CuPy
+but no usable CUDA device, ``require`` and ``run`` raise RuntimeError. ``available()``
+is the check the ``auto`` backend must use before ever choosing this engine.
+"""
+from __future__ import annotations
+
+from . import batched
+
+#: what to install for this backend
+INSTALL_HINT = "pip install kdsim[gpu]"
+#: fraction of the device's free memory a run may use when ``max_bytes`` is not given
+DEVICE_MEMORY_FRACTION = 0.5
+
+_CHECKED = []   # [True] once a device has been verified usable in this process
+
+
+def import_cupy():
+    """The ``cupy`` module, or ImportError naming ``pip install kdsim[gpu]``."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ImportError(
+            "backend 'cupy' needs CuPy and an NVIDIA GPU: " + INSTALL_HINT + " (installs cupy-cuda12x; "
+            "for another CUDA version install the matching cupy-cudaXXx wheel), or use backend='numpy' "
+            "or backend='numba'") from exc
+    return cupy
+
+
+def gpu_status():
+    """(usable, reason): whether CuPy imports, sees a CUDA device and can run a kernel on it."""
+    try:
+        cupy = import_cupy()
+    except ImportError as exc:
+        return False, str(exc)
+    if _CHECKED:
+        return True, "CUDA device usable"
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:  # CUDA driver or runtime missing: CuPy raises its own error types
+        return False, f"CuPy imports but CUDA is not usable ({type(exc).__name__}: {exc})"
+    if count < 1:
+        return False, "CuPy imports but no CUDA device is visible"
+    try:
+        if int((cupy.arange(4, dtype=cupy.int64) * 2).sum()) != 12:
+            return False, "a test kernel on the CUDA device returned a wrong result"
+    except Exception as exc:  # e.g. no kernel image for this GPU, out of memory, NVRTC missing
+        return False, f"CuPy sees {count} CUDA device(s) but cannot run a kernel ({type(exc).__name__}: {exc})"
+    _CHECKED.append(True)
+    return True, f"{count} CUDA device(s) usable"
+
+
+def available():
+    """True when CuPy imports and a CUDA device runs kernels (never raises)."""
+    return gpu_status()[0]
+
+
+def require():
+    """Raise ImportError (no CuPy: ``pip install kdsim[gpu]``) or RuntimeError (no usable GPU)."""
+    import_cupy()
+    ok, reason = gpu_status()
+    if not ok:
+        raise RuntimeError(f"backend 'cupy' cannot run: {reason}; use backend='numpy' or backend='numba'")
+
+
+def supports(problem):
+    """True for the problem classes the array-module engine runs (see ``batched.supports``)."""
+    return batched.supports(problem)
+
+
+def device_budget(fraction=DEVICE_MEMORY_FRACTION):
+    """``fraction`` of the current device's free memory, in bytes."""
+    cupy = import_cupy()
+    free, _total = cupy.cuda.Device().mem_info
+    return int(free * fraction)
+
+
+def run(problem, plan, *, dtype=None, max_bytes=None, chunk_seeds=None, path="auto"):
+    """Run a validated plan on the GPU; same dict of host numpy arrays as ``reference.run``.
+
+    ``dtype`` "float64" (default) or "float32" iterate arithmetic (records are float64);
+    ``max_bytes`` device memory the run may use (default half the free device memory);
+    ``chunk_seeds`` and ``path`` as in ``batched.run``.
+    """
+    cupy = import_cupy()
+    require()
+    if max_bytes is None:
+        max_bytes = device_budget()
+    return batched.run(problem, plan, xp=cupy, dtype=dtype, max_bytes=max_bytes, chunk_seeds=chunk_seeds,
+                       path=path)
+
+
+def last_timing():
+    """Timing of the latest run (``batched.last_timing``; run_s includes the result transfers)."""
+    return batched.last_timing()
