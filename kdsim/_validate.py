@@ -120,3 +120,15 @@ def array_digest(arr):
     h = hashlib.sha256(str((a.dtype.str, a.shape)).encode())
     h.update(a.tobytes())
     return h.hexdigest()[:16]
+
+
+def positive_int_arg(text):
+    """argparse type: an integer >= 1, with a one-line message otherwise."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1); got {value}")
+    return value

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from . import _validate as V
 from .sweeps import cli as sweeps_cli
 
 
@@ -17,14 +18,7 @@ class _UsageError(Exception):
     pass
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1); got {value}")
-    return value
+_positive_int = V.positive_int_arg
 
 
 def _parser():

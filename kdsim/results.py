@@ -23,8 +23,32 @@ def config_hash(config):
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def check_record(name):
+    """A record name, with a clear error for unknown ones."""
+    if name not in RECORDS:
+        raise ValueError(f"unknown record {name!r}; valid values: {', '.join(RECORDS)}")
+    return name
+
+
+class _RunInfo:
+    """What full and reduced results share: seeds, divergence flags, configuration hash."""
+
+    @property
+    def n_seeds(self):
+        return self.diverged_step.shape[1]
+
+    @property
+    def diverged(self):
+        """(λ, seed) mask of diverged trajectories."""
+        return self.diverged_step >= 0
+
+    @property
+    def config_hash(self):
+        return config_hash(self.config)
+
+
 @dataclass
-class SimResult:
+class SimResult(_RunInfo):
     """Records of a simulation.
 
     ``dist2_opt``, ``subopt`` and ``dist2_teacher`` have shape (λ, seed, record);
@@ -44,24 +68,9 @@ class SimResult:
     config: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)   # engine timings (compile, run); not hashed
 
-    @property
-    def n_seeds(self):
-        return self.dist2_opt.shape[1]
-
-    @property
-    def diverged(self):
-        """(λ, seed) mask of diverged trajectories."""
-        return self.diverged_step >= 0
-
-    @property
-    def config_hash(self):
-        return config_hash(self.config)
-
     def record(self, name):
         """The (λ, seed, record) array of one recorded quantity."""
-        if name not in RECORDS:
-            raise ValueError(f"unknown record {name!r}; valid values: {', '.join(RECORDS)}")
-        return getattr(self, name)
+        return getattr(self, check_record(name))
 
     def mean(self, name):
         """Mean over the non-diverged seeds, shape (λ, record); NaN only where every seed diverged."""
@@ -104,7 +113,7 @@ class SimResult:
 
 
 @dataclass
-class SimSummary:
+class SimSummary(_RunInfo):
     """Per-(λ, record) moments over the seeds that never diverged (``simulate(..., reduce=True)``)."""
 
     lams: np.ndarray
@@ -116,31 +125,13 @@ class SimSummary:
     config: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
 
-    @property
-    def n_seeds(self):
-        return self.diverged_step.shape[1]
-
-    @property
-    def diverged(self):
-        return self.diverged_step >= 0
-
-    @property
-    def config_hash(self):
-        return config_hash(self.config)
-
-    def _check(self, name):
-        if name not in RECORDS:
-            raise ValueError(f"unknown record {name!r}; valid values: {', '.join(RECORDS)}")
-
     def mean(self, name):
         """Mean over non-diverged seeds, (λ, record)."""
-        self._check(name)
-        return self.means[name]
+        return self.means[check_record(name)]
 
     def var(self, name):
         """Variance over non-diverged seeds (ddof=1), (λ, record)."""
-        self._check(name)
-        return self.variances[name]
+        return self.variances[check_record(name)]
 
     def sem(self, name):
         """Standard error of the mean, (λ, record)."""

@@ -11,19 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import _validate as V
 from .registry import SweepUsageError as UsageError
 
 COMMANDS = ("sweep", "table", "plot")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1); got {value}")
-    return value
+_positive_int = V.positive_int_arg
 
 
 def add_parsers(subparsers):
