@@ -26,7 +26,8 @@ def convergence_plot(curves, path, title):
     """Mean curves with confidence bands on a log scale, one panel per instance.
 
     Where a lower confidence limit is not positive the band's lower edge is the log-scale
-    mirror of the upper one (``log_band_low``).
+    mirror of the upper one (``log_band_low``). Theoretical curves (a method named with
+    "flow", "bound", "exact" or "theory") are dashed.
     """
     frame = pd.concat(curves, ignore_index=True)
     instances = list(dict.fromkeys(frame["instance"]))
@@ -37,7 +38,9 @@ def convergence_plot(curves, path, title):
         palette = sns.color_palette("colorblind", n_colors=sub["method"].nunique())
         for colour, (method, g) in zip(palette, sub.groupby("method", sort=False)):
             pos = g["mean"] > 0
-            ax.plot(g["step"][pos], g["mean"][pos], color=colour, label=method)
+            theory_curve = any(w in method.lower() for w in ("flow", "bound", "exact", "theory"))
+            ax.plot(g["step"][pos], g["mean"][pos], "--" if theory_curve else "-", color=colour, label=method,
+                    linewidth=2.2 if theory_curve else 1.5)
             ax.fill_between(g["step"][pos], log_band_low(g["mean"], g["ci_low"], g["ci_high"])[pos],
                             g["ci_high"][pos], color=colour, alpha=0.25, linewidth=0)
         ax.set_yscale("log")
