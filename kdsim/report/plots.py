@@ -1,6 +1,7 @@
 """Seaborn figures from the curves a check returns (long frames: step, mean, ci_low, ci_high)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -46,7 +47,7 @@ def convergence_plot(curves, path, title):
         ax.set_yscale("log")
         ax.set_xlabel("step t")
         ax.set_ylabel(sub["quantity"].iloc[0] + " (mean, 99% CI)")
-        ax.set_title(inst, fontsize=10)
+        ax.set_title(textwrap.fill(inst, 48), fontsize=10)
         ax.legend(fontsize=9)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
