@@ -45,7 +45,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import _validate as V
+from ..problems.deep_linear import DeepLinear
+from ..problems.glm import LogisticRegression, PoissonRegression
 from ..problems.least_squares import LeastSquares
+from ..problems.softmax import SoftmaxRegression
 from ..rng import splitmix64
 from . import plan as memplan
 
@@ -412,39 +415,19 @@ class _DeepLinearRunner(_LayeredRunner):
         return terms.residuals, terms.full_map, terms.ridge
 
 
-_FAMILIES = {LeastSquares: _LeastSquaresRunner}
-
-
-def _register_optional_families():
-    """Problem families whose modules exist in this checkout (imported lazily)."""
-    try:
-        from ..problems.softmax import SoftmaxRegression
-        _FAMILIES.setdefault(SoftmaxRegression, _SoftmaxRunner)
-    except ImportError:
-        pass
-    try:
-        from ..problems.glm import LogisticRegression, PoissonRegression
-        _FAMILIES.setdefault(LogisticRegression, _GLMRunner)
-        _FAMILIES.setdefault(PoissonRegression, _GLMRunner)
-    except ImportError:
-        pass
-    try:
-        from ..problems.deep_linear import DeepLinear
-        _FAMILIES.setdefault(DeepLinear, _DeepLinearRunner)
-    except ImportError:
-        pass
+#: problem class -> runner; exact classes only (a subclass may change the math)
+_FAMILIES = {LeastSquares: _LeastSquaresRunner, SoftmaxRegression: _SoftmaxRunner,
+             LogisticRegression: _GLMRunner, PoissonRegression: _GLMRunner, DeepLinear: _DeepLinearRunner}
 
 
 def supports(problem):
     """True when this engine has kernels for the problem's exact class."""
-    _register_optional_families()
     return type(problem) in _FAMILIES
 
 
 def _runner(problem, plan, dtype):
     if not available():
         raise ImportError("backend 'numba' needs numba (pip install numba)")
-    _register_optional_families()
     cls = _FAMILIES.get(type(problem))
     if cls is None:
         names = ", ".join(sorted(c.__name__ for c in _FAMILIES))
