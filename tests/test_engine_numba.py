@@ -237,6 +237,39 @@ def test_divergence_from_step_size_matches_reference(dtype):
             assert (got["diverged_step"] <= reference.run(p, plan)["diverged_step"]).all()
 
 
+@pytest.mark.parametrize("b,l2,estimator,factor", [(1, 0.0, "kd", 6.0), (1, 0.1, "corrected", 8.0),
+                                                    (3, 0.0, "kd_loss", 4.0), (2, 0.1, "sgd", 6.0)])
+def test_affine_divergence_at_many_steps_matches_reference(b, l2, estimator, factor):
+    # a step a little beyond stability: trajectories cross the limit slowly, each seed and λ
+    # at its own step, long after the first; the affine kernel tests exactly only when its
+    # running norm bound could reach the limit, so the steps must equal the reference's.
+    p = ls_problem(l2)
+    step = factor * b / p.sample_smoothness().max()
+    plan = make_plan(p, p.solution() + 0.5, [0.0, 0.7, 3.0], step, 4000, 6, batch_size=b,
+                     estimator=estimator, record_every=100)
+    got = numba_cpu.run(p, plan)
+    assert numba_cpu.last_timing()["kernel"] == "ls_affine"
+    want = reference.run(p, plan)
+    assert (want["diverged_step"] > 50).all() and len(np.unique(want["diverged_step"])) > 3
+    assert_records_close(got, want)
+
+
+def test_affine_records_quadratic_and_direct_paths_agree():
+    # records come from their quadratic in λ unless cancellation could cost more than
+    # QUAD_RECORD_RTOL; then directly. Near x* (λ = 1, θ = x*) the direct path is taken and the
+    # records keep digits the quadratic would lose; far from it both equal the reference.
+    from kdsim.engines import _kernels_ls as K
+    assert 0 < K.QUAD_RECORD_RTOL <= 1e-12
+    p = ls_problem()
+    plan = make_plan(p, p.solution(), [0.0, 0.999, 1.0], 0.1, 10000, 5, record_every=1000)
+    got = numba_cpu.run(p, plan)
+    want = reference.run(p, plan)
+    assert_records_close(got, want, rtol=1e-9, scale_tol=1e-15)
+    coeffs = numba_cpu.affine_coefficients(p, plan)["dist2_opt"][:, -1]          # (S, 3)
+    quad = coeffs[:, 0] + coeffs[:, 1] + coeffs[:, 2]                            # λ = 1
+    assert got["dist2_opt"][2, :, -1].max() < 1e-26 < np.abs(quad).max()
+
+
 def test_fastmath_keeps_nan_and_inf_semantics():
     assert not FASTMATH & {"nnan", "ninf", "fast"}
     assert numba_cpu.guard_limit("float64") == 1e100
@@ -354,9 +387,12 @@ def test_timing_separates_compilation():
         numba_cpu.warmup("svm")
 
 
-def test_threads_give_identical_numbers():
+@pytest.mark.parametrize("crn", [False, True])
+def test_threads_give_identical_numbers(crn):
+    # with common random numbers the affine kernel steps seeds in blocks of SEED_BLOCK;
+    # 37 seeds split over 3 threads leave partial blocks, which must not change a number
     p = ls_problem()
-    plan = make_plan(p, p.solution() + 0.1, [0.0, 1.0], 0.05, 80, 9, common_random_numbers=False)
+    plan = make_plan(p, p.solution() + 0.1, [0.0, 1.0], 0.05, 80, 37, common_random_numbers=crn)
     try:
         numba_cpu.set_threads(1)
         one = numba_cpu.run(p, plan)
@@ -366,3 +402,8 @@ def test_threads_give_identical_numbers():
         numba_cpu.set_threads(None)
     for k in one:
         np.testing.assert_array_equal(one[k], three[k])
+    singles = [numba_cpu.run(p, dataclasses.replace(plan, n_seeds=1, streams=plan.streams[:, s:s + 1]))
+               for s in (0, 8, 36)]
+    for j, s in enumerate((0, 8, 36)):
+        for k in one:
+            np.testing.assert_array_equal(singles[j][k], one[k][:, s:s + 1])

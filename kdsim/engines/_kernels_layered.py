@@ -30,7 +30,8 @@ Records are not evaluated here: the kernel saves the iterate (float64) at every
 record step and the engine computes the problem's canonical distances and its
 cancellation-free ``suboptimality`` with the problem's own numpy code, exactly as
 the reference engine does; memory for the saved iterates is bounded by chunking.
-Conventions (dtype, guard, fastmath) are those of ``_kernels_ls``.
+Conventions (dtype, guard, fastmath, unsigned offsets in inner loops) are those of
+``_kernels_ls``.
 """
 from __future__ import annotations
 
@@ -77,14 +78,15 @@ def _residual(code, z, yrow, out):
 def _forward(x, dims, offs, a_row, hbuf, hoff):
     """Activations h_0 = a, h_{k+1} = W_k h_k into hbuf (segment k at hoff[k])."""
     L = dims.shape[0] - 1
-    for c in range(dims[0]):
-        hbuf[hoff[0] + c] = a_row[c]
+    h0 = np.uint64(hoff[0])
+    for c in range(np.uint64(dims[0])):
+        hbuf[h0 + c] = a_row[c]
     for k in range(L):
-        rows, cols = dims[k + 1], dims[k]
-        o, hi, ho = offs[k], hoff[k], hoff[k + 1]
+        rows, cols = dims[k + 1], np.uint64(dims[k])
+        hi, ho = np.uint64(hoff[k]), hoff[k + 1]
         for r in range(rows):
             acc = hbuf[hi] - hbuf[hi]
-            base = o + r * cols
+            base = np.uint64(offs[k] + r * dims[k])
             for c in range(cols):
                 acc += x[base + c] * hbuf[hi + c]
             hbuf[ho + r] = acc
@@ -98,21 +100,21 @@ def _backward_add(x, dims, offs, hbuf, hoff, delta, dbuf, grad, scale):
     for o in range(m):
         dbuf[o] = scale * delta[o]
     for k in range(L - 1, -1, -1):
-        rows, cols = dims[k + 1], dims[k]
-        o, hi = offs[k], hoff[k]
+        rows, cols = dims[k + 1], np.uint64(dims[k])
+        hi = np.uint64(hoff[k])
         for r in range(rows):
             dr = dbuf[r]
-            base = o + r * cols
+            base = np.uint64(offs[k] + r * dims[k])
             for c in range(cols):
                 grad[base + c] += dr * hbuf[hi + c]
         if k > 0:
             # δ_k = W_kᵀ δ_{k+1}, written after the rows it reads: use the tail of dbuf
-            tail = dbuf.shape[0] - cols
+            tail = np.uint64(dbuf.shape[0] - dims[k])
             for c in range(cols):
                 dbuf[tail + c] = dbuf[0] - dbuf[0]
             for r in range(rows):
                 dr = dbuf[r]
-                base = o + r * cols
+                base = np.uint64(offs[k] + r * dims[k])
                 for c in range(cols):
                     dbuf[tail + c] += x[base + c] * dr
             for c in range(cols):
@@ -132,10 +134,12 @@ def _prefix(x, dims, offs, qbuf, qoff):
         rows, inner = dims[k + 1], dims[k]
         o, qi, qo = offs[k], qoff[k], qoff[k + 1]
         for r in range(rows):
+            xr = np.uint64(o + r * inner)
             for c in range(d_in):
                 acc = qbuf[qi] - qbuf[qi]
-                for s in range(inner):
-                    acc += x[o + r * inner + s] * qbuf[qi + s * d_in + c]
+                qc = np.uint64(qi + c)
+                for s in range(np.uint64(inner)):
+                    acc += x[xr + s] * qbuf[qc + s * np.uint64(d_in)]
                 qbuf[qo + r * d_in + c] = acc
 
 
@@ -157,18 +161,22 @@ def _pullback_add(x, dims, offs, G, coef, qbuf, qoff, vbuf, grad):
         rows, cols = dims[k + 1], dims[k]
         o, qk = offs[k], qoff[k]
         for r in range(rows):
+            vr = np.uint64(cur + r * d_in)
             for c in range(cols):
                 acc = vbuf[cur] - vbuf[cur]
-                for s in range(d_in):
-                    acc += vbuf[cur + r * d_in + s] * qbuf[qk + c * d_in + s]
+                qc = np.uint64(qk + c * d_in)
+                for s in range(np.uint64(d_in)):
+                    acc += vbuf[vr + s] * qbuf[qc + s]
                 grad[o + r * cols + c] += acc
         if k > 0:
             nxt = half - cur
             for c in range(cols):
                 for s in range(d_in):
                     acc = vbuf[cur] - vbuf[cur]
-                    for r in range(rows):
-                        acc += x[o + r * cols + c] * vbuf[cur + r * d_in + s]
+                    xc = np.uint64(o + c)
+                    vs = np.uint64(cur + s)
+                    for r in range(np.uint64(rows)):
+                        acc += x[xc + r * np.uint64(cols)] * vbuf[vs + r * np.uint64(d_in)]
                     vbuf[nxt + c * d_in + s] = acc
             cur = nxt
 
@@ -235,8 +243,9 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                 for i in range(n):
                     for o in range(d_out):
                         acc = zero
-                        for q in range(d_in):
-                            acc += qbuf[qoff[L] + o * d_in + q] * A[i, q]
+                        qo = np.uint64(qoff[L] + o * d_in)
+                        for q in range(np.uint64(d_in)):
+                            acc += qbuf[qo + q] * A[i, q]
                         hy[o] = acc
                     _residual(code, hy[:d_out], Y[i], rhoy)
                     for o in range(d_out):

@@ -16,238 +16,445 @@ Conventions shared by every kernel module of the numba engine:
   in float32 (1e100 is not representable there);
 * ``fastmath`` is the flag subset ``FASTMATH`` (no ``nnan``/``ninf``), so the guard is
   never optimised away (tests check that it fires);
-* the minibatch of (seed, stream, step) comes from ``kdsim.rng``'s numba twin.
+* the minibatch of (seed, stream, step) comes from ``kdsim.rng``'s numba twin;
+* hot loops index with ``range`` variables from 0, or with unsigned offsets: numba
+  gives a signed index it cannot prove non-negative wraparound code, which stops LLVM
+  from vectorising the loop; and they take no array views (``A[i]``), whose
+  reference counting costs atomic operations in the loop.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from ..rng import minibatch_into_nb, step_key_nb
+from ..rng import minibatch_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), reciprocal and no-signed-zero; never nnan/ninf.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
+#: seeds stepped together by ``ls_affine``; a compile-time constant, so loops over the
+#: seeds of a block unroll. 8 keeps a block's (u, v) pairs and their F-products in L1.
+SEED_BLOCK = 8
+
+#: ``ls_affine`` evaluates a record from its quadratic in λ when the worst-case rounding
+#: bound of that evaluation is below this relative error; otherwise directly (see
+#: ``_records_block``).
+QUAD_RECORD_RTOL = 1e-12
+
+_G_INT = 0x9E3779B97F4A7C15
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _tri_matvec(F, e, out):
-    """out = F @ e for an upper-trapezoidal F (rows r use columns p >= r), float64."""
+    """out = F @ e for an upper-trapezoidal F (rows r use columns p >= r), float64.
+
+    The column index is unsigned: numba gives a signed index it cannot prove
+    non-negative (such as p in range(r, d)) wraparound code, which blocks vectorisation.
+    """
     m, d = F.shape
     for r in range(m):
+        r0 = np.uint64(r)
         acc = 0.0
-        for p in range(r, d):
-            acc += F[r, p] * e[p]
+        for pp in range(np.uint64(d - r)):
+            acc += F[r, r0 + pp] * e[r0 + pp]
         out[r] = acc
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _ls_affine_one(s, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, x0, acoef, acw, use_v, corrected,
-                   rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, limit, zero, out_d,
-                   out_s, out_t, div, ufin, vfin, unsafe, coeffs):
-    """Body of ``ls_affine`` for one seed (serial, nogil; the engine runs ranges on threads)."""
-    n, d = A.shape
+def _tri_block(F, W, out):
+    """out[q, r] = Σ_{p>=r} F[r, p] W[q, p] for every row q of W (F upper trapezoidal).
+
+    A register tile of 2 rows of F × 4 rows of W; W has a multiple of 4 rows.
+    """
+    m, d = F.shape
+    for q in range(0, W.shape[0], 4):
+        for r in range(0, m, 2):
+            r1 = min(r + 1, m - 1)
+            r0 = np.uint64(r)
+            a00 = 0.0
+            a01 = 0.0
+            a02 = 0.0
+            a03 = 0.0
+            a10 = 0.0
+            a11 = 0.0
+            a12 = 0.0
+            a13 = 0.0
+            for pp in range(np.uint64(d - r)):
+                p = r0 + pp
+                f0 = F[r, p]
+                f1 = F[r1, p]
+                w0 = W[q, p]
+                w1 = W[q + 1, p]
+                w2 = W[q + 2, p]
+                w3 = W[q + 3, p]
+                a00 += f0 * w0
+                a01 += f0 * w1
+                a02 += f0 * w2
+                a03 += f0 * w3
+                a10 += f1 * w0
+                a11 += f1 * w1
+                a12 += f1 * w2
+                a13 += f1 * w3
+            out[q, r] = a00
+            out[q + 1, r] = a01
+            out[q + 2, r] = a02
+            out[q + 3, r] = a03
+            if r + 1 < m:
+                out[q, r1] = a10
+                out[q + 1, r1] = a11
+                out[q + 2, r1] = a12
+                out[q + 3, r1] = a13
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _index1(key0, t, n):
+    """The index of a batch-1 step: ``minibatch_into_nb`` with b = 1 is one draw."""
+    if n == 1:
+        return 0
+    h = splitmix64_nb(step_key_nb(key0, t) + np.uint64(_G_INT))
+    return np.int64(uniform_below_nb(h, np.uint64(n)))
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def _quad_ok(value, c0, c1, c2, a, tol):
+    """True when c0 + a·c1 + a²·c2 (= ``value``, a sum of squares) is safe from cancellation."""
+    return value >= tol * (c0 + abs(a * c1) + a * a * c2)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, F, alpha64, quad_tol,
+                   W, FW, out_d, out_s, out_t, coeffs):
+    """Records at record ``rec`` of the block's active seeds (float64).
+
+    F·(u − x*) and F·v of all seeds come from one register-tiled triangular product.
+    Per seed, the sums ‖u − x*‖², ⟨u − x*, v⟩, ‖v‖², ‖u − θ‖², ⟨u − θ, v⟩ and their
+    F-counterparts give every record as a quadratic in a = λ. A λ whose quadratic
+    may have lost more than ``QUAD_RECORD_RTOL`` to cancellation (its value below
+    ``quad_tol`` times the sum of its terms' magnitudes; ``quad_tol`` =
+    2(max(d, m) + 3)·eps / rtol bounds the rounding of the sums) is evaluated
+    directly from e = (u − x*) + a·v instead, so records near x* keep every digit.
+    """
+    d = xstar.shape[0]
+    m = F.shape[0]
     L = acoef.shape[0]
-    S = stream_keys.shape[0]
+    for g in range(SEED_BLOCK):
+        for p in range(d):
+            W[g, p] = np.float64(U[g, p]) - xstar[p]
+            W[SEED_BLOCK + g, p] = np.float64(V[g, p])
+    _tri_block(F, W, FW)
+    want_coeffs = coeffs.shape[0] > 0
+    for g in range(gn):
+        if not active[g]:
+            continue
+        s = s0 + g
+        gv = SEED_BLOCK + g
+        e0 = 0.0
+        e1 = 0.0
+        e2 = 0.0
+        w0 = 0.0
+        w1 = 0.0
+        for p in range(d):
+            up = np.float64(U[g, p])
+            vp = np.float64(V[g, p])
+            e = up - xstar[p]
+            w = up - theta_c[p]
+            e0 += e * e
+            e1 += e * vp
+            e2 += vp * vp
+            w0 += w * w
+            w1 += w * vp
+        q0 = 0.0
+        q1 = 0.0
+        q2 = 0.0
+        for r in range(m):
+            q0 += FW[g, r] * FW[g, r]
+            q1 += FW[g, r] * FW[gv, r]
+            q2 += FW[gv, r] * FW[gv, r]
+        if not use_v:
+            e1 = 0.0
+            e2 = 0.0
+            w1 = 0.0
+            q1 = 0.0
+            q2 = 0.0
+        for k in range(L):
+            if not alive[g, k]:
+                continue
+            a = acoef[k]
+            if not use_v or a == 0.0:
+                s1 = e0
+                s2 = w0
+                s3 = q0
+            else:
+                s1 = e0 + a * (2.0 * e1 + a * e2)
+                s2 = w0 + a * (2.0 * w1 + a * e2)
+                s3 = q0 + a * (2.0 * q1 + a * q2)
+                if not (_quad_ok(s1, e0, 2.0 * e1, e2, a, quad_tol)
+                        and _quad_ok(s2, w0, 2.0 * w1, e2, a, quad_tol)
+                        and _quad_ok(s3, q0, 2.0 * q1, q2, a, quad_tol)):
+                    s1 = 0.0
+                    s2 = 0.0
+                    for p in range(d):
+                        up = np.float64(U[g, p])
+                        av = a * np.float64(V[g, p])
+                        e = (up - xstar[p]) + av
+                        w = (up - theta_c[p]) + av
+                        s1 += e * e
+                        s2 += w * w
+                    s3 = 0.0
+                    for r in range(m):
+                        z = FW[g, r] + a * FW[gv, r]
+                        s3 += z * z
+            out_d[k, s, rec] = s1
+            out_t[k, s, rec] = s2
+            out_s[k, s, rec] = 0.5 * (s3 + alpha64 * s1)
+        if want_coeffs:
+            c = coeffs[s, rec]
+            c[0, 0] = e0
+            c[0, 1] = 2.0 * e1
+            c[0, 2] = e2
+            c[1, 0] = 0.5 * (q0 + alpha64 * e0)
+            c[1, 1] = 0.5 * (2.0 * q1 + alpha64 * 2.0 * e1)
+            c[1, 2] = 0.5 * (q2 + alpha64 * e2)
+            c[2, 0] = w0
+            c[2, 1] = 2.0 * w1
+            c[2, 2] = e2
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _exact_guard(g, s, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe):
+    """Exact divergence test of seed slot g after step t (only when the cheap bound fails).
+
+    For each alive λ_k: diverged at t + 1 when not (‖u‖² + 2a⟨u,v⟩ + a²‖v‖² <= limit).
+    A seed with an alive λ whose ‖u‖² or a²‖v‖² passed the limit is flagged in
+    ``unsafe`` (the affine form would lose every digit) and stops.
+    Returns (‖u‖, ‖v‖, whether the seed goes on).
+    """
+    nu = 0.0
+    nv = 0.0
+    nuv = 0.0
+    for p in range(U.shape[1]):
+        up = np.float64(U[g, p])
+        vp = np.float64(V[g, p])
+        nu += up * up
+        nv += vp * vp
+        nuv += up * vp
+    bad_seed = False
+    for k in range(acw.shape[0]):
+        if not alive[g, k]:
+            continue
+        a = np.float64(acw[k])
+        if use_v and a != 0.0:
+            q = nu + 2.0 * a * nuv + a * a * nv
+            big = not (nu <= limit and a * a * nv <= limit)
+        else:
+            q = nu
+            big = False
+        if not (q <= limit):
+            alive[g, k] = False
+            n_alive[g] -= 1
+            div[k, s] = t + 1
+        elif big:
+            bad_seed = True
+    if bad_seed:
+        unsafe[s] = True
+        return np.sqrt(nu), np.sqrt(nv), False
+    return np.sqrt(nu), np.sqrt(nv), n_alive[g] > 0
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def _next_residuals(g, key0, t, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV, taken, zero):
+    """Draw step t's minibatch of seed slot g and its scaled residuals (γ/b)(a_iᵀu − b_i), (γ/b)(a_iᵀv − rth_i)."""
+    n = A.shape[0]
+    if b == 1:
+        IDX[g, 0] = _index1(key0, t, n)
+    else:
+        minibatch_into_nb(step_key_nb(key0, t), n, b, IDX[g], taken)
+    dp = A.shape[1]
+    for jj in range(b):
+        i = IDX[g, jj]
+        au = zero
+        av = zero
+        if use_v:
+            for p in range(dp):
+                au += A[i, p] * U[g, p]
+                av += A[i, p] * V[g, p]
+        else:
+            for p in range(dp):
+                au += A[i, p] * U[g, p]
+        RU[g, jj] = gam_b * (au - bvec[i])
+        RV[g, jj] = gam_b * (av - rth[i])
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
+                     rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, quad_tol, limit, zero,
+                     out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
+    """Seeds s0 .. s0 + gn − 1 (gn <= SEED_BLOCK) of ``ls_affine``, stepped together."""
+    n, dp = A.shape
+    d = xstar.shape[0]
+    L = acoef.shape[0]
     R = rec_steps.shape[0]
     m = F.shape[0]
-    want_coeffs = coeffs.shape[0] > 0
-    u = x0.copy()
-    v = np.zeros_like(x0)
-    gu = np.empty_like(x0)
-    gv = np.empty_like(x0)
-    ru = np.empty(b, dtype=x0.dtype)
-    rv = np.empty(b, dtype=x0.dtype)
-    idx = np.empty(b, dtype=np.int64)
+    G = SEED_BLOCK
+    U = np.zeros((G, dp), dtype=x0.dtype)
+    V = np.zeros((G, dp), dtype=x0.dtype)
+    RU = np.zeros((G, b), dtype=x0.dtype)
+    RV = np.zeros((G, b), dtype=x0.dtype)
+    IDX = np.zeros((G, b), dtype=np.int64)
     taken = np.zeros(n, dtype=np.bool_)
-    eu = np.empty(d)
-    et = np.empty(d)
-    vv = np.empty(d)
-    fu = np.empty(m)
-    fv = np.empty(m)
-    alive = np.ones(L, dtype=np.bool_)
-    n_alive = L
-    key0 = stream_keys[s]
+    alive = np.ones((G, L), dtype=np.bool_)
+    n_alive = np.full(G, L, dtype=np.int64)
+    active = np.zeros(G, dtype=np.bool_)
+    ubu = np.zeros(G)
+    ubv = np.zeros(G)
+    amax = np.zeros(G)
+    W = np.zeros((2 * G, d))
+    FW = np.zeros((2 * G, m))
+    half_limit = 0.5 * limit
+    c1_abs = abs(np.float64(c1))
+    a_abs = 0.0
+    for k in range(L):
+        if use_v and abs(np.float64(acw[k])) > a_abs:
+            a_abs = abs(np.float64(acw[k]))
+    x0_norm = 0.0
+    for p in range(dp):
+        x0_norm += np.float64(x0[p]) * np.float64(x0[p])
+    x0_norm = np.sqrt(x0_norm)
+    for g in range(gn):
+        active[g] = True
+        amax[g] = a_abs
+        ubu[g] = x0_norm
+        for p in range(dp):
+            U[g, p] = x0[p]
+        if steps > 0:
+            _next_residuals(g, stream_keys[s0 + g], 0, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV,
+                            taken, zero)
+    n_active = gn
     rec = 0
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:
-            for p in range(d):
-                eu[p] = np.float64(u[p]) - xstar[p]
-                et[p] = np.float64(u[p]) - theta_c[p]
-                vv[p] = np.float64(v[p])
-            _tri_matvec(F, eu, fu)
-            if use_v:
-                _tri_matvec(F, vv, fv)
-            for k in range(L):
-                if not alive[k]:
-                    continue
-                a = acoef[k]
-                s1 = 0.0
-                s2 = 0.0
-                s3 = 0.0
-                if use_v and a != 0.0:
-                    for p in range(d):
-                        e = eu[p] + a * vv[p]
-                        w = et[p] + a * vv[p]
-                        s1 += e * e
-                        s2 += w * w
-                    for r in range(m):
-                        z = fu[r] + a * fv[r]
-                        s3 += z * z
-                else:
-                    for p in range(d):
-                        s1 += eu[p] * eu[p]
-                        s2 += et[p] * et[p]
-                    for r in range(m):
-                        s3 += fu[r] * fu[r]
-                out_d[k, s, rec] = s1
-                out_t[k, s, rec] = s2
-                out_s[k, s, rec] = 0.5 * (s3 + alpha64 * s1)
-            if want_coeffs:
-                c = coeffs[s, rec]
-                c[0, 0] = 0.0; c[0, 1] = 0.0; c[0, 2] = 0.0
-                c[1, 0] = 0.0; c[1, 1] = 0.0; c[1, 2] = 0.0
-                c[2, 0] = 0.0; c[2, 1] = 0.0; c[2, 2] = 0.0
-                for p in range(d):
-                    c[0, 0] += eu[p] * eu[p]
-                    c[2, 0] += et[p] * et[p]
-                    if use_v:
-                        c[0, 1] += 2.0 * eu[p] * vv[p]
-                        c[0, 2] += vv[p] * vv[p]
-                        c[2, 1] += 2.0 * et[p] * vv[p]
-                c[2, 2] = c[0, 2]
-                q0 = 0.0
-                q1 = 0.0
-                q2 = 0.0
-                for r in range(m):
-                    q0 += fu[r] * fu[r]
-                    if use_v:
-                        q1 += 2.0 * fu[r] * fv[r]
-                        q2 += fv[r] * fv[r]
-                c[1, 0] = 0.5 * (q0 + alpha64 * c[0, 0])
-                c[1, 1] = 0.5 * (q1 + alpha64 * c[0, 1])
-                c[1, 2] = 0.5 * (q2 + alpha64 * c[0, 2])
+            _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, F, alpha64,
+                           quad_tol, W, FW, out_d, out_s, out_t, coeffs)
             rec += 1
-        if t == steps:
+        if t == steps or n_active == 0:
             break
-        minibatch_into_nb(step_key_nb(key0, t), n, b, idx, taken)
-        for j in range(b):
-            i = idx[j]
-            acc = zero
-            for p in range(d):
-                acc += A[i, p] * u[p]
-            ru[j] = acc - bvec[i]
-            if use_v:
-                acc = zero
-                for p in range(d):
-                    acc += A[i, p] * v[p]
-                rv[j] = acc - rth[i]
-        nu = zero
-        nuv = zero
-        nv = zero
-        if b == 1:
-            i = idx[0]
-            r0 = ru[0]
-            r1 = rv[0]
-            for p in range(d):
-                un = u[p] - gam * (A[i, p] * r0 + alpha * u[p])
-                u[p] = un
-                nu += un * un
-            if use_v:
-                if corrected:
-                    for p in range(d):
-                        vn = v[p] - gam * (A[i, p] * r1 + alpha * v[p] - ridge[p] + tfull[p])
-                        v[p] = vn
-                        nv += vn * vn
-                        nuv += u[p] * vn
-                else:
-                    for p in range(d):
-                        vn = v[p] - gam * (A[i, p] * r1 + alpha * v[p] - ridge[p])
-                        v[p] = vn
-                        nv += vn * vn
-                        nuv += u[p] * vn
-        else:
-            for p in range(d):
-                gu[p] = zero
-                gv[p] = zero
-            for j in range(b):
-                i = idx[j]
-                r0 = ru[j]
-                for p in range(d):
-                    gu[p] += A[i, p] * r0
-                if use_v:
-                    r1 = rv[j]
-                    for p in range(d):
-                        gv[p] += A[i, p] * r1
-            for p in range(d):
-                un = u[p] - gam * (gu[p] * inv_b + alpha * u[p])
-                u[p] = un
-                nu += un * un
-            if use_v:
-                if corrected:
-                    for p in range(d):
-                        vn = v[p] - gam * (gv[p] * inv_b + alpha * v[p] - ridge[p] + tfull[p])
-                        v[p] = vn
-                        nv += vn * vn
-                        nuv += u[p] * vn
-                else:
-                    for p in range(d):
-                        vn = v[p] - gam * (gv[p] * inv_b + alpha * v[p] - ridge[p])
-                        v[p] = vn
-                        nv += vn * vn
-                        nuv += u[p] * vn
-        bad_seed = False
-        for k in range(L):
-            if not alive[k]:
+        # the update of every seed of the block, then the next step's residuals: the
+        # seeds' independent passes overlap in the CPU
+        for g in range(gn):
+            if not active[g]:
                 continue
-            a = acw[k]
-            if use_v and a != 0.0:
-                q = nu + 2.0 * a * nuv + a * a * nv
-                big = not (nu <= limit and a * a * nv <= limit)
-            else:
-                q = nu
-                big = False
-            if not (q <= limit):
-                alive[k] = False
-                n_alive -= 1
-                div[k, s] = t + 1
-            elif big:
-                bad_seed = True
-        if bad_seed:
-            unsafe[s] = True
-            break
-        if n_alive == 0:
-            break
-    for p in range(d):
-        ufin[s, p] = u[p]
-        vfin[s, p] = v[p]
+            su = 0.0
+            sv = 0.0
+            if b == 1:
+                i = IDX[g, 0]
+                r0 = RU[g, 0]
+                r1 = RV[g, 0]
+                if use_v and plain:
+                    for p in range(dp):
+                        U[g, p] -= r0 * A[i, p]
+                        V[g, p] -= r1 * A[i, p]
+                elif use_v:
+                    for p in range(dp):
+                        U[g, p] = c1 * U[g, p] - r0 * A[i, p]
+                        V[g, p] = c1 * V[g, p] - r1 * A[i, p] + gcv[p]
+                else:
+                    for p in range(dp):
+                        U[g, p] = c1 * U[g, p] - r0 * A[i, p]
+                su = abs(np.float64(r0)) * anorm[i]
+                sv = abs(np.float64(r1)) * anorm[i]
+            for jj in range(b if b > 1 else 0):
+                i = IDX[g, jj]
+                r0 = RU[g, jj]
+                r1 = RV[g, jj]
+                if jj > 0 or plain:
+                    if use_v:
+                        for p in range(dp):
+                            U[g, p] -= r0 * A[i, p]
+                            V[g, p] -= r1 * A[i, p]
+                    else:
+                        for p in range(dp):
+                            U[g, p] -= r0 * A[i, p]
+                else:
+                    for p in range(dp):
+                        U[g, p] = c1 * U[g, p] - r0 * A[i, p]
+                        V[g, p] = c1 * V[g, p] - r1 * A[i, p] + gcv[p]
+                na = anorm[i]
+                su += abs(np.float64(r0)) * na
+                sv += abs(np.float64(r1)) * na
+            # triangle inequality: ‖u_{t+1}‖ <= |c1|‖u_t‖ + Σ_j |γ r_j/b| ‖a_j‖ (same for v, plus γ‖c‖);
+            # the exact test runs only when the bound could reach the limit (with a factor 2
+            # to spare for rounding), so the divergence step is exact at O(1) cost per step
+            ubu[g] = c1_abs * ubu[g] + su
+            ubv[g] = c1_abs * ubv[g] + sv + gcv_norm
+            bound = ubu[g] + amax[g] * ubv[g]
+            if not (bound * bound <= half_limit):
+                nu, nv, goes_on = _exact_guard(g, s0 + g, t, U, V, use_v, acw, alive, n_alive, limit, div,
+                                               unsafe)
+                ubu[g] = nu
+                ubv[g] = nv
+                if not goes_on:
+                    active[g] = False
+                    n_active -= 1
+                else:
+                    am = 0.0
+                    for k in range(L):
+                        if alive[g, k] and use_v and abs(np.float64(acw[k])) > am:
+                            am = abs(np.float64(acw[k]))
+                    amax[g] = am
+        if b == 1 and t + 1 < steps:
+            for g in range(gn):
+                if not active[g]:
+                    continue
+                j = _index1(stream_keys[s0 + g], t + 1, n)
+                IDX[g, 0] = j
+                au = zero
+                av = zero
+                for p in range(dp):
+                    au += A[j, p] * U[g, p]
+                    av += A[j, p] * V[g, p]
+                RU[g, 0] = gam_b * (au - bvec[j])
+                RV[g, 0] = gam_b * (av - rth[j])
+        elif t + 1 < steps:
+            for g in range(gn):
+                if active[g]:
+                    _next_residuals(g, stream_keys[s0 + g], t + 1, A, bvec, rth, gam_b, U, V, use_v, b, IDX,
+                                    RU, RV, taken, zero)
+    for g in range(gn):
+        for p in range(d):
+            ufin[s0 + g, p] = U[g, p]
+            vfin[s0 + g, p] = V[g, p]
 
 
 @njit(cache=True, nogil=True)
-def ls_affine(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, x0, acoef, acw, use_v, corrected,
-              rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, limit, zero,
+def ls_affine(lo, hi, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
+              rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, quad_tol, limit, zero,
               out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
     """Seeds lo .. hi−1, one (u, v) pair each; λ_k is x_t = u_t + a_k v_t (THEORY §5.1).
 
-    u_{t+1} = u_t − γ(H_B u_t − q_B + α u_t)
-    v_{t+1} = v_t − γ(H_B v_t + α v_t − T_B [+ T])   (T_B = (1/b)Σ a_i rth_i + ridge)
+    u_{t+1} = c1·u_t − (γ/b) Σ_{i∈B} a_i (a_iᵀu_t − b_i)
+    v_{t+1} = c1·v_t − (γ/b) Σ_{i∈B} a_i (a_iᵀv_t − rth_i) + γ·c
+    with c1 = 1 − γα and c = ridge (− T for corrected KD); ``plain`` says α = 0 and
+    c = 0. ``A``, ``x0`` and ``gcv`` (= γ·c) are zero-padded to ``dp`` >= d columns
+    (the padding stays exactly 0) so the vector loops have no scalar tail; ``xstar``,
+    ``theta_c`` and ``F`` have the true d.
 
-    Records (float64, cancellation-free): for each alive λ_k the vector
-    e = (u − x*) + a_k v is formed and ‖e‖², ½(‖F e‖² + α‖e‖²) and ‖(u − θ) + a_k v‖²
-    summed directly (F = R/√n from a QR of A, so ½‖F e‖² = ½ eᵀHe). ``coeffs[s, r]``
-    (when its first axis is not empty) receives the three coefficients (c0, c1, c2)
-    of each record as a quadratic c0 + c1·a + c2·a² (rows: dist2_opt, subopt,
-    dist2_teacher).
+    Seeds run in blocks of ``SEED_BLOCK``: each step updates every seed of the block and
+    then draws the next minibatches and residuals, and the records of a block come from
+    one register-tiled product with F (see ``_records_block``). ``coeffs[s, r]`` (when
+    its first axis is not empty) receives the three coefficients (c0, c1, c2) of each
+    record as a quadratic c0 + c1·a + c2·a² (rows: dist2_opt, subopt, dist2_teacher).
 
-    Divergence of λ_k after a step: not (‖u‖² + 2a⟨u,v⟩ + a²‖v‖² <= limit). A seed
-    where an alive λ has ‖u‖² or a²‖v‖² beyond the limit (the affine form would lose
-    every digit to cancellation) is flagged in ``unsafe`` and left for the
-    per-trajectory kernel.
+    Divergence of λ_k after a step: not (‖u‖² + 2a⟨u,v⟩ + a²‖v‖² <= limit), tested
+    exactly whenever a running triangle-inequality bound on ‖u‖ + max|a|·‖v‖ cannot
+    exclude it (``anorm`` = ‖a_i‖). A seed where an alive λ has ‖u‖² or a²‖v‖²
+    beyond the limit is flagged in ``unsafe`` and left for the per-trajectory kernel.
     """
-    for s in range(lo, hi):
-        _ls_affine_one(s, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, x0, acoef, acw, use_v, corrected,
-                       rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, limit, zero, out_d,
-                       out_s, out_t, div, ufin, vfin, unsafe, coeffs)
+    for s0 in range(lo, hi, SEED_BLOCK):
+        _ls_affine_block(s0, min(SEED_BLOCK, hi - s0), A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b,
+                         x0, acoef, acw, use_v, rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64,
+                         quad_tol, limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

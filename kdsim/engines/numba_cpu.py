@@ -138,16 +138,17 @@ class _Timer:
         self.compile_s = 0.0
         self.run_s = 0.0
 
-    def call(self, kernel, n_items, args):
+    def call(self, kernel, n_items, args, align=1):
         t0 = time.perf_counter()
         kernel(0, 0, *args)
         t1 = time.perf_counter()
-        workers = min(threads(), n_items)
+        workers = min(threads(), -(-n_items // align))
         if workers <= 1:
             kernel(0, n_items, *args)
         else:
-            n_blocks = min(n_items, 8 * workers)
+            n_blocks = min(-(-n_items // align), 8 * workers)
             edges = np.linspace(0, n_items, n_blocks + 1).astype(np.int64)
+            edges[1:-1] = edges[1:-1] // align * align     # whole blocks of the kernel per range
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 futures = [pool.submit(kernel, int(lo), int(hi), *args)
                            for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
@@ -224,18 +225,40 @@ class _LeastSquaresRunner(_Runner):
         self.theta_c = np.ascontiguousarray(p.canonical_teacher(plan.theta), dtype=np.float64)
         self.F = np.ascontiguousarray(np.linalg.qr(A64, mode="r") / np.sqrt(p.n))
         self.affine = self.crn and not est.snapshot
+        if self.affine:
+            self._affine_setup(A64, ridge, tfull)
         with np.errstate(over="ignore"):
             self.acw = self.coef[:, 0].astype(wd)
         self.use_v = est.uses_teacher
         self.kernel_name = "ls_affine" if self.affine else "ls_traj"
 
     # -- affine ------------------------------------------------------------
+    def _affine_setup(self, A64, ridge, tfull):
+        """Inputs of ``ls_affine``: columns zero-padded to whole SIMD vectors, γ folded in."""
+        wd, n, d = self.wd, self.problem.n, self.dim
+        lanes = 32 // wd.itemsize                          # one AVX register
+        dp = -(-d // lanes) * lanes
+        gam = float(self.plan.step)
+        shift = np.asarray(ridge, dtype=np.float64) - (np.asarray(tfull, np.float64) if self.est.corrected
+                                                       else 0.0)
+        self.A_pad = np.zeros((n, dp), dtype=wd)
+        self.A_pad[:, :d] = self.A
+        self.x0_pad = np.zeros(dp, dtype=wd)
+        self.x0_pad[:d] = self.x0
+        self.gcv_pad = np.zeros(dp, dtype=wd)
+        self.gcv_pad[:d] = gam * shift
+        self.gcv_norm = float(np.linalg.norm(gam * shift))
+        self.plain = bool(self.problem.l2 == 0 and not np.any(self.gcv_pad != 0))
+        self.c1 = wd.type(1.0 - gam * float(self.problem.l2))
+        self.gam_b = wd.type(gam / self.plan.batch_size)
+        self.anorm = np.linalg.norm(A64, axis=1)
+        self.quad_tol = 2.0 * (max(d, self.F.shape[0]) + 3) * np.finfo(np.float64).eps / self.K.QUAD_RECORD_RTOL
+
     def _affine_args(self, keys, outs, div, ufin, vfin, unsafe, coeffs):
-        return (self.A, self.bvec, self.rth, self.ridge, self.tfull, self.alpha, self.gam, self.inv_b,
-                self.x0, self.coef[:, 0].copy(), self.acw, self.use_v,
-                self.est.corrected, self.rec_steps, self.plan.steps, keys, self.plan.batch_size,
-                self.xstar, self.theta_c, self.F, self.alpha64, self.limit, self.zero,
-                outs[0], outs[1], outs[2], div, ufin, vfin, unsafe, coeffs)
+        return (self.A_pad, self.bvec, self.rth, self.anorm, self.gcv_pad, self.gcv_norm, self.plain, self.c1,
+                self.gam_b, self.x0_pad, self.coef[:, 0].copy(), self.acw, self.use_v, self.rec_steps,
+                self.plan.steps, keys, self.plan.batch_size, self.xstar, self.theta_c, self.F, self.alpha64,
+                self.quad_tol, self.limit, self.zero, outs[0], outs[1], outs[2], div, ufin, vfin, unsafe, coeffs)
 
     def _affine_buffers(self, ns, want_coeffs):
         outs = self.new_records((self.L, ns, self.R))
@@ -249,7 +272,7 @@ class _LeastSquaresRunner(_Runner):
     def run_affine(self, s0, s1, want_coeffs=False):
         keys = np.ascontiguousarray(self.keys[0, s0:s1])
         bufs = self._affine_buffers(s1 - s0, want_coeffs)
-        self.timer.call(self.K.ls_affine, len(keys), self._affine_args(keys, *bufs))
+        self.timer.call(self.K.ls_affine, len(keys), self._affine_args(keys, *bufs), align=self.K.SEED_BLOCK)
         return bufs
 
     # -- per trajectory ----------------------------------------------------
@@ -464,13 +487,16 @@ def run(problem, plan, *, dtype=None, memory_budget=None, chunk_seeds=None):
     fixed = L * S * (3 * R * 8 + 8 + dim * 8)
     cplan = memplan.plan_chunks(S, runner.bytes_per_seed, fixed_bytes=fixed, budget=memory_budget,
                                 chunk_seeds=chunk_seeds)
-    out = {name: np.full((L, S, R), np.nan) for name in RECORDS}
-    out["diverged_step"] = np.full((L, S), -1, dtype=np.int64)
-    out["x_final"] = np.full((L, S, dim), np.nan)
-    for s0, s1 in cplan.chunks:
-        res = runner.run_chunk(s0, s1)
-        for k, v in res.items():
-            out[k][:, s0:s1] = v
+    if len(cplan.chunks) == 1:                     # one chunk: its arrays are the result
+        out = runner.run_chunk(0, S)
+    else:
+        out = {name: np.full((L, S, R), np.nan) for name in RECORDS}
+        out["diverged_step"] = np.full((L, S), -1, dtype=np.int64)
+        out["x_final"] = np.full((L, S, dim), np.nan)
+        for s0, s1 in cplan.chunks:
+            res = runner.run_chunk(s0, s1)
+            for k, v in res.items():
+                out[k][:, s0:s1] = v
     _finish_timing(runner, t_start, cplan)
     return out
 
