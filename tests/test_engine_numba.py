@@ -407,3 +407,27 @@ def test_threads_give_identical_numbers(crn):
     for j, s in enumerate((0, 8, 36)):
         for k in one:
             np.testing.assert_array_equal(singles[j][k], one[k][:, s:s + 1])
+
+
+def test_softmax_subopt_kernel_equals_problem_formula():
+    # the compiled records of softmax regression are the twin of SoftmaxRegression.suboptimality:
+    # both branches (max |δ − c| <= 1: log1p of the Taylor form; > 1: log-sum-exp) and the point
+    # x* itself, where the value is 0 up to rounding and both must stay >= -1e-15
+    from kdsim.problems import synthetic as syn
+    from kdsim.problems.softmax import _H_COEF
+    from kdsim.engines._kernels_records import softmax_subopt
+    p = syn.softmax(n=40, d=4, n_classes=3, l2=0.1, bias=True, seed=3)
+    xs = p.solution()
+    r = np.random.default_rng(0)
+    X = np.vstack([xs, xs + 1e-9 * r.standard_normal((3, p.dim)), xs + 0.05 * r.standard_normal((4, p.dim)),
+                   xs + 3.0 * r.standard_normal((4, p.dim))])
+    P, logP, g = p._at_optimum
+    got = np.empty(len(X))
+    softmax_subopt(0, len(X), X, xs, np.ascontiguousarray(p.A), P, logP, g, p.l2, _H_COEF, got)
+    want = p.suboptimality(X)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-16)
+    assert got.min() >= -1e-15 and abs(got[0]) < 1e-15
+    # and the engine's records use it: numba and reference records of a run agree
+    plan = make_plan(p, xs + 0.3, [0.0, 1.0], 0.1, 50, 3, record_every=10)
+    assert_records_close(numba_cpu.run(p, plan), reference.run(p, plan))
+    assert numba_cpu.last_timing()["records_s"] > 0

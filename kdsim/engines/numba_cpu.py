@@ -94,8 +94,9 @@ def last_timing():
     """Timing of the latest ``run``/``run_reduced``/``affine_coefficients`` call.
 
     Keys: ``compile_s`` (JIT compilation or cache loading, measured by calling each
-    kernel on zero trajectories first), ``run_s`` (kernel time), ``total_s`` (wall
-    time of the call, including setup and records in numpy), ``kernel``,
+    kernel on zero trajectories first), ``run_s`` (kernel time), ``records_s`` (time
+    of the compiled records evaluated after the kernel: softmax suboptimality),
+    ``total_s`` (wall time of the call, including setup and every record), ``kernel``,
     ``chunks``, ``chunk_seeds``, ``trajectory_steps`` (λ × seeds × steps) and
     ``throughput`` (trajectory-steps per second of ``run_s``).
     """
@@ -178,6 +179,7 @@ class _Runner:
         self.zero = dtype.type(0.0)
         self.gam = dtype.type(plan.step)
         self.timer = _Timer()
+        self.records_timer = _Timer()          # records evaluated after the kernel (layered families)
         self.kernel_name = ""
 
     @property
@@ -395,13 +397,30 @@ class _LayeredRunner(_Runner):
             C = p.canonical(X)
             vals["dist2_opt"][b0:b0 + block] = np.sum((C - self.xstar) ** 2, axis=1)
             vals["dist2_teacher"][b0:b0 + block] = np.sum((C - self.theta_c) ** 2, axis=1)
-            vals["subopt"][b0:b0 + block] = p.suboptimality(X)
+            vals["subopt"][b0:b0 + block] = self.suboptimality(X)
         for name in RECORDS:
             out[name][valid] = vals[name]
         return out
 
 
+    def suboptimality(self, X):
+        return self.problem.suboptimality(X)
+
+
 class _SoftmaxRunner(_LayeredRunner):
+    def suboptimality(self, X):
+        """f(x) − f* per row: the compiled twin of ``SoftmaxRegression.suboptimality``."""
+        from ..problems.softmax import _H_COEF
+        from ._kernels_records import softmax_subopt
+        p = self.problem
+        P, logP, g = p._at_optimum
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        out = np.empty(X.shape[0])
+        self.records_timer.call(softmax_subopt, X.shape[0],
+                                (X, np.ascontiguousarray(p.solution()), np.ascontiguousarray(p.A, np.float64),
+                                 P, logP, g, float(p.l2), _H_COEF, out))
+        return out
+
     @staticmethod
     def structure(p):
         return p.A, np.eye(p.n_classes)[p.y], (p.n_features, p.n_classes), (0, p.dim), 1
@@ -468,6 +487,7 @@ def _finish_timing(runner, t_start, cplan, extra=None):
         "total_s": time.perf_counter() - t_start, "kernel": runner.kernel_name,
         "dtype": runner.wd.name, "chunks": len(cplan.chunks), "chunk_seeds": cplan.chunk_seeds,
         "trajectory_steps": steps, "throughput": steps / run_s if run_s > 0 else float("inf"),
+        "records_s": runner.records_timer.run_s,
         **(extra or {}),
     })
 
