@@ -6,7 +6,9 @@ are reported, moved aside and recomputed), submits the remaining cells as indepe
 tasks and writes each result from the driver as soon as it completes
 (``distributed.as_completed``), so finished work survives an interrupted driver, a
 lost worker or a crash. A killed worker's running tasks are rescheduled by the Dask
-scheduler; each cell is written exactly once per run.
+scheduler, and a result that finished on it but was lost with it before the driver
+gathered it is resubmitted (``DaskExecutor.LOST_RETRIES`` times); each cell is written
+exactly once per run.
 
 Executors:
 
@@ -153,19 +155,36 @@ class DaskExecutor:
         n = len(info.get("workers", {}))
         self.name = f"dask {client.scheduler.address} ({n} worker{'s' if n != 1 else ''})"
 
+    #: resubmissions of a cell whose result was lost with its worker (finished there, not yet gathered)
+    LOST_RETRIES = 3
+
+    def _submit(self, cell, token, attempt):
+        fut = self.client.submit(self.task, cell.config, key=f"kdsim-cell-{cell.hash}-{token}-{attempt}",
+                                 pure=False)
+        self.futures[fut.key] = (fut, cell, attempt)
+        return fut
+
     def results(self, cells):
         from distributed import as_completed
 
         token = uuid.uuid4().hex[:8]
         for cell in cells:
-            fut = self.client.submit(self.task, cell.config, key=f"kdsim-cell-{cell.hash}-{token}", pure=False)
-            self.futures[fut.key] = (fut, cell)
-        for fut in as_completed([f for f, _ in self.futures.values()]):
-            _, cell = self.futures.pop(fut.key)
+            self._submit(cell, token, 0)
+        pending = as_completed([f for f, _, _ in self.futures.values()])
+        for fut in pending:
+            _, cell, attempt = self.futures.pop(fut.key)
+            if fut.status == "lost" and attempt < self.LOST_RETRIES:
+                fut.release()
+                pending.add(self._submit(cell, token, attempt + 1))
+                continue
             if fut.status == "finished":
                 try:
                     result = fut.result()
                 except Exception as exc:  # lost between finishing and gathering
+                    fut.release()
+                    if attempt < self.LOST_RETRIES:
+                        pending.add(self._submit(cell, token, attempt + 1))
+                        continue
                     yield cell, None, f"{type(exc).__name__}: {exc}"
                 else:
                     yield cell, result, None
@@ -177,7 +196,7 @@ class DaskExecutor:
     def cancel(self):
         if self.futures:
             try:
-                self.client.cancel([f for f, _ in self.futures.values()])
+                self.client.cancel([f for f, _, _ in self.futures.values()])
             except Exception:  # the cluster may already be gone
                 pass
             self.futures.clear()
