@@ -74,10 +74,11 @@ def measure_kdsim(w, size, dtype, repeats, budget, crn=True, record_every=None):
     p = w.problem()
     t = harness.best_of(lambda: harness.kdsim_run(p, plan, dtype), repeats, budget)
     e = t.extra
-    setup_records = e["total_s"] - e["compile_s"] - e["run_s"]
-    note = f"kernel {e['kernel']}"
+    other = e["total_s"] - e["compile_s"] - e["run_s"] - e.get("records_s", 0.0)
+    note = f"kernel {e['kernel']} {e['run_s']:.3g} s"
     if e["kernel"] == "layered_traj":
-        note += f"; records in numpy {setup_records:.2f} s"
+        note += f"; records after the kernel {e.get('records_s', 0.0):.3g} s"
+    note += f"; set-up and other records {other:.3g} s"
     return t, {"compile_s": e["compile_s"], "kernel_s": e["run_s"], "diverged": e["diverged"], "note": note}
 
 
@@ -144,15 +145,37 @@ def measure_reference(w, size, repeats, budget):
 
 
 def rng_cost(batch, n, seeds=4096, steps=100):
-    """Seconds per seed-step of kdsim's numba minibatch generator (one thread)."""
-    from kdsim.rng import minibatch_indices_nb
-    streams = np.arange(seeds, dtype=np.uint64)
-    minibatch_indices_nb(0, streams, 0, n, batch)
+    """Seconds per seed-step of the minibatch draws of kdsim's kernels (one thread).
+
+    The kernels hold a key per stream and derive each step's minibatch from it:
+    ``_kernels_ls._index1`` for batch 1 (one draw), ``kdsim.rng.minibatch_into_nb``
+    (Floyd's algorithm) otherwise. This times exactly that loop.
+    """
+    from numba import njit
+
+    from kdsim.engines._kernels_ls import _index1
+    from kdsim.rng import minibatch_into_nb, step_key_nb
+
+    @njit
+    def draws(keys, steps, n, b):
+        idx = np.empty(b, dtype=np.int64)
+        taken = np.zeros(n, dtype=np.bool_)
+        acc = 0
+        for s in range(keys.shape[0]):
+            for t in range(steps):
+                if b == 1:
+                    acc += _index1(keys[s], t, n)
+                else:
+                    minibatch_into_nb(step_key_nb(keys[s], t), n, b, idx, taken)
+                    acc += idx[0]
+        return acc
+
+    keys = np.arange(1, seeds + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    draws(keys[:2], 2, n, batch)
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        for t in range(steps):
-            minibatch_indices_nb(0, streams, t, n, batch)
+        draws(keys, steps, n, batch)
         best = min(best, (time.perf_counter() - t0) / (seeds * steps))
     return best
 
@@ -166,8 +189,8 @@ def bytes_per_traj_step(w, dtype):
 
     Least squares (affine kernel, one (u, v) pair per seed serving the L λ): the sampled
     row of A per seed-step (d·w bytes; A is n·d·w, beyond L2 at d = 500) and, at each
-    record, the triangular factor F read twice (2 · d(d+1)/2 · 8 bytes, float64),
-    amortised over the record interval; divided by L. Layered kernels (one trajectory at
+    record, the triangular factor F (d(d+1)/2 · 8 bytes, float64) read once per block of
+    ``SEED_BLOCK`` seeds, amortised over the record interval; divided by L. Layered kernels (one trajectory at
     a time): per sample the rows of A, of the targets and of the teacher residuals
     ((d_in + 2 d_out)·w bytes); the trajectory's own x and g (2·dim·w) stay in L1/L2.
     """
@@ -175,7 +198,8 @@ def bytes_per_traj_step(w, dtype):
     wb = np.dtype(dtype).itemsize
     if w.name in ("W1", "W2"):
         d = p.dim
-        per_seed_step = d * wb + 2 * (d * (d + 1) // 2) * 8 / w.record_every
+        from kdsim.engines._kernels_ls import SEED_BLOCK
+        per_seed_step = d * wb + (d * (d + 1) // 2) * 8 / SEED_BLOCK / w.record_every
         return per_seed_step / w.n_lams
     spec = prepare(p, w.plan(2, 2))
     return w.batch * (spec.layers[0] + 2 * spec.layers[-1]) * wb

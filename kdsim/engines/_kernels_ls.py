@@ -69,10 +69,10 @@ def _tri_block(F, W, out):
     A register tile of 2 rows of F × 4 rows of W; W has a multiple of 4 rows.
     """
     m, d = F.shape
-    for q in range(0, W.shape[0], 4):
-        for r in range(0, m, 2):
-            r1 = min(r + 1, m - 1)
-            r0 = np.uint64(r)
+    for r in range(0, m, 2):          # F's row pair outer: F is streamed once per call
+        r1 = min(r + 1, m - 1)
+        r0 = np.uint64(r)
+        for q in range(0, W.shape[0], 4):
             a00 = 0.0
             a01 = 0.0
             a02 = 0.0
