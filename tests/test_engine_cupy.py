@@ -27,31 +27,11 @@ from kdsim.engines import batched, cupy_gpu, reference
 from kdsim.estimators import ESTIMATORS
 from kdsim.problems import synthetic as syn
 from kdsim.problems.deep_linear import DeepLinear
-from kdsim.results import RECORDS
 from kdsim.simulate import make_plan
 
+from engine_helpers import assert_records_close, ls_problem  # noqa: E402
+
 ESTS = list(ESTIMATORS)
-
-
-def assert_records_close(got, want, rtol=1e-10, scale_tol=1e-12, x_rtol=1e-10):
-    """Records equal up to rtol·|r| + scale_tol·(largest value of the trajectory); same NaNs
-    (the helper of test_engine_batched.py, repeated so that each module imports alone)."""
-    for name in RECORDS:
-        g, w = got[name], want[name]
-        assert g.shape == w.shape and g.dtype == np.float64, name
-        assert np.array_equal(np.isnan(g), np.isnan(w)), name
-        scale = np.nanmax(np.abs(w), axis=-1, keepdims=True, initial=0.0)
-        ok = np.isnan(w) | (np.abs(g - w) <= rtol * np.abs(w) + scale_tol * scale)
-        assert ok.all(), (name, np.nanmax(np.abs(g - w) / (np.abs(w) + 1e-300)))
-    np.testing.assert_array_equal(got["diverged_step"], want["diverged_step"])
-    np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=x_rtol, atol=1e-12)
-
-
-def ls_problem(l2=0.0):
-    r = np.random.default_rng(1)
-    A = r.standard_normal((12, 3))
-    b = A @ r.standard_normal(3) + 0.5 * r.standard_normal(12)
-    return kdsim.LeastSquares(A, b, l2=l2)
 
 
 # --------------------------------------------------------------------------- absence

@@ -1,0 +1,31 @@
+"""Helpers shared by the engine test modules (numba, array-module, CuPy stand-in).
+
+Tolerances are the callers' (each module's docstring says why its own are what they are).
+"""
+import numpy as np
+
+import kdsim
+from kdsim.results import RECORDS
+
+
+def assert_records_close(got, want, rtol=1e-10, scale_tol=1e-12, x_rtol=1e-10):
+    """Records equal up to rtol·|r| + scale_tol·(largest value of the trajectory); same NaNs;
+    equal divergence steps; final iterates within ``x_rtol`` (None: not compared)."""
+    for name in RECORDS:
+        g, w = got[name], want[name]
+        assert g.shape == w.shape and g.dtype == np.float64, name
+        assert np.array_equal(np.isnan(g), np.isnan(w)), name
+        scale = np.nanmax(np.abs(w), axis=-1, keepdims=True, initial=0.0)
+        ok = np.isnan(w) | (np.abs(g - w) <= rtol * np.abs(w) + scale_tol * scale)
+        assert ok.all(), (name, np.nanmax(np.abs(g - w) / (np.abs(w) + 1e-300)))
+    np.testing.assert_array_equal(got["diverged_step"], want["diverged_step"])
+    if x_rtol is not None:
+        np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=x_rtol, atol=1e-12)
+
+
+def ls_problem(l2=0.0):
+    """A tiny least-squares instance (n = 12, d = 3) with noise."""
+    r = np.random.default_rng(1)
+    A = r.standard_normal((12, 3))
+    b = A @ r.standard_normal(3) + 0.5 * r.standard_normal(12)
+    return kdsim.LeastSquares(A, b, l2=l2)
