@@ -475,7 +475,13 @@ def _runner(problem, plan, dtype):
         names = ", ".join(sorted(c.__name__ for c in _FAMILIES))
         raise NotImplementedError(f"backend 'numba' has no kernels for {type(problem).__name__} "
                                   f"(it has: {names}); use backend='numpy'")
-    return cls(problem, plan, resolve_dtype(dtype, plan))
+    # The set-up's small BLAS calls (QR of A, teacher terms) run on one thread: OpenBLAS's
+    # worker threads busy-wait for a while after a multi-threaded call, and on a machine
+    # with as many cores as kernel threads they would take a core from the kernels
+    # (measured: the first run after set-up 1.4x slower with 2 threads).
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        return cls(problem, plan, resolve_dtype(dtype, plan))
 
 
 def _finish_timing(runner, t_start, cplan, extra=None):
