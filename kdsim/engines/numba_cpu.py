@@ -12,17 +12,22 @@ What makes it fast:
 
 * least squares with common random numbers and a teacher-anchored estimator
   (sgd, kd, kd_loss, corrected) runs one (u, v) pair per seed and serves every λ
-  from it (THEORY §5.1: x_t(λ) = u_t + λ v_t). Records are evaluated per λ from
-  e = (u − x*) + λ v without forming the quadratic's coefficients first (no
-  cancellation), and ``affine_coefficients`` returns the coefficients too (a
-  continuous λ curve per seed). Without common random numbers, and for SVRG,
-  per-trajectory kernels run; so does any seed whose u or v left the range while
-  some λ of it had not (the affine form would carry no digits there);
+  from it (THEORY §5.1: x_t(λ) = u_t + λ v_t), with seeds stepped in lockstep
+  blocks whose records share one triangular product with F. A record is
+  evaluated from its quadratic in λ where a rounding bound keeps it within 1e-12
+  relative, and directly from e = (u − x*) + λ v otherwise (no cancellation);
+  ``affine_coefficients`` returns the coefficients too (a continuous λ curve per
+  seed). Without common random numbers, and for SVRG, per-trajectory kernels run;
+  so does any seed whose u or v left the range while some λ of it had not (the
+  affine form would carry no digits there);
 * per-sample teacher quantities that do not depend on x (least squares: the
   teacher residual a_iᵀθ − b_i) are computed once; a minibatch gradient is one
   product with a combined residual;
 * f(x) − f* for least squares is ½(‖F e‖² + α‖e‖²) with F = R/√n from a QR of A
-  (½ eᵀ(H + αI)e without cancellation), O(d²/2) per record.
+  (½ eᵀ(H + αI)e without cancellation), O(d²/2) per record; softmax's
+  cancellation-free f(x) − f* is compiled too (``_kernels_records``);
+* the set-up's BLAS calls run on one thread, so no spinning OpenBLAS worker
+  competes with the kernel threads.
 
 Precision: ``dtype`` "float64" (default) or "float32" for the iterate arithmetic;
 records are always evaluated in float64 from the iterate. In float32 the guard's
