@@ -84,7 +84,19 @@ def _forward(x, dims, offs, a_row, hbuf, hoff):
     for k in range(L):
         rows, cols = dims[k + 1], np.uint64(dims[k])
         hi, ho = np.uint64(hoff[k]), hoff[k + 1]
-        for r in range(rows):
+        for r in range(0, rows - 1, 2):           # two rows per pass: h is loaded once for both
+            acc0 = hbuf[hi] - hbuf[hi]
+            acc1 = acc0
+            b0 = np.uint64(offs[k] + r * dims[k])
+            b1 = b0 + cols
+            for c in range(cols):
+                hc = hbuf[hi + c]
+                acc0 += x[b0 + c] * hc
+                acc1 += x[b1 + c] * hc
+            hbuf[ho + r] = acc0
+            hbuf[ho + r + 1] = acc1
+        if rows % 2 == 1:
+            r = rows - 1
             acc = hbuf[hi] - hbuf[hi]
             base = np.uint64(offs[k] + r * dims[k])
             for c in range(cols):
