@@ -420,3 +420,29 @@ def test_softmax_subopt_kernel_equals_problem_formula():
     plan = make_plan(p, xs + 0.3, [0.0, 1.0], 0.1, 50, 3, record_every=10)
     assert_records_close(numba_cpu.run(p, plan), reference.run(p, plan))
     assert numba_cpu.last_timing()["records_s"] > 0
+
+
+def test_affine_kernel_writes_every_record_entry(monkeypatch):
+    # ls_affine's record buffers start uninitialised: the kernel must write every entry (a
+    # value, or NaN once a λ or the whole seed stopped). Fill them with a sentinel first and
+    # check that none survives: normal runs, a λ that diverges mid-run, every λ diverging
+    # (the block stops early) and seeds left to the per-trajectory kernel.
+    sentinel = 12345.678
+    orig = numba_cpu._LeastSquaresRunner._affine_buffers
+
+    def filled(self, ns, want_coeffs):
+        bufs = orig(self, ns, want_coeffs)
+        for o in bufs[0]:
+            o.fill(sentinel)
+        return bufs
+
+    monkeypatch.setattr(numba_cpu._LeastSquaresRunner, "_affine_buffers", filled)
+    p = ls_problem()
+    big_step = 8.0 / p.sample_smoothness().max()
+    cases = [([0.0, 0.5, 1.0], 0.05), ([0.0, 0.7, 3.0], big_step), ([1e60, 2e60], 0.05), ([0.5, 1e60], 0.05)]
+    for lams, step in cases:
+        plan = make_plan(p, p.solution() + 0.5, lams, step, 3000, 11, record_every=100)
+        got = numba_cpu.run(p, plan)
+        for name in RECORDS:
+            assert not np.any(got[name] == sentinel), (lams, name)
+        assert_records_close(got, reference.run(p, plan))

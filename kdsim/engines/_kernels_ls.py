@@ -146,9 +146,13 @@ def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_
     _tri_block(F, W, FW)
     want_coeffs = coeffs.shape[0] > 0
     for g in range(gn):
-        if not active[g]:
-            continue
         s = s0 + g
+        if not active[g]:
+            for k in range(L):
+                out_d[k, s, rec] = np.nan
+                out_t[k, s, rec] = np.nan
+                out_s[k, s, rec] = np.nan
+            continue
         gv = SEED_BLOCK + g
         e0 = 0.0
         e1 = 0.0
@@ -180,6 +184,9 @@ def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_
             q2 = 0.0
         for k in range(L):
             if not alive[g, k]:
+                out_d[k, s, rec] = np.nan
+                out_t[k, s, rec] = np.nan
+                out_s[k, s, rec] = np.nan
                 continue
             a = acoef[k]
             if not use_v or a == 0.0:
@@ -421,6 +428,12 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
                 if active[g]:
                     _next_residuals(g, stream_keys[s0 + g], t + 1, A, bvec, rth, gam_b, U, V, use_v, b, IDX,
                                     RU, RV, taken, zero)
+    for r in range(rec, R):              # records after every seed of the block stopped
+        for k in range(L):
+            for g in range(gn):
+                out_d[k, s0 + g, r] = np.nan
+                out_t[k, s0 + g, r] = np.nan
+                out_s[k, s0 + g, r] = np.nan
     for g in range(gn):
         for p in range(d):
             ufin[s0 + g, p] = U[g, p]
@@ -442,7 +455,9 @@ def ls_affine(lo, hi, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, 
 
     Seeds run in blocks of ``SEED_BLOCK``: each step updates every seed of the block and
     then draws the next minibatches and residuals, and the records of a block come from
-    one register-tiled product with F (see ``_records_block``). ``coeffs[s, r]`` (when
+    one register-tiled product with F (see ``_records_block``). Every record entry of the
+    block's seeds is written (NaN after a λ or the seed stopped), so the outputs may
+    start uninitialised. ``coeffs[s, r]`` (when
     its first axis is not empty) receives the three coefficients (c0, c1, c2) of each
     record as a quadratic c0 + c1·a + c2·a² (rows: dist2_opt, subopt, dist2_teacher).
 

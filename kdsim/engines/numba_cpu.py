@@ -268,7 +268,7 @@ class _LeastSquaresRunner(_Runner):
                 self.quad_tol, self.limit, self.zero, outs[0], outs[1], outs[2], div, ufin, vfin, unsafe, coeffs)
 
     def _affine_buffers(self, ns, want_coeffs):
-        outs = self.new_records((self.L, ns, self.R))
+        outs = [np.empty((self.L, ns, self.R)) for _ in RECORDS]     # ls_affine writes every entry
         div = np.full((self.L, ns), -1, dtype=np.int64)
         ufin = np.empty((ns, self.dim), dtype=self.wd)
         vfin = np.empty((ns, self.dim), dtype=self.wd)
