@@ -407,8 +407,8 @@ class _LayeredRunner(_Runner):
             out[name][valid] = vals[name]
         return out
 
-
     def suboptimality(self, X):
+        """f(x) − f* per row of X (the problem's own numpy code unless a family compiles it)."""
         return self.problem.suboptimality(X)
 
 
