@@ -86,13 +86,14 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically (temporary name in the same folder, fsync, rename)."""
+def atomic_write(path, write):
+    """Create ``path`` atomically: ``write(fh)`` fills a temporary file in the same folder,
+    which is flushed, fsynced and renamed over ``path`` (the folder is fsynced too)."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -100,6 +101,11 @@ def atomic_write_bytes(path, data):
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically (see ``atomic_write``)."""
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 class Store:
@@ -174,17 +180,7 @@ class Store:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
         path = self.part_path(cell.hash)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "wb") as fh:
-                pq.write_table(table, fh, **_checksum_write_kw(pq))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        _fsync_dir(path.parent)
+        atomic_write(path, lambda fh: pq.write_table(table, fh, **_checksum_write_kw(pq)))
         return path
 
     def check_part(self, cell, read=True):
