@@ -6,6 +6,7 @@ import numpy as np
 
 import kdsim
 from kdsim.results import RECORDS
+from kdsim.simulate import make_plan
 
 
 def assert_records_close(got, want, rtol=1e-10, scale_tol=1e-12, x_rtol=1e-10):
@@ -29,3 +30,15 @@ def ls_problem(l2=0.0):
     A = r.standard_normal((12, 3))
     b = A @ r.standard_normal(3) + 0.5 * r.standard_normal(12)
     return kdsim.LeastSquares(A, b, l2=l2)
+
+
+def ls_reference_cases(estimator, b, crn):
+    """(problem, plan) pairs every engine is compared with the reference on: the tiny instance
+    without and with a ridge, an imperfect teacher, a random start, three λ, 300 steps."""
+    for l2 in (0.0, 0.1):
+        p = ls_problem(l2)
+        r = np.random.default_rng(3)
+        theta = p.solution() + 0.3 * r.standard_normal(p.dim)
+        x0 = r.standard_normal(p.dim)
+        yield p, make_plan(p, theta, [0.0, 0.4, 1.0], 0.05, 300, 3, batch_size=b, estimator=estimator,
+                           record_every=25, seed=5, x0=x0, common_random_numbers=crn, svrg_period=7)

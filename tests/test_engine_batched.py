@@ -27,7 +27,7 @@ from kdsim.problems.deep_linear import DeepLinear
 from kdsim.results import RECORDS, SimResult
 from kdsim.simulate import make_plan
 
-from engine_helpers import assert_records_close, ls_problem  # noqa: E402
+from engine_helpers import assert_records_close, ls_problem, ls_reference_cases  # noqa: E402
 
 ESTS = list(ESTIMATORS)
 
@@ -95,13 +95,7 @@ def test_minibatch_indices_equal_kdsim_rng():
 @pytest.mark.parametrize("b", [1, 3, 12])
 @pytest.mark.parametrize("crn", [True, False])
 def test_least_squares_matches_reference(estimator, b, crn):
-    for l2 in (0.0, 0.1):
-        p = ls_problem(l2)
-        r = np.random.default_rng(3)
-        theta = p.solution() + 0.3 * r.standard_normal(p.dim)
-        x0 = r.standard_normal(p.dim)
-        plan = make_plan(p, theta, [0.0, 0.4, 1.0], 0.05, 300, 3, batch_size=b, estimator=estimator,
-                         record_every=25, seed=5, x0=x0, common_random_numbers=crn, svrg_period=7)
+    for p, plan in ls_reference_cases(estimator, b, crn):
         want = reference.run(p, plan)
         got = batched.run(p, plan)
         assert_records_close(got, want)
