@@ -99,12 +99,15 @@ def test_least_squares_matches_reference(estimator, b, crn):
         assert kernel == ("ls_affine" if crn and estimator != "svrg" else "ls_traj")
 
 
-def test_affine_form_equals_per_trajectory_kernel_and_coefficients():
-    p = ls_problem(0.1)
+@pytest.mark.parametrize("b,l2", [(1, 0.0), (1, 0.1), (2, 0.1)])
+def test_affine_form_equals_per_trajectory_kernel_and_coefficients(b, l2):
+    # at b = 1 the affine kernel takes steps in pairs (second residual through a_0ᵀa_1) and
+    # single steps before a record 39 steps apart; with and without a ridge (c1 = 1 − γα, γc)
+    p = ls_problem(l2)
     theta = p.solution() + np.array([0.5, -0.2, 0.1])
     lams = [0.0, 0.3, 0.7, 1.0, 1.5]
     for est in ("kd", "kd_loss", "corrected", "sgd"):
-        plan = make_plan(p, theta, lams, 0.05, 400, 4, batch_size=2, estimator=est, record_every=40)
+        plan = make_plan(p, theta, lams, 0.05, 400, 4, batch_size=b, estimator=est, record_every=39)
         runner = numba_cpu._runner(p, plan, None)
         assert runner.affine
         aff = runner.run_chunk(0, 4)

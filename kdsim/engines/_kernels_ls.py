@@ -271,13 +271,31 @@ def _exact_guard(g, s, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe):
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def _within(ubu, ubv, amax, half_limit):
+    """True when the triangle-inequality bound ‖u‖ + max|a|·‖v‖ cannot reach the limit."""
+    bound = ubu + amax * ubv
+    return bound * bound <= half_limit
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _after_guard(g, s, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe, ubu, ubv, amax):
+    """The exact divergence test of seed slot g after step t; resets its bounds. Returns whether it goes on."""
+    nu, nv, goes_on = _exact_guard(g, s, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe)
+    ubu[g] = nu
+    ubv[g] = nv
+    if goes_on:
+        am = 0.0
+        for k in range(acw.shape[0]):
+            if alive[g, k] and use_v and abs(np.float64(acw[k])) > am:
+                am = abs(np.float64(acw[k]))
+        amax[g] = am
+    return goes_on
+
+@njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
 def _next_residuals(g, key0, t, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV, taken, zero):
     """Draw step t's minibatch of seed slot g and its scaled residuals (γ/b)(a_iᵀu − b_i), (γ/b)(a_iᵀv − rth_i)."""
     n = A.shape[0]
-    if b == 1:
-        IDX[g, 0] = _index1(key0, t, n)
-    else:
-        minibatch_into_nb(step_key_nb(key0, t), n, b, IDX[g], taken)
+    minibatch_into_nb(step_key_nb(key0, t), n, b, IDX[g], taken)
     dp = A.shape[1]
     for jj in range(b):
         i = IDX[g, jj]
@@ -295,32 +313,19 @@ def _next_residuals(g, key0, t, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
-                     rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, quad_tol, limit, zero,
-                     out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
-    """Seeds s0 .. s0 + gn − 1 (gn <= SEED_BLOCK) of ``ls_affine``, stepped together."""
-    n, dp = A.shape
-    d = xstar.shape[0]
-    L = acoef.shape[0]
-    R = rec_steps.shape[0]
-    m = F.shape[0]
+def _block_state(gn, x0, acw, use_v, d, m):
+    """A block's iterates (u = x0, v = 0), liveness and guard bounds, and its record buffers."""
     G = SEED_BLOCK
+    L = acw.shape[0]
+    dp = x0.shape[0]
     U = np.zeros((G, dp), dtype=x0.dtype)
     V = np.zeros((G, dp), dtype=x0.dtype)
-    RU = np.zeros((G, b), dtype=x0.dtype)
-    RV = np.zeros((G, b), dtype=x0.dtype)
-    IDX = np.zeros((G, b), dtype=np.int64)
-    taken = np.zeros(n, dtype=np.bool_)
     alive = np.ones((G, L), dtype=np.bool_)
     n_alive = np.full(G, L, dtype=np.int64)
     active = np.zeros(G, dtype=np.bool_)
     ubu = np.zeros(G)
     ubv = np.zeros(G)
     amax = np.zeros(G)
-    W = np.zeros((2 * G, d))
-    FW = np.zeros((2 * G, m))
-    half_limit = 0.5 * limit
-    c1_abs = abs(np.float64(c1))
     a_abs = 0.0
     for k in range(L):
         if use_v and abs(np.float64(acw[k])) > a_abs:
@@ -335,7 +340,178 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
         ubu[g] = x0_norm
         for p in range(dp):
             U[g, p] = x0[p]
-        if steps > 0:
+    return U, V, alive, n_alive, active, ubu, ubv, amax, np.zeros((2 * G, d)), np.zeros((2 * G, m))
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _block_finish(s0, gn, rec, R, L, U, V, d, out_d, out_s, out_t, ufin, vfin):
+    """NaN records after every seed of the block stopped; the final (u, v)."""
+    for r in range(rec, R):
+        for k in range(L):
+            for g in range(gn):
+                out_d[k, s0 + g, r] = np.nan
+                out_t[k, s0 + g, r] = np.nan
+                out_s[k, s0 + g, r] = np.nan
+    for g in range(gn):
+        for p in range(d):
+            ufin[s0 + g, p] = U[g, p]
+            vfin[s0 + g, p] = V[g, p]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
+                      rec_steps, steps, stream_keys, xstar, theta_c, F, alpha64, quad_tol, limit, zero,
+                      out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
+    """Seeds s0 .. s0 + gn − 1 of ``ls_affine`` at batch size 1, their steps taken in pairs.
+
+    A pair (steps t, t + 1 with rows i0, i1) is one pass for a_0ᵀu, a_1ᵀu, a_0ᵀv, a_1ᵀv and
+    a_0ᵀa_1 and one pass for both updates: the second residual is
+    a_1ᵀu_{t+1} = c1·a_1ᵀu_t − r_0·a_0ᵀa_1 (for v plus a_1ᵀ(γc) = ``agcv``), and
+    u_{t+2} = c1²u_t − c1·r_0·a_0 − r_1·a_1, so u and v are read twice per pair instead of
+    four times. A pair never straddles a record step. Steps run one at a time instead (the
+    same draws) before a record or the end when one step is left, and for a seed whose
+    triangle-inequality bound could reach the limit within the pair, so the exact guard
+    sees every iterate it has to. The step code is written inline: a helper taking arrays
+    would cost reference-count updates per call.
+    """
+    n, dp = A.shape
+    d = xstar.shape[0]
+    L = acoef.shape[0]
+    R = rec_steps.shape[0]
+    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW = _block_state(gn, x0, acw, use_v, d, F.shape[0])
+    half_limit = 0.5 * limit
+    c1_abs = abs(np.float64(c1))
+    c1sq = c1 * c1
+    n_active = gn
+    rec = 0
+    t = 0
+    while True:
+        if rec < R and rec_steps[rec] == t:
+            _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, F, alpha64,
+                           quad_tol, W, FW, out_d, out_s, out_t, coeffs)
+            rec += 1
+        if t >= steps or n_active == 0:
+            break
+        stop = rec_steps[rec] if rec < R and rec_steps[rec] > t else steps
+        pair = stop - t >= 2
+        for g in range(gn):
+            if not active[g]:
+                continue
+            key0 = stream_keys[s0 + g]
+            singles = 1
+            if pair:
+                i0 = _index1(key0, t, n)
+                i1 = _index1(key0, t + 1, n)
+                u0 = zero
+                u1 = zero
+                v0 = zero
+                v1 = zero
+                k01 = zero
+                if use_v:
+                    for p in range(dp):
+                        x0p = A[i0, p]
+                        x1p = A[i1, p]
+                        up = U[g, p]
+                        vp = V[g, p]
+                        u0 += x0p * up
+                        u1 += x1p * up
+                        v0 += x0p * vp
+                        v1 += x1p * vp
+                        k01 += x0p * x1p
+                else:
+                    for p in range(dp):
+                        x0p = A[i0, p]
+                        x1p = A[i1, p]
+                        up = U[g, p]
+                        u0 += x0p * up
+                        u1 += x1p * up
+                        k01 += x0p * x1p
+                ru0 = gam_b * (u0 - bvec[i0])
+                rv0 = gam_b * (v0 - rth[i0])
+                ru1 = gam_b * ((c1 * u1 - ru0 * k01) - bvec[i1])
+                rv1 = gam_b * ((c1 * v1 - rv0 * k01 + agcv[i1]) - rth[i1])
+                ub1u = c1_abs * ubu[g] + abs(np.float64(ru0)) * anorm[i0]
+                ub1v = c1_abs * ubv[g] + abs(np.float64(rv0)) * anorm[i0] + gcv_norm
+                ub2u = c1_abs * ub1u + abs(np.float64(ru1)) * anorm[i1]
+                ub2v = c1_abs * ub1v + abs(np.float64(rv1)) * anorm[i1] + gcv_norm
+                if _within(ub1u, ub1v, amax[g], half_limit) and _within(ub2u, ub2v, amax[g], half_limit):
+                    if use_v and plain:
+                        for p in range(dp):
+                            x0p = A[i0, p]
+                            x1p = A[i1, p]
+                            U[g, p] -= ru0 * x0p + ru1 * x1p
+                            V[g, p] -= rv0 * x0p + rv1 * x1p
+                    elif use_v:
+                        cu0 = c1 * ru0
+                        cv0 = c1 * rv0
+                        for p in range(dp):
+                            x0p = A[i0, p]
+                            x1p = A[i1, p]
+                            U[g, p] = c1sq * U[g, p] - (cu0 * x0p + ru1 * x1p)
+                            V[g, p] = c1sq * V[g, p] - (cv0 * x0p + rv1 * x1p) + (c1 * gcv[p] + gcv[p])
+                    else:
+                        cu0 = c1 * ru0
+                        for p in range(dp):
+                            U[g, p] = c1sq * U[g, p] - (cu0 * A[i0, p] + ru1 * A[i1, p])
+                    ubu[g] = ub2u
+                    ubv[g] = ub2v
+                    continue
+                singles = 2
+            for tt in range(t, t + singles):
+                i = _index1(key0, tt, n)
+                au = zero
+                av = zero
+                if use_v:
+                    for p in range(dp):
+                        au += A[i, p] * U[g, p]
+                        av += A[i, p] * V[g, p]
+                else:
+                    for p in range(dp):
+                        au += A[i, p] * U[g, p]
+                r0 = gam_b * (au - bvec[i])
+                r1 = gam_b * (av - rth[i])
+                if use_v and plain:
+                    for p in range(dp):
+                        U[g, p] -= r0 * A[i, p]
+                        V[g, p] -= r1 * A[i, p]
+                elif use_v:
+                    for p in range(dp):
+                        U[g, p] = c1 * U[g, p] - r0 * A[i, p]
+                        V[g, p] = c1 * V[g, p] - r1 * A[i, p] + gcv[p]
+                else:
+                    for p in range(dp):
+                        U[g, p] = c1 * U[g, p] - r0 * A[i, p]
+                ubu[g] = c1_abs * ubu[g] + abs(np.float64(r0)) * anorm[i]
+                ubv[g] = c1_abs * ubv[g] + abs(np.float64(r1)) * anorm[i] + gcv_norm
+                if not _within(ubu[g], ubv[g], amax[g], half_limit):
+                    if not _after_guard(g, s0 + g, tt, U, V, use_v, acw, alive, n_alive, limit, div, unsafe,
+                                        ubu, ubv, amax):
+                        active[g] = False
+                        n_active -= 1
+                        break
+        t += 2 if pair else 1
+    _block_finish(s0, gn, rec, R, L, U, V, d, out_d, out_s, out_t, ufin, vfin)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
+                     rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, quad_tol, limit, zero,
+                     out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
+    """Seeds s0 .. s0 + gn − 1 (gn <= SEED_BLOCK) of ``ls_affine`` at batch size b >= 2, stepped together."""
+    n, dp = A.shape
+    d = xstar.shape[0]
+    L = acoef.shape[0]
+    R = rec_steps.shape[0]
+    G = SEED_BLOCK
+    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW = _block_state(gn, x0, acw, use_v, d, F.shape[0])
+    RU = np.zeros((G, b), dtype=x0.dtype)
+    RV = np.zeros((G, b), dtype=x0.dtype)
+    IDX = np.zeros((G, b), dtype=np.int64)
+    taken = np.zeros(n, dtype=np.bool_)
+    half_limit = 0.5 * limit
+    c1_abs = abs(np.float64(c1))
+    if steps > 0:
+        for g in range(gn):
             _next_residuals(g, stream_keys[s0 + g], 0, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV,
                             taken, zero)
     n_active = gn
@@ -354,24 +530,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
                 continue
             su = 0.0
             sv = 0.0
-            if b == 1:
-                i = IDX[g, 0]
-                r0 = RU[g, 0]
-                r1 = RV[g, 0]
-                if use_v and plain:
-                    for p in range(dp):
-                        U[g, p] -= r0 * A[i, p]
-                        V[g, p] -= r1 * A[i, p]
-                elif use_v:
-                    for p in range(dp):
-                        U[g, p] = c1 * U[g, p] - r0 * A[i, p]
-                        V[g, p] = c1 * V[g, p] - r1 * A[i, p] + gcv[p]
-                else:
-                    for p in range(dp):
-                        U[g, p] = c1 * U[g, p] - r0 * A[i, p]
-                su = abs(np.float64(r0)) * anorm[i]
-                sv = abs(np.float64(r1)) * anorm[i]
-            for jj in range(b if b > 1 else 0):
+            for jj in range(b):
                 i = IDX[g, jj]
                 r0 = RU[g, jj]
                 r1 = RV[g, jj]
@@ -395,53 +554,21 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
             # to spare for rounding), so the divergence step is exact at O(1) cost per step
             ubu[g] = c1_abs * ubu[g] + su
             ubv[g] = c1_abs * ubv[g] + sv + gcv_norm
-            bound = ubu[g] + amax[g] * ubv[g]
-            if not (bound * bound <= half_limit):
-                nu, nv, goes_on = _exact_guard(g, s0 + g, t, U, V, use_v, acw, alive, n_alive, limit, div,
-                                               unsafe)
-                ubu[g] = nu
-                ubv[g] = nv
-                if not goes_on:
+            if not _within(ubu[g], ubv[g], amax[g], half_limit):
+                if not _after_guard(g, s0 + g, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe, ubu,
+                                    ubv, amax):
                     active[g] = False
                     n_active -= 1
-                else:
-                    am = 0.0
-                    for k in range(L):
-                        if alive[g, k] and use_v and abs(np.float64(acw[k])) > am:
-                            am = abs(np.float64(acw[k]))
-                    amax[g] = am
-        if b == 1 and t + 1 < steps:
-            for g in range(gn):
-                if not active[g]:
-                    continue
-                j = _index1(stream_keys[s0 + g], t + 1, n)
-                IDX[g, 0] = j
-                au = zero
-                av = zero
-                for p in range(dp):
-                    au += A[j, p] * U[g, p]
-                    av += A[j, p] * V[g, p]
-                RU[g, 0] = gam_b * (au - bvec[j])
-                RV[g, 0] = gam_b * (av - rth[j])
-        elif t + 1 < steps:
+        if t + 1 < steps:
             for g in range(gn):
                 if active[g]:
                     _next_residuals(g, stream_keys[s0 + g], t + 1, A, bvec, rth, gam_b, U, V, use_v, b, IDX,
                                     RU, RV, taken, zero)
-    for r in range(rec, R):              # records after every seed of the block stopped
-        for k in range(L):
-            for g in range(gn):
-                out_d[k, s0 + g, r] = np.nan
-                out_t[k, s0 + g, r] = np.nan
-                out_s[k, s0 + g, r] = np.nan
-    for g in range(gn):
-        for p in range(d):
-            ufin[s0 + g, p] = U[g, p]
-            vfin[s0 + g, p] = V[g, p]
+    _block_finish(s0, gn, rec, R, L, U, V, d, out_d, out_s, out_t, ufin, vfin)
 
 
 @njit(cache=True, nogil=True)
-def ls_affine(lo, hi, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
+def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
               rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, quad_tol, limit, zero,
               out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
     """Seeds lo .. hi−1, one (u, v) pair each; λ_k is x_t = u_t + a_k v_t (THEORY §5.1).
@@ -453,12 +580,14 @@ def ls_affine(lo, hi, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, 
     (the padding stays exactly 0) so the vector loops have no scalar tail; ``xstar``,
     ``theta_c`` and ``F`` have the true d.
 
-    Seeds run in blocks of ``SEED_BLOCK``: each step updates every seed of the block and
-    then draws the next minibatches and residuals, and the records of a block come from
-    one register-tiled product with F (see ``_records_block``). Every record entry of the
-    block's seeds is written (NaN after a λ or the seed stopped), so the outputs may
-    start uninitialised. ``coeffs[s, r]`` (when
-    its first axis is not empty) receives the three coefficients (c0, c1, c2) of each
+    Seeds run in blocks of ``SEED_BLOCK`` sharing the step clock, and the records of a
+    block come from one register-tiled product with F (see ``_records_block``). At batch
+    size 1 a seed takes its steps in pairs, each pair one pass of dot products and one
+    of updates (``_step2``; ``agcv`` = a_iᵀ(γc) corrects the second residual); at b >= 2
+    each step updates every seed of the block and then draws the next minibatches and
+    residuals. Every record entry of the block's seeds is written (NaN after a λ or the
+    seed stopped), so the outputs may start uninitialised. ``coeffs[s, r]`` (when its
+    first axis is not empty) receives the three coefficients (c0, c1, c2) of each
     record as a quadratic c0 + c1·a + c2·a² (rows: dist2_opt, subopt, dist2_teacher).
 
     Divergence of λ_k after a step: not (‖u‖² + 2a⟨u,v⟩ + a²‖v‖² <= limit), tested
@@ -467,9 +596,15 @@ def ls_affine(lo, hi, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, 
     beyond the limit is flagged in ``unsafe`` and left for the per-trajectory kernel.
     """
     for s0 in range(lo, hi, SEED_BLOCK):
-        _ls_affine_block(s0, min(SEED_BLOCK, hi - s0), A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b,
-                         x0, acoef, acw, use_v, rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64,
-                         quad_tol, limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
+        gn = min(SEED_BLOCK, hi - s0)
+        if b == 1:
+            _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw,
+                              use_v, rec_steps, steps, stream_keys, xstar, theta_c, F, alpha64, quad_tol, limit,
+                              zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
+        else:
+            _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw,
+                             use_v, rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, quad_tol,
+                             limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

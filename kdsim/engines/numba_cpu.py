@@ -255,6 +255,7 @@ class _LeastSquaresRunner(_Runner):
         self.gcv_pad = np.zeros(dp, dtype=wd)
         self.gcv_pad[:d] = gam * shift
         self.gcv_norm = float(np.linalg.norm(gam * shift))
+        self.agcv = (A64 @ (gam * shift)).astype(wd)          # a_iᵀ(γc), for steps taken in pairs
         self.plain = bool(self.problem.l2 == 0 and not np.any(self.gcv_pad != 0))
         self.c1 = wd.type(1.0 - gam * float(self.problem.l2))
         self.gam_b = wd.type(gam / self.plan.batch_size)
@@ -262,7 +263,7 @@ class _LeastSquaresRunner(_Runner):
         self.quad_tol = 2.0 * (max(d, self.F.shape[0]) + 3) * np.finfo(np.float64).eps / self.K.QUAD_RECORD_RTOL
 
     def _affine_args(self, keys, outs, div, ufin, vfin, unsafe, coeffs):
-        return (self.A_pad, self.bvec, self.rth, self.anorm, self.gcv_pad, self.gcv_norm, self.plain, self.c1,
+        return (self.A_pad, self.bvec, self.rth, self.agcv, self.anorm, self.gcv_pad, self.gcv_norm, self.plain, self.c1,
                 self.gam_b, self.x0_pad, self.coef[:, 0].copy(), self.acw, self.use_v, self.rec_steps,
                 self.plan.steps, keys, self.plan.batch_size, self.xstar, self.theta_c, self.F, self.alpha64,
                 self.quad_tol, self.limit, self.zero, outs[0], outs[1], outs[2], div, ufin, vfin, unsafe, coeffs)
