@@ -65,6 +65,33 @@ def test_solution_and_exact_suboptimality(problem):
     assert problem.suboptimality(xs + e)[0] == pytest.approx(0.5 * e @ H @ e, rel=1e-12)
 
 
+def test_gram_factor_is_cached_triangular_and_exact(problem, monkeypatch):
+    # FᵀF = AᵀA/n to rounding, F upper triangular and read-only, and the engines' set-up takes it
+    # from the problem: two numba runs and a batched run factor A once (np.linalg.qr counted).
+    F = problem.gram_factor()
+    A = problem.A
+    np.testing.assert_allclose(F.T @ F, A.T @ A / problem.n, rtol=1e-13, atol=1e-14)
+    assert np.array_equal(F, np.triu(F)) and not F.flags.writeable
+    assert problem.gram_factor() is F
+    rng = np.random.default_rng(7)
+    x, xs = rng.standard_normal(5), problem.solution()
+    e = x - xs
+    want = problem.loss(x) - problem.f_star
+    np.testing.assert_allclose(0.5 * (np.sum((F @ e) ** 2) + problem.l2 * e @ e), want, rtol=1e-10)
+
+    from kdsim.engines import batched, numba_cpu
+    from kdsim.simulate import make_plan
+    fresh = kdsim.LeastSquares(A, problem.b, l2=problem.l2)
+    calls = []
+    qr = np.linalg.qr
+    monkeypatch.setattr(np.linalg, "qr", lambda *a, **k: calls.append(1) or qr(*a, **k))
+    plan = make_plan(fresh, xs, [0.0, 1.0], 0.01, 20, 2, record_every=10)
+    numba_cpu.run(fresh, plan)
+    numba_cpu.run(fresh, plan)
+    batched.run(fresh, plan)
+    assert len(calls) == 1
+
+
 def test_smoothness(problem):
     L = problem.sample_smoothness()
     np.testing.assert_allclose(L, np.sum(problem.A ** 2, axis=1) + problem.l2)

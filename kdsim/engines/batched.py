@@ -336,7 +336,7 @@ class _Engine:
         self.theta_c = dev(p.canonical_teacher(plan.theta), np.float64)
         self.A64 = self.A if wd == np.float64 else dev(A64, np.float64)
         if self.kind == "least_squares":
-            self.F = dev(np.linalg.qr(A64, mode="r") / np.sqrt(p.n), np.float64)
+            self.F = dev(p.gram_factor(), np.float64)
         elif self.deep:
             xs = p.solution()
             self.x_star_sq = float(xs @ xs)

@@ -24,7 +24,8 @@ What makes it fast:
   teacher residual a_iᵀθ − b_i) are computed once; a minibatch gradient is one
   product with a combined residual;
 * f(x) − f* for least squares is ½(‖F e‖² + α‖e‖²) with F = R/√n from a QR of A
-  (½ eᵀ(H + αI)e without cancellation), O(d²/2) per record; softmax's
+  (½ eᵀ(H + αI)e without cancellation), O(d²/2) per record; F is computed once per
+  problem (``LeastSquares.gram_factor``), not per call; softmax's
   cancellation-free f(x) − f* is compiled too (``_kernels_records``);
 * the set-up's BLAS calls run on one thread, so no spinning OpenBLAS worker
   competes with the kernel threads.
@@ -230,7 +231,7 @@ class _LeastSquaresRunner(_Runner):
         self.x0 = np.ascontiguousarray(plan.x0, dtype=wd)
         self.xstar = np.ascontiguousarray(p.canonical(p.solution()), dtype=np.float64)
         self.theta_c = np.ascontiguousarray(p.canonical_teacher(plan.theta), dtype=np.float64)
-        self.F = np.ascontiguousarray(np.linalg.qr(A64, mode="r") / np.sqrt(p.n))
+        self.F = np.array(p.gram_factor())                  # a writeable copy: one kernel signature
         self.affine = self.crn and not est.snapshot
         if self.affine:
             self._affine_setup(A64, ridge, tfull)

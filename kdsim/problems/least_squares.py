@@ -1,6 +1,8 @@
 """Least squares: f_i(x) = ½ (a_iᵀx − b_i)² (+ α/2 ‖x‖²)."""
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import scipy.linalg
 
@@ -65,6 +67,21 @@ class LeastSquares(Problem):
         r = self.A.T @ (self.A @ x - self.b) / self.n + self.l2 * x
         dx, *_ = scipy.linalg.lstsq(H, r)
         return x - dx
+
+    def gram_factor(self):
+        """Upper-triangular F (min(n, d) × d) with FᵀF = AᵀA/n, from a QR of A; computed once.
+
+        f(x) − f* = ½(‖F(x − x*)‖² + α‖x − x*‖²) without cancellation: the engines'
+        suboptimality records. Read-only; cached like x*, so the engines do not refactor
+        A on every call.
+        """
+        return self._gram_factor
+
+    @cached_property
+    def _gram_factor(self):
+        F = np.linalg.qr(self.A, mode="r") / np.sqrt(self.n)
+        F.setflags(write=False)
+        return F
 
     # constants -------------------------------------------------------------
     def sample_smoothness(self):
