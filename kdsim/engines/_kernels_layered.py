@@ -134,6 +134,139 @@ def _backward_add(x, dims, offs, hbuf, hoff, delta, dbuf, grad, scale):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _forward_batch(x, dims, offs, A, idx, nb, H, hoff, zero):
+    """Activations of the samples idx[:nb]: row j of H holds h_0 = a_{idx[j]}, h_{k+1} = W_k h_k.
+
+    Layer by layer, each pass takes two rows of W_k against two samples: four independent
+    sums share their loads (a sample-by-sample dot product is one dependent chain).
+    """
+    L = dims.shape[0] - 1
+    for j in range(nb):
+        i = idx[j]
+        for c in range(np.uint64(dims[0])):
+            H[j, c] = A[i, c]                      # hoff[0] = 0
+    for k in range(L):
+        rows, cols = dims[k + 1], np.uint64(dims[k])
+        hi, ho = np.uint64(hoff[k]), hoff[k + 1]
+        for r in range(0, rows, 2):
+            r1 = min(r + 1, rows - 1)              # an odd last row is computed twice
+            b0 = np.uint64(offs[k] + r * dims[k])
+            b1 = np.uint64(offs[k] + r1 * dims[k])
+            for j in range(0, nb, 2):
+                j1 = min(j + 1, nb - 1)
+                a00 = zero
+                a01 = zero
+                a10 = zero
+                a11 = zero
+                for c in range(cols):
+                    w0 = x[b0 + c]
+                    w1 = x[b1 + c]
+                    h0 = H[j, hi + c]
+                    h1 = H[j1, hi + c]
+                    a00 += w0 * h0
+                    a01 += w0 * h1
+                    a10 += w1 * h0
+                    a11 += w1 * h1
+                H[j, ho + r] = a00
+                H[j1, ho + r] = a01
+                H[j, ho + r1] = a10
+                H[j1, ho + r1] = a11
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _residuals(code, H, zoff, m, Y, idx, nb, D, zero):
+    """D[j, :m] = ∂g/∂z of sample idx[j] at its logits H[j, zoff:zoff + m] (see the module table)."""
+    z0 = np.uint64(zoff)
+    for j in range(nb):
+        i = idx[j]
+        if code == 0:
+            for o in range(m):
+                D[j, o] = H[j, z0 + o] - Y[i, o]
+        elif code == 1:
+            zmax = H[j, z0]
+            for o in range(1, m):
+                if H[j, z0 + o] > zmax:
+                    zmax = H[j, z0 + o]
+            s = zero
+            for o in range(m):
+                e = np.exp(H[j, z0 + o] - zmax)
+                D[j, o] = e
+                s += e
+            for o in range(m):
+                D[j, o] = D[j, o] / s - Y[i, o]
+        elif code == 2:
+            for o in range(m):
+                z = H[j, z0 + o]
+                if z >= 0:
+                    sig = 1.0 / (1.0 + np.exp(-z))
+                else:
+                    e = np.exp(z)
+                    sig = e / (1.0 + e)
+                D[j, o] = sig - Y[i, o]
+        else:
+            for o in range(m):
+                D[j, o] = np.exp(H[j, z0 + o]) - Y[i, o]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _backward_batch(x, dims, offs, H, hoff, D, Dn, nb, grad, scale, zero):
+    """grad += scale · Σ_j J(x)ᵀ(δ_j h_{j,0}ᵀ) for the output residuals δ_j = D[j, :d_out].
+
+    Overwrites D and Dn. Row r of layer k's gradient gains δ_j[r]·h_j for two samples per
+    pass, and δ ← W_kᵀδ takes two rows of W_k per pass: half the loads and stores of a
+    sample-by-sample rank-1 update of the gradient.
+    """
+    L = dims.shape[0] - 1
+    for j in range(nb):
+        for o in range(dims[L]):
+            D[j, o] = scale * D[j, o]
+    cur = D
+    nxt = Dn
+    for k in range(L - 1, -1, -1):
+        rows, cols = dims[k + 1], np.uint64(dims[k])
+        hi = np.uint64(hoff[k])
+        for r in range(rows):
+            base = np.uint64(offs[k] + r * dims[k])
+            j = 0
+            while j + 3 < nb:
+                d0 = cur[j, r]
+                d1 = cur[j + 1, r]
+                d2 = cur[j + 2, r]
+                d3 = cur[j + 3, r]
+                for c in range(cols):
+                    grad[base + c] += (d0 * H[j, hi + c] + d1 * H[j + 1, hi + c]) + (d2 * H[j + 2, hi + c]
+                                                                                    + d3 * H[j + 3, hi + c])
+                j += 4
+            if j + 1 < nb:
+                d0 = cur[j, r]
+                d1 = cur[j + 1, r]
+                for c in range(cols):
+                    grad[base + c] += d0 * H[j, hi + c] + d1 * H[j + 1, hi + c]
+                j += 2
+            if j < nb:
+                d0 = cur[j, r]
+                for c in range(cols):
+                    grad[base + c] += d0 * H[j, hi + c]
+        if k > 0:
+            for j in range(nb):
+                for c in range(cols):
+                    nxt[j, c] = zero
+                for r in range(0, rows - 1, 2):
+                    b0 = np.uint64(offs[k] + r * dims[k])
+                    b1 = b0 + cols
+                    d0 = cur[j, r]
+                    d1 = cur[j, r + 1]
+                    for c in range(cols):
+                        nxt[j, c] += x[b0 + c] * d0 + x[b1 + c] * d1
+                if rows % 2 == 1:
+                    b0 = np.uint64(offs[k] + (rows - 1) * dims[k])
+                    d0 = cur[j, rows - 1]
+                    for c in range(cols):
+                        nxt[j, c] += x[b0 + c] * d0
+            cur, nxt = nxt, cur
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _prefix(x, dims, offs, qbuf, qoff):
     """Q_0 = I, Q_{k+1} = W_k Q_k (dims[k] × d_in, row-major at qoff[k]); Q_L is W(x)."""
     L = dims.shape[0] - 1
@@ -216,11 +349,14 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     g = np.empty_like(x0)
     y = np.empty_like(x0)
     gy = np.empty_like(x0)
-    hx = np.empty(hoff[L + 1], dtype=x0.dtype)
     hy = np.empty(hoff[L + 1], dtype=x0.dtype)
     dbuf = np.empty(2 * wmax, dtype=x0.dtype)
-    rho = np.empty(d_out, dtype=x0.dtype)
     rhoy = np.empty(d_out, dtype=x0.dtype)
+    Hx = np.empty((b, hoff[L + 1]), dtype=x0.dtype)
+    Hy = np.empty((b, hoff[L + 1]), dtype=x0.dtype)
+    D = np.empty((b, wmax), dtype=x0.dtype)
+    Dy = np.empty((b, wmax), dtype=x0.dtype)
+    Dn = np.empty((b, wmax), dtype=x0.dtype)
     qbuf = np.empty(qoff[L + 1], dtype=x0.dtype)
     vbuf = np.empty(2 * wmax * d_in, dtype=x0.dtype)
     Gy = np.empty((d_out, d_in), dtype=x0.dtype)
@@ -270,22 +406,24 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
         minibatch_into_nb(step_key_nb(key0, t), n, b, idx, taken)
         for p in range(dim):
             g[p] = zero
-        for jj in range(b):
-            i = idx[jj]
-            _forward(x, dims, offs, A[i], hx, hoff)
-            _residual(code, hx[hoff[L]:hoff[L + 1]], Y[i], rho)
-            if use_teacher:
+        # the minibatch as small matrices, layer by layer (activations Hx, residuals D)
+        _forward_batch(x, dims, offs, A, idx, b, Hx, hoff, zero)
+        _residuals(code, Hx, hoff[L], d_out, Y, idx, b, D, zero)
+        if use_teacher:
+            for jj in range(b):
+                i = idx[jj]
                 for o in range(d_out):
-                    rho[o] -= a * rt[i, o]
-            if snapshot:
-                _forward(y, dims, offs, A[i], hy, hoff)
-                _residual(code, hy[hoff[L]:hoff[L + 1]], Y[i], rhoy)
-                if L == 1:
+                    D[jj, o] -= a * rt[i, o]
+        if snapshot:
+            _forward_batch(y, dims, offs, A, idx, b, Hy, hoff, zero)
+            _residuals(code, Hy, hoff[L], d_out, Y, idx, b, Dy, zero)
+            if L == 1:
+                for jj in range(b):
                     for o in range(d_out):
-                        rho[o] -= a * rhoy[o]
-                else:
-                    _backward_add(y, dims, offs, hy, hoff, rhoy, dbuf, g, -a)
-            _backward_add(x, dims, offs, hx, hoff, rho, dbuf, g, gam / gam)
+                        D[jj, o] -= a * Dy[jj, o]
+            else:
+                _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, b, g, -a, zero)
+        _backward_batch(x, dims, offs, Hx, hoff, D, Dn, b, g, gam / gam, zero)
         nx = zero
         if snapshot:
             for p in range(dim):
