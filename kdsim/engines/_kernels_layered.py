@@ -24,7 +24,13 @@ back-propagates the combined residual r_i(x) − a·rθ_i once per sample:
 
 SVRG back-propagates r_i(x) through x and −a·r_i(y) through the snapshot y and adds
 α(x − a y) + c ∇f(y), with ∇f(y) = J(y)ᵀ(1/n)Σ r_i(y) a_iᵀ + αy refreshed every
-``period`` steps.
+``period`` steps (b samples at a time through the same minibatch code).
+
+The minibatch is handled as small matrices, layer by layer (``_forward_batch``,
+``_residuals``, ``_backward_batch``): each pass over a row of W_k serves several
+samples, so the sums are independent chains and the gradient is loaded and stored
+once per group of samples, not once per sample; and a step makes three calls, not
+three per sample (each call with array arguments costs reference-count updates).
 
 Records are not evaluated here: the kernel saves the iterate (float64) at every
 record step and the engine computes the problem's canonical distances and its
@@ -40,97 +46,6 @@ from numba import njit
 
 from ..rng import minibatch_into_nb, step_key_nb
 from ._kernels_ls import FASTMATH
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _residual(code, z, yrow, out):
-    """Output residual ∂g/∂z of one sample (see the module table)."""
-    m = z.shape[0]
-    if code == 0:
-        for o in range(m):
-            out[o] = z[o] - yrow[o]
-    elif code == 1:
-        zmax = z[0]
-        for o in range(1, m):
-            if z[o] > zmax:
-                zmax = z[o]
-        s = z[0] - z[0]
-        for o in range(m):
-            e = np.exp(z[o] - zmax)
-            out[o] = e
-            s += e
-        for o in range(m):
-            out[o] = out[o] / s - yrow[o]
-    elif code == 2:
-        for o in range(m):
-            if z[o] >= 0:
-                sig = 1.0 / (1.0 + np.exp(-z[o]))
-            else:
-                e = np.exp(z[o])
-                sig = e / (1.0 + e)
-            out[o] = sig - yrow[o]
-    else:
-        for o in range(m):
-            out[o] = np.exp(z[o]) - yrow[o]
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _forward(x, dims, offs, a_row, hbuf, hoff):
-    """Activations h_0 = a, h_{k+1} = W_k h_k into hbuf (segment k at hoff[k])."""
-    L = dims.shape[0] - 1
-    h0 = np.uint64(hoff[0])
-    for c in range(np.uint64(dims[0])):
-        hbuf[h0 + c] = a_row[c]
-    for k in range(L):
-        rows, cols = dims[k + 1], np.uint64(dims[k])
-        hi, ho = np.uint64(hoff[k]), hoff[k + 1]
-        for r in range(0, rows - 1, 2):           # two rows per pass: h is loaded once for both
-            acc0 = hbuf[hi] - hbuf[hi]
-            acc1 = acc0
-            b0 = np.uint64(offs[k] + r * dims[k])
-            b1 = b0 + cols
-            for c in range(cols):
-                hc = hbuf[hi + c]
-                acc0 += x[b0 + c] * hc
-                acc1 += x[b1 + c] * hc
-            hbuf[ho + r] = acc0
-            hbuf[ho + r + 1] = acc1
-        if rows % 2 == 1:
-            r = rows - 1
-            acc = hbuf[hi] - hbuf[hi]
-            base = np.uint64(offs[k] + r * dims[k])
-            for c in range(cols):
-                acc += x[base + c] * hbuf[hi + c]
-            hbuf[ho + r] = acc
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _backward_add(x, dims, offs, hbuf, hoff, delta, dbuf, grad, scale):
-    """grad += scale · J(x)ᵀ(δ h_0ᵀ): back-propagate the output residual δ (overwrites dbuf)."""
-    L = dims.shape[0] - 1
-    m = dims[L]
-    for o in range(m):
-        dbuf[o] = scale * delta[o]
-    for k in range(L - 1, -1, -1):
-        rows, cols = dims[k + 1], np.uint64(dims[k])
-        hi = np.uint64(hoff[k])
-        for r in range(rows):
-            dr = dbuf[r]
-            base = np.uint64(offs[k] + r * dims[k])
-            for c in range(cols):
-                grad[base + c] += dr * hbuf[hi + c]
-        if k > 0:
-            # δ_k = W_kᵀ δ_{k+1}, written after the rows it reads: use the tail of dbuf
-            tail = np.uint64(dbuf.shape[0] - dims[k])
-            for c in range(cols):
-                dbuf[tail + c] = dbuf[0] - dbuf[0]
-            for r in range(rows):
-                dr = dbuf[r]
-                base = np.uint64(offs[k] + r * dims[k])
-                for c in range(cols):
-                    dbuf[tail + c] += x[base + c] * dr
-            for c in range(cols):
-                dbuf[c] = dbuf[tail + c]
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -349,9 +264,6 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     g = np.empty_like(x0)
     y = np.empty_like(x0)
     gy = np.empty_like(x0)
-    hy = np.empty(hoff[L + 1], dtype=x0.dtype)
-    dbuf = np.empty(2 * wmax, dtype=x0.dtype)
-    rhoy = np.empty(d_out, dtype=x0.dtype)
     Hx = np.empty((b, hoff[L + 1]), dtype=x0.dtype)
     Hy = np.empty((b, hoff[L + 1]), dtype=x0.dtype)
     D = np.empty((b, wmax), dtype=x0.dtype)
@@ -381,25 +293,32 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             for o in range(d_out):
                 for q in range(d_in):
                     Gy[o, q] = zero
-            if L == 1:
-                for i in range(n):
-                    _forward(y, dims, offs, A[i], hy, hoff)
-                    _residual(code, hy[hoff[1]:hoff[2]], Y[i], rhoy)
-                    _backward_add(y, dims, offs, hy, hoff, rhoy, dbuf, gy, inv_n)
-            else:
-                _prefix(y, dims, offs, qbuf, qoff)
-                for i in range(n):
-                    for o in range(d_out):
-                        acc = zero
-                        qo = np.uint64(qoff[L] + o * d_in)
-                        for q in range(np.uint64(d_in)):
-                            acc += qbuf[qo + q] * A[i, q]
-                        hy[o] = acc
-                    _residual(code, hy[:d_out], Y[i], rhoy)
-                    for o in range(d_out):
-                        ro = rhoy[o] * inv_n
-                        for q in range(d_in):
-                            Gy[o, q] += ro * A[i, q]
+            # ∇f(y) over all n samples, b at a time (the minibatch buffers Hy, Dy)
+            for s0 in range(0, n, b):
+                nb = min(b, n - s0)
+                for jj in range(nb):
+                    idx[jj] = s0 + jj
+                if L == 1:
+                    _forward_batch(y, dims, offs, A, idx, nb, Hy, hoff, zero)
+                    _residuals(code, Hy, hoff[1], d_out, Y, idx, nb, Dy, zero)
+                    _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, gy, inv_n, zero)
+                else:
+                    if s0 == 0:
+                        _prefix(y, dims, offs, qbuf, qoff)
+                    for jj in range(nb):                 # logits W(y)a_i from the end-to-end map
+                        for o in range(d_out):
+                            acc = zero
+                            qo = np.uint64(qoff[L] + o * d_in)
+                            for q in range(np.uint64(d_in)):
+                                acc += qbuf[qo + q] * A[s0 + jj, q]
+                            Hy[jj, o] = acc
+                    _residuals(code, Hy, 0, d_out, Y, idx, nb, Dy, zero)
+                    for jj in range(nb):
+                        for o in range(d_out):
+                            ro = Dy[jj, o] * inv_n
+                            for q in range(d_in):
+                                Gy[o, q] += ro * A[s0 + jj, q]
+            if L > 1:
                 _pullback_add(y, dims, offs, Gy, gam / gam, qbuf, qoff, vbuf, gy)
             for p in range(dim):
                 gy[p] += alpha * y[p]
