@@ -122,6 +122,23 @@ def test_affine_form_equals_per_trajectory_kernel_and_coefficients(b, l2):
             np.testing.assert_allclose(curve, aff[name], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("steps,record_every", [(1, 1), (2, 2), (3, 3), (3, 1), (5, 2)])
+def test_affine_pairs_at_the_smallest_step_counts(steps, record_every):
+    # batch 1: a lone step, one pair, a pair and a lone step, records at every step; and a
+    # one-sample problem, where both rows of a pair are the same (a_0ᵀa_1 = ‖a‖²)
+    one = kdsim.LeastSquares(np.array([[1.0, -2.0, 0.5]]), np.array([0.3]), l2=0.1)
+    for p in (ls_problem(0.1), one):
+        theta = np.array([0.4, -0.1, 0.2])
+        plan = make_plan(p, theta, [0.0, 0.6, 1.0], 0.05, steps, 3, estimator="kd",
+                         record_every=record_every)
+        runner = numba_cpu._runner(p, plan, None)
+        aff = runner.run_chunk(0, 3)
+        runner.affine = False
+        per = runner.run_chunk(0, 3)
+        assert_records_close(aff, per, rtol=1e-11)
+        np.testing.assert_allclose(aff["x_final"], per["x_final"], rtol=1e-12, atol=1e-15)
+
+
 def test_claim2_machine_precision_survives_affine_form():
     # θ = x*, λ = 1: noise-free linear convergence to x*; the affine records must reach the
     # rounding floor as the reference does (no cancellation from the quadratic's coefficients).
@@ -140,7 +157,7 @@ def test_layered_families_match_reference(layered, name, estimator):
     problems, teachers = layered
     p, theta = problems[name], teachers[name]
     x0 = p.default_x0() + 0.1 * np.random.default_rng(4).standard_normal(p.dim)
-    for b in (1, 3, p.n):
+    for b in (1, 3, 4, p.n):              # n = 15: b = 4 leaves a partial last snapshot block
         plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 200, 2, batch_size=b, estimator=estimator,
                          record_every=20, seed=9, x0=x0, svrg_period=6)
         want = reference.run(p, plan)
@@ -149,10 +166,32 @@ def test_layered_families_match_reference(layered, name, estimator):
         np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("estimator", ["kd", "svrg"])
+def test_layered_minibatch_larger_than_sample_block(estimator):
+    # batches (and SVRG's full gradient) go through the layers SAMPLE_BLOCK samples at a time:
+    # b = n = 70 and b = 33 take two and three blocks, the last partial
+    from kdsim.engines._kernels_layered import SAMPLE_BLOCK
+    from kdsim.problems import synthetic as syn
+    from kdsim.problems.deep_linear import DeepLinear
+    r = np.random.default_rng(5)
+    soft = syn.softmax(n=70, d=3, n_classes=3, l2=0.1, bias=True, seed=2)
+    deep = DeepLinear(r.standard_normal((70, 3)), r.standard_normal((70, 2)), hidden=(3,), l2=0.05)
+    for p in (soft, deep):
+        theta = p.solution() + 0.2 * r.standard_normal(p.dim)
+        for b in (33, p.n):
+            assert b > SAMPLE_BLOCK
+            plan = make_plan(p, theta, [0.0, 1.0], 0.05, 60, 2, batch_size=b, estimator=estimator,
+                             record_every=20, svrg_period=7)
+            want = reference.run(p, plan)
+            got = numba_cpu.run(p, plan)
+            assert_records_close(got, want)
+            np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+
+
 # ---------------------------------------------------------------------- float32
-def _float32_case(p, theta, crn, rtol, scale_tol):
-    plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 400, 3, batch_size=3, estimator="kd",
-                     record_every=40, common_random_numbers=crn)
+def _float32_case(p, theta, crn, rtol, scale_tol, b=3, record_every=40):
+    plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 400, 3, batch_size=b, estimator="kd",
+                     record_every=record_every, common_random_numbers=crn)
     f64 = numba_cpu.run(p, plan)
     f32 = numba_cpu.run(p, plan, dtype="float32")
     assert numba_cpu.last_timing()["dtype"] == "float32"
@@ -161,9 +200,11 @@ def _float32_case(p, theta, crn, rtol, scale_tol):
 
 
 @pytest.mark.parametrize("crn", [True, False])
-def test_float32_close_to_float64_least_squares(crn):
+@pytest.mark.parametrize("b", [1, 3])
+def test_float32_close_to_float64_least_squares(crn, b):
+    # b = 1 with common random numbers: the paired steps in float32 (odd record interval)
     p = ls_problem(0.1)
-    _float32_case(p, p.solution() + 0.2, crn, 2e-3, 1e-4)
+    _float32_case(p, p.solution() + 0.2, crn, 2e-3, 1e-4, b=b, record_every=39)
 
 
 @pytest.mark.slow

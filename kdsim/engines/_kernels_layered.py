@@ -18,19 +18,21 @@ The teacher term of every estimator is function-space: T_B = J(x)ᵀ((1/b)Σ rθ
 + ridge, T = J(x)ᵀ Ḡθ + ridge, with the teacher residuals rθ_i (n, d_out) and their
 mean map Ḡθ = (1/n)Σ rθ_i a_iᵀ precomputed once (for one layer J(x) = I, so these
 are the parameter-space teacher gradients of softmax and GLMs exactly). A step
-back-propagates the combined residual r_i(x) − a·rθ_i once per sample:
+back-propagates the combined residuals r_i(x) − a·rθ_i of its minibatch:
 
     g = J(x)ᵀ[(1/b)Σ_i (r_i(x) − a rθ_i) a_iᵀ + c Ḡθ] + αx + (c − a)·ridge.
 
 SVRG back-propagates r_i(x) through x and −a·r_i(y) through the snapshot y and adds
 α(x − a y) + c ∇f(y), with ∇f(y) = J(y)ᵀ(1/n)Σ r_i(y) a_iᵀ + αy refreshed every
-``period`` steps (b samples at a time through the same minibatch code).
+``period`` steps (for one layer through the minibatch functions below, for deep nets
+through the end-to-end map ``_prefix`` and ``_pullback_add``).
 
 The minibatch is handled as small matrices, layer by layer (``_forward_batch``,
-``_residuals``, ``_backward_batch``): each pass over a row of W_k serves several
-samples, so the sums are independent chains and the gradient is loaded and stored
-once per group of samples, not once per sample; and a step makes three calls, not
-three per sample (each call with array arguments costs reference-count updates).
+``_residuals``, ``_backward_batch``), ``SAMPLE_BLOCK`` samples at a time: each pass
+over a row of W_k serves several samples, so the sums are independent chains and the
+gradient is loaded and stored once per group of samples, not once per sample; and the
+calls are per block of samples, not per sample (each call with array arguments costs
+reference-count updates).
 
 Records are not evaluated here: the kernel saves the iterate (float64) at every
 record step and the engine computes the problem's canonical distances and its
@@ -47,17 +49,21 @@ from numba import njit
 from ..rng import minibatch_into_nb, step_key_nb
 from ._kernels_ls import FASTMATH
 
+#: samples taken through the layers together; the minibatch scratch of a trajectory is
+#: O(SAMPLE_BLOCK · Σ widths) whatever the batch size (full-batch runs included)
+SAMPLE_BLOCK = 32
+
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _forward_batch(x, dims, offs, A, idx, nb, H, hoff, zero):
-    """Activations of the samples idx[:nb]: row j of H holds h_0 = a_{idx[j]}, h_{k+1} = W_k h_k.
+def _forward_batch(x, dims, offs, A, idx, j0, nb, H, hoff, zero):
+    """Activations of the samples idx[j0:j0 + nb]: row j of H holds h_0 = a_{idx[j0 + j]}, h_{k+1} = W_k h_k.
 
     Layer by layer, each pass takes two rows of W_k against two samples: four independent
     sums share their loads (a sample-by-sample dot product is one dependent chain).
     """
     L = dims.shape[0] - 1
     for j in range(nb):
-        i = idx[j]
+        i = idx[j0 + j]
         for c in range(np.uint64(dims[0])):
             H[j, c] = A[i, c]                      # hoff[0] = 0
     for k in range(L):
@@ -89,11 +95,11 @@ def _forward_batch(x, dims, offs, A, idx, nb, H, hoff, zero):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _residuals(code, H, zoff, m, Y, idx, nb, D, zero):
-    """D[j, :m] = ∂g/∂z of sample idx[j] at its logits H[j, zoff:zoff + m] (see the module table)."""
+def _residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero):
+    """D[j, :m] = ∂g/∂z of sample idx[j0 + j] at its logits H[j, zoff:zoff + m] (see the module table)."""
     z0 = np.uint64(zoff)
     for j in range(nb):
-        i = idx[j]
+        i = idx[j0 + j]
         if code == 0:
             for o in range(m):
                 D[j, o] = H[j, z0 + o] - Y[i, o]
@@ -264,11 +270,18 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     g = np.empty_like(x0)
     y = np.empty_like(x0)
     gy = np.empty_like(x0)
-    Hx = np.empty((b, hoff[L + 1]), dtype=x0.dtype)
-    Hy = np.empty((b, hoff[L + 1]), dtype=x0.dtype)
-    D = np.empty((b, wmax), dtype=x0.dtype)
-    Dy = np.empty((b, wmax), dtype=x0.dtype)
-    Dn = np.empty((b, wmax), dtype=x0.dtype)
+    # minibatch scratch for at most SAMPLE_BLOCK samples at a time (residual widths dims[1:])
+    wout = 0
+    for k in range(1, L + 1):
+        wout = max(wout, dims[k])
+    rows_x = min(b, SAMPLE_BLOCK)
+    rows_y = SAMPLE_BLOCK if snapshot else 0
+    Hx = np.empty((rows_x, hoff[L + 1]), dtype=x0.dtype)
+    D = np.empty((rows_x, wout), dtype=x0.dtype)
+    Hy = np.empty((rows_y, hoff[L + 1]), dtype=x0.dtype)
+    Dy = np.empty((rows_y, wout), dtype=x0.dtype)
+    Dn = np.empty((max(rows_x, rows_y) if L > 1 else 0, wout), dtype=x0.dtype)
+    sidx = np.empty(SAMPLE_BLOCK if snapshot else 0, dtype=np.int64)
     qbuf = np.empty(qoff[L + 1], dtype=x0.dtype)
     vbuf = np.empty(2 * wmax * d_in, dtype=x0.dtype)
     Gy = np.empty((d_out, d_in), dtype=x0.dtype)
@@ -293,14 +306,14 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             for o in range(d_out):
                 for q in range(d_in):
                     Gy[o, q] = zero
-            # ∇f(y) over all n samples, b at a time (the minibatch buffers Hy, Dy)
-            for s0 in range(0, n, b):
-                nb = min(b, n - s0)
+            # ∇f(y) over all n samples, SAMPLE_BLOCK at a time
+            for s0 in range(0, n, SAMPLE_BLOCK):
+                nb = min(SAMPLE_BLOCK, n - s0)
                 for jj in range(nb):
-                    idx[jj] = s0 + jj
+                    sidx[jj] = s0 + jj
                 if L == 1:
-                    _forward_batch(y, dims, offs, A, idx, nb, Hy, hoff, zero)
-                    _residuals(code, Hy, hoff[1], d_out, Y, idx, nb, Dy, zero)
+                    _forward_batch(y, dims, offs, A, sidx, 0, nb, Hy, hoff, zero)
+                    _residuals(code, Hy, hoff[1], d_out, Y, sidx, 0, nb, Dy, zero)
                     _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, gy, inv_n, zero)
                 else:
                     if s0 == 0:
@@ -312,7 +325,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                             for q in range(np.uint64(d_in)):
                                 acc += qbuf[qo + q] * A[s0 + jj, q]
                             Hy[jj, o] = acc
-                    _residuals(code, Hy, 0, d_out, Y, idx, nb, Dy, zero)
+                    _residuals(code, Hy, 0, d_out, Y, sidx, 0, nb, Dy, zero)
                     for jj in range(nb):
                         for o in range(d_out):
                             ro = Dy[jj, o] * inv_n
@@ -325,24 +338,27 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
         minibatch_into_nb(step_key_nb(key0, t), n, b, idx, taken)
         for p in range(dim):
             g[p] = zero
-        # the minibatch as small matrices, layer by layer (activations Hx, residuals D)
-        _forward_batch(x, dims, offs, A, idx, b, Hx, hoff, zero)
-        _residuals(code, Hx, hoff[L], d_out, Y, idx, b, D, zero)
-        if use_teacher:
-            for jj in range(b):
-                i = idx[jj]
-                for o in range(d_out):
-                    D[jj, o] -= a * rt[i, o]
-        if snapshot:
-            _forward_batch(y, dims, offs, A, idx, b, Hy, hoff, zero)
-            _residuals(code, Hy, hoff[L], d_out, Y, idx, b, Dy, zero)
-            if L == 1:
-                for jj in range(b):
+        # the minibatch as small matrices, layer by layer (activations Hx, residuals D),
+        # SAMPLE_BLOCK samples at a time
+        for jb in range(0, b, SAMPLE_BLOCK):
+            nb = min(SAMPLE_BLOCK, b - jb)
+            _forward_batch(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero)
+            _residuals(code, Hx, hoff[L], d_out, Y, idx, jb, nb, D, zero)
+            if use_teacher:
+                for jj in range(nb):
+                    i = idx[jb + jj]
                     for o in range(d_out):
-                        D[jj, o] -= a * Dy[jj, o]
-            else:
-                _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, b, g, -a, zero)
-        _backward_batch(x, dims, offs, Hx, hoff, D, Dn, b, g, gam / gam, zero)
+                        D[jj, o] -= a * rt[i, o]
+            if snapshot:
+                _forward_batch(y, dims, offs, A, idx, jb, nb, Hy, hoff, zero)
+                _residuals(code, Hy, hoff[L], d_out, Y, idx, jb, nb, Dy, zero)
+                if L == 1:
+                    for jj in range(nb):
+                        for o in range(d_out):
+                            D[jj, o] -= a * Dy[jj, o]
+                else:
+                    _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, g, -a, zero)
+            _backward_batch(x, dims, offs, Hx, hoff, D, Dn, nb, g, gam / gam, zero)
         nx = zero
         if snapshot:
             for p in range(dim):

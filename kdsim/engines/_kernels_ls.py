@@ -291,6 +291,7 @@ def _after_guard(g, s, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe, 
         amax[g] = am
     return goes_on
 
+
 @njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
 def _next_residuals(g, key0, t, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV, taken, zero):
     """Draw step t's minibatch of seed slot g and its scaled residuals (γ/b)(a_iᵀu − b_i), (γ/b)(a_iᵀv − rth_i)."""
@@ -392,7 +393,7 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
             rec += 1
         if t >= steps or n_active == 0:
             break
-        stop = rec_steps[rec] if rec < R and rec_steps[rec] > t else steps
+        stop = min(rec_steps[rec], steps) if rec < R and rec_steps[rec] > t else steps
         pair = stop - t >= 2
         for g in range(gn):
             if not active[g]:
@@ -583,7 +584,7 @@ def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b
     Seeds run in blocks of ``SEED_BLOCK`` sharing the step clock, and the records of a
     block come from one register-tiled product with F (see ``_records_block``). At batch
     size 1 a seed takes its steps in pairs, each pair one pass of dot products and one
-    of updates (``_step2``; ``agcv`` = a_iᵀ(γc) corrects the second residual); at b >= 2
+    of updates (``_ls_affine_block1``; ``agcv`` = a_iᵀ(γc) corrects the second residual); at b >= 2
     each step updates every seed of the block and then draws the next minibatches and
     residuals. Every record entry of the block's seeds is written (NaN after a λ or the
     seed stopped), so the outputs may start uninitialised. ``coeffs[s, r]`` (when its

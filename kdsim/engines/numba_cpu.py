@@ -264,8 +264,8 @@ class _LeastSquaresRunner(_Runner):
         self.quad_tol = 2.0 * (max(d, self.F.shape[0]) + 3) * np.finfo(np.float64).eps / self.K.QUAD_RECORD_RTOL
 
     def _affine_args(self, keys, outs, div, ufin, vfin, unsafe, coeffs):
-        return (self.A_pad, self.bvec, self.rth, self.agcv, self.anorm, self.gcv_pad, self.gcv_norm, self.plain, self.c1,
-                self.gam_b, self.x0_pad, self.coef[:, 0].copy(), self.acw, self.use_v, self.rec_steps,
+        return (self.A_pad, self.bvec, self.rth, self.agcv, self.anorm, self.gcv_pad, self.gcv_norm, self.plain,
+                self.c1, self.gam_b, self.x0_pad, self.coef[:, 0].copy(), self.acw, self.use_v, self.rec_steps,
                 self.plan.steps, keys, self.plan.batch_size, self.xstar, self.theta_c, self.F, self.alpha64,
                 self.quad_tol, self.limit, self.zero, outs[0], outs[1], outs[2], div, ufin, vfin, unsafe, coeffs)
 

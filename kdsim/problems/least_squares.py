@@ -73,7 +73,7 @@ class LeastSquares(Problem):
 
         f(x) − f* = ½(‖F(x − x*)‖² + α‖x − x*‖²) without cancellation: the engines'
         suboptimality records. Read-only; cached like x*, so the engines do not refactor
-        A on every call.
+        A on every call (and, like x*, it assumes A is not changed in place afterwards).
         """
         return self._gram_factor
 
