@@ -350,8 +350,9 @@ def run(spec, client=None, out=None, workers=1, scheduler=None, progress=True, r
 
 # ---------------------------------------------------------------- dry run
 #: assumed cost model per backend: seconds per step + seconds per (trajectory · b · d) step.
-#: Rough figures from one machine; --calibrate measures them on yours.
-ASSUMED_COST = {"numpy": (2e-4, 5e-8), "numba": (2e-6, 5e-9), "auto": (2e-6, 5e-9)}
+#: Rough figures from one machine; --calibrate measures them on yours. numba: 1.6–2.7e-10
+#: in benchmarks/RESULTS.md (W1, W3, W4 on 2 cores), rounded up.
+ASSUMED_COST = {"numpy": (2e-4, 5e-8), "numba": (2e-6, 3e-10), "auto": (2e-6, 3e-10)}
 #: assumed per-cell overhead (problem, teacher, theory constants, summaries), seconds
 CELL_OVERHEAD = 0.05
 
