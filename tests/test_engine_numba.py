@@ -443,17 +443,19 @@ def test_softmax_subopt_kernel_equals_problem_formula():
     from kdsim.problems import synthetic as syn
     from kdsim.problems.softmax import _H_COEF
     from kdsim.engines._kernels_records import softmax_subopt
-    p = syn.softmax(n=40, d=4, n_classes=3, l2=0.1, bias=True, seed=3)
-    xs = p.solution()
-    r = np.random.default_rng(0)
-    X = np.vstack([xs, xs + 1e-9 * r.standard_normal((3, p.dim)), xs + 0.05 * r.standard_normal((4, p.dim)),
-                   xs + 3.0 * r.standard_normal((4, p.dim))])
-    P, logP, g = p._at_optimum
-    got = np.empty(len(X))
-    softmax_subopt(0, len(X), X, xs, np.ascontiguousarray(p.A), P, logP, g, p.l2, _H_COEF, got)
-    want = p.suboptimality(X)
-    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-16)
-    assert got.min() >= -1e-15 and abs(got[0]) < 1e-15
+    # (samples and classes go in pairs: even and odd n, odd and even K)
+    for n, k in ((41, 4), (40, 3)):
+        p = syn.softmax(n=n, d=4, n_classes=k, l2=0.1, bias=True, seed=3)
+        xs = p.solution()
+        r = np.random.default_rng(0)
+        X = np.vstack([xs, xs + 1e-9 * r.standard_normal((3, p.dim)), xs + 0.05 * r.standard_normal((4, p.dim)),
+                       xs + 3.0 * r.standard_normal((4, p.dim))])
+        P, logP, g = p._at_optimum
+        got = np.empty(len(X))
+        softmax_subopt(0, len(X), X, xs, np.ascontiguousarray(p.A), P, logP, g, p.l2, _H_COEF, got)
+        want = p.suboptimality(X)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-16)
+        assert got.min() >= -1e-15 and abs(got[0]) < 1e-15
     # and the engine's records use it: numba and reference records of a run agree
     plan = make_plan(p, xs + 0.3, [0.0, 1.0], 0.1, 50, 3, record_every=10)
     assert_records_close(numba_cpu.run(p, plan), reference.run(p, plan))

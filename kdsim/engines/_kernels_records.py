@@ -2,8 +2,10 @@
 
 ``softmax_subopt`` is the compiled twin of ``SoftmaxRegression.suboptimality`` (same
 formula, same branches; tests check they agree to rounding). The numpy form builds
-(T, n, K) arrays and makes some 40 passes over them; this one streams each sample's K
-logit changes through registers, about 10× faster per record.
+(T, n, K) arrays and makes some 40 passes over them; this one streams the logit changes
+of two samples and two classes at a time through registers (four independent sums). On
+the digits (n = 1,797, K = 10) a record takes 0.30 ms on one thread, against 1.06 ms for
+the numpy form (0.34 ms with one sample and class at a time).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def softmax_subopt(lo, hi, X, xstar, A, P, logP, g, l2, h_coef, out):
     dim = X.shape[1]
     H = h_coef.shape[0]
     e = np.empty(dim)
-    dlt = np.empty(K)
+    dlt = np.empty((2, K))
     for t in range(lo, hi):
         lin = 0.0
         sq = 0.0
@@ -40,36 +42,56 @@ def softmax_subopt(lo, hi, X, xstar, A, P, logP, g, l2, h_coef, out):
             lin += e[p] * g[p]
             sq += e[p] * e[p]
         total = 0.0
-        for i in range(n):
-            c = 0.0
-            for k in range(K):
-                base = np.uint64(k * dp)
-                s = 0.0
+        for i0 in range(0, n, 2):
+            # δ of two samples and two classes per pass: four independent sums share the loads
+            i1 = min(i0 + 1, n - 1)                # an odd last sample is computed twice
+            for k0 in range(0, K, 2):
+                k1 = min(k0 + 1, K - 1)
+                b0 = np.uint64(k0 * dp)
+                b1 = np.uint64(k1 * dp)
+                s00 = 0.0
+                s01 = 0.0
+                s10 = 0.0
+                s11 = 0.0
                 for q in range(np.uint64(dp)):
-                    s += e[base + q] * A[i, q]
-                dlt[k] = s
-                c += P[i, k] * s
-            big = False
-            for k in range(K):
-                dlt[k] -= c
-                if abs(dlt[k]) > 1.0:
-                    big = True
-            if not big:
-                w = 0.0
+                    e0 = e[b0 + q]
+                    e1 = e[b1 + q]
+                    a0 = A[i0, q]
+                    a1 = A[i1, q]
+                    s00 += e0 * a0
+                    s01 += e0 * a1
+                    s10 += e1 * a0
+                    s11 += e1 * a1
+                dlt[0, k0] = s00
+                dlt[1, k0] = s01
+                dlt[0, k1] = s10
+                dlt[1, k1] = s11
+            for jj in range(2 if i1 > i0 else 1):
+                i = i0 + jj
+                c = 0.0
                 for k in range(K):
-                    tk = dlt[k]
-                    h = h_coef[H - 1]
-                    for j in range(H - 2, -1, -1):
-                        h = h * tk + h_coef[j]
-                    w += P[i, k] * (h * tk * tk)
-                total += math.log1p(w)
-            else:
-                m = logP[i, 0] + dlt[0]
-                for k in range(1, K):
-                    if logP[i, k] + dlt[k] > m:
-                        m = logP[i, k] + dlt[k]
-                s = 0.0
+                    c += P[i, k] * dlt[jj, k]
+                big = False
                 for k in range(K):
-                    s += math.exp(logP[i, k] + dlt[k] - m)
-                total += m + math.log(s)
+                    dlt[jj, k] -= c
+                    if abs(dlt[jj, k]) > 1.0:
+                        big = True
+                if not big:
+                    w = 0.0
+                    for k in range(K):
+                        tk = dlt[jj, k]
+                        h = h_coef[H - 1]
+                        for j in range(H - 2, -1, -1):
+                            h = h * tk + h_coef[j]
+                        w += P[i, k] * (h * tk * tk)
+                    total += math.log1p(w)
+                else:
+                    m = logP[i, 0] + dlt[jj, 0]
+                    for k in range(1, K):
+                        if logP[i, k] + dlt[jj, k] > m:
+                            m = logP[i, k] + dlt[jj, k]
+                    s = 0.0
+                    for k in range(K):
+                        s += math.exp(logP[i, k] + dlt[jj, k] - m)
+                    total += m + math.log(s)
         out[t] = total / n + lin + 0.5 * l2 * sq
