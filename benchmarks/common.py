@@ -148,7 +148,7 @@ def prepare(problem, plan, dtype="float64"):
         A = p.A
         rt = (A @ theta - p.b)[:, None] if est.uses_teacher else np.zeros((p.n, 1))
         ridge = p.l2 * theta if (est.uses_teacher and term_f) else np.zeros(p.dim)
-        F = np.linalg.qr(A, mode="r") / np.sqrt(p.n)
+        F = np.array(p.gram_factor())                  # FᵀF = AᵀA/n; a writeable copy (one numba signature)
         return Spec("least_squares", A, p.b[:, None], rt, rt.T @ A / p.n, ridge, (p.dim, 1), "squared",
                     F=F, f_star=float(p.f_star), **common)
     if type(p) is SoftmaxRegression:

@@ -133,9 +133,9 @@ def _residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero):
 def _backward_batch(x, dims, offs, H, hoff, D, Dn, nb, grad, scale, zero):
     """grad += scale · Σ_j J(x)ᵀ(δ_j h_{j,0}ᵀ) for the output residuals δ_j = D[j, :d_out].
 
-    Overwrites D and Dn. Row r of layer k's gradient gains δ_j[r]·h_j for two samples per
-    pass, and δ ← W_kᵀδ takes two rows of W_k per pass: half the loads and stores of a
-    sample-by-sample rank-1 update of the gradient.
+    Overwrites D and Dn. Row r of layer k's gradient gains δ_j[r]·h_j for four samples per
+    pass (then two, then one for the rest), and δ ← W_kᵀδ takes two rows of W_k per pass:
+    the gradient is loaded and stored once per four samples instead of once per sample.
     """
     L = dims.shape[0] - 1
     for j in range(nb):
@@ -281,7 +281,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     Hy = np.empty((rows_y, hoff[L + 1]), dtype=x0.dtype)
     Dy = np.empty((rows_y, wout), dtype=x0.dtype)
     Dn = np.empty((max(rows_x, rows_y) if L > 1 else 0, wout), dtype=x0.dtype)
-    sidx = np.empty(SAMPLE_BLOCK if snapshot else 0, dtype=np.int64)
+    rows_all = np.arange(n if snapshot else 0)             # SVRG's full gradient visits every sample
     qbuf = np.empty(qoff[L + 1], dtype=x0.dtype)
     vbuf = np.empty(2 * wmax * d_in, dtype=x0.dtype)
     Gy = np.empty((d_out, d_in), dtype=x0.dtype)
@@ -309,11 +309,9 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             # ∇f(y) over all n samples, SAMPLE_BLOCK at a time
             for s0 in range(0, n, SAMPLE_BLOCK):
                 nb = min(SAMPLE_BLOCK, n - s0)
-                for jj in range(nb):
-                    sidx[jj] = s0 + jj
                 if L == 1:
-                    _forward_batch(y, dims, offs, A, sidx, 0, nb, Hy, hoff, zero)
-                    _residuals(code, Hy, hoff[1], d_out, Y, sidx, 0, nb, Dy, zero)
+                    _forward_batch(y, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero)
+                    _residuals(code, Hy, hoff[1], d_out, Y, rows_all, s0, nb, Dy, zero)
                     _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, gy, inv_n, zero)
                 else:
                     if s0 == 0:
@@ -325,7 +323,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                             for q in range(np.uint64(d_in)):
                                 acc += qbuf[qo + q] * A[s0 + jj, q]
                             Hy[jj, o] = acc
-                    _residuals(code, Hy, 0, d_out, Y, sidx, 0, nb, Dy, zero)
+                    _residuals(code, Hy, 0, d_out, Y, rows_all, s0, nb, Dy, zero)
                     for jj in range(nb):
                         for o in range(d_out):
                             ro = Dy[jj, o] * inv_n
