@@ -139,6 +139,23 @@ def test_affine_pairs_at_the_smallest_step_counts(steps, record_every):
         np.testing.assert_allclose(aff["x_final"], per["x_final"], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("n,d", [(40, 21), (10, 19)])
+def test_affine_records_with_several_lane_chunks_match_reference(n, d):
+    # d > 16: the records' triangular product spans several 8-lane chunks of F, with a
+    # partial last chunk; n < d gives an upper-trapezoidal F (m = n rows) with a ridge
+    r = np.random.default_rng(n + d)
+    A = r.standard_normal((n, d))
+    p = kdsim.LeastSquares(A, A @ r.standard_normal(d) + 0.3 * r.standard_normal(n), l2=0.05)
+    assert p.gram_factor().shape == (min(n, d), d)
+    theta = p.solution() + 0.3 * r.standard_normal(d)
+    for b in (1, 3):
+        plan = make_plan(p, theta, [0.0, 0.4, 1.0], 0.02, 200, 11, batch_size=b, estimator="kd",
+                         record_every=7)
+        got = numba_cpu.run(p, plan)
+        assert numba_cpu.last_timing()["kernel"] == "ls_affine"
+        assert_records_close(got, reference.run(p, plan))
+
+
 def test_claim2_machine_precision_survives_affine_form():
     # θ = x*, λ = 1: noise-free linear convergence to x*; the affine records must reach the
     # rounding floor as the reference does (no cancellation from the quadratic's coefficients).
@@ -295,6 +312,24 @@ def test_affine_records_quadratic_and_direct_paths_agree():
     coeffs = numba_cpu.affine_coefficients(p, plan)["dist2_opt"][:, -1]          # (S, 3)
     quad = coeffs[:, 0] + coeffs[:, 1] + coeffs[:, 2]                            # λ = 1
     assert got["dist2_opt"][2, :, -1].max() < 1e-26 < np.abs(quad).max()
+
+
+@pytest.mark.parametrize("m,d", [(1, 1), (3, 5), (8, 8), (9, 9), (16, 50), (50, 50), (17, 40), (61, 61)])
+def test_lane_tiled_triangular_product_matches_numpy(m, d):
+    # the records' F·(u − x*) and F·v: _tri_lanes on lane_factor(F) against numpy, for
+    # upper-trapezoidal F (m <= d) of any size, including sizes that are not multiples of
+    # the 8 lanes and entries below the diagonal that must be ignored (lane_factor zeroes them)
+    from kdsim.engines import _kernels_ls as K
+    rng_ = np.random.default_rng(m * 100 + d)
+    F = rng_.standard_normal((m, d))                   # strict lower part is garbage on purpose
+    W = rng_.standard_normal((2 * K.SEED_BLOCK, d))
+    Ft = K.lane_factor(F)
+    assert Ft.shape == (d, -(-m // K.TILE_LANES) * K.TILE_LANES)
+    out = np.full((W.shape[0], Ft.shape[1]), np.nan)
+    K._tri_lanes(Ft, W, out)
+    want = W @ np.triu(F).T
+    np.testing.assert_allclose(out[:, :m], want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
+    assert (out[:, m:] == 0).all()
 
 
 def test_fastmath_keeps_nan_and_inf_semantics():

@@ -24,6 +24,9 @@ Conventions shared by every kernel module of the numba engine:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numba
 import numpy as np
 from numba import njit
 
@@ -62,50 +65,101 @@ def _tri_matvec(F, e, out):
         out[r] = acc
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _tri_block(F, W, out):
-    """out[q, r] = Σ_{p>=r} F[r, p] W[q, p] for every row q of W (F upper trapezoidal).
+#: rows of F·w that ``_tri_lanes`` keeps in one accumulator: one AVX-512 register of
+#: doubles (two AVX2 registers). F's transpose is padded to a multiple of it.
+TILE_LANES = 8
 
-    A register tile of 2 rows of F × 4 rows of W; W has a multiple of 4 rows.
+#: LLVM fast-math flags of ``_tri_lanes``: ``FASTMATH`` without reassociation. With
+#: reassociation LLVM's loop vectoriser takes the p loop (gathers, spilled
+#: accumulators) instead of letting the SLP vectoriser pack the 8 lanes.
+FASTMATH_LANES = FASTMATH - {"reassoc"}
+
+_ZERO8 = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@contextmanager
+def _slp_vectorizer():
+    """numba compiles with LLVM's SLP vectoriser off (``NUMBA_SLP_VECTORIZE``, default 0);
+    ``_tri_lanes`` needs it to turn its 8-lane tuples into vector registers."""
+    before = getattr(numba.config, "SLP_VECTORIZE", 0)
+    numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = before
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH_LANES)
+def _fma8(acc, f, w):
+    """acc + f·w lane by lane (8-tuples; scalars only, so no reference counting when called)."""
+    return (acc[0] + f[0] * w, acc[1] + f[1] * w, acc[2] + f[2] * w, acc[3] + f[3] * w,
+            acc[4] + f[4] * w, acc[5] + f[5] * w, acc[6] + f[6] * w, acc[7] + f[7] * w)
+
+
+def _tri_lanes_py(Ft, W, out):
+    """out[q, r] = Σ_{p>=r} F[r, p] W[q, p] for every row q of W, from Ft = Fᵀ (d × m_pad).
+
+    F is upper trapezoidal and Ft holds zeros where r > p and in the padding columns, so
+    the rows r of a lane chunk [r0, r0 + 8) need only p >= r0. A tile is 8 rows of W ×
+    8 lanes of r: per p one vector load of Ft[p, r0:r0+8] and 8 broadcast FMAs, no
+    horizontal sums and no loop remainders (the dot-product form spends about as long
+    in those as in its FMAs). W has a multiple of 8 rows.
     """
+    d, mp = Ft.shape
+    for c in range(mp // TILE_LANES):
+        r0 = np.uint64(TILE_LANES * c)
+        p0 = np.uint64(min(TILE_LANES * c, d))
+        for q in range(0, W.shape[0], 8):
+            a0 = _ZERO8
+            a1 = _ZERO8
+            a2 = _ZERO8
+            a3 = _ZERO8
+            a4 = _ZERO8
+            a5 = _ZERO8
+            a6 = _ZERO8
+            a7 = _ZERO8
+            for pp in range(np.uint64(d) - p0):
+                p = p0 + pp
+                f = (Ft[p, r0], Ft[p, r0 + np.uint64(1)], Ft[p, r0 + np.uint64(2)], Ft[p, r0 + np.uint64(3)],
+                     Ft[p, r0 + np.uint64(4)], Ft[p, r0 + np.uint64(5)], Ft[p, r0 + np.uint64(6)],
+                     Ft[p, r0 + np.uint64(7)])
+                a0 = _fma8(a0, f, W[q, p])
+                a1 = _fma8(a1, f, W[q + 1, p])
+                a2 = _fma8(a2, f, W[q + 2, p])
+                a3 = _fma8(a3, f, W[q + 3, p])
+                a4 = _fma8(a4, f, W[q + 4, p])
+                a5 = _fma8(a5, f, W[q + 5, p])
+                a6 = _fma8(a6, f, W[q + 6, p])
+                a7 = _fma8(a7, f, W[q + 7, p])
+            tile = (a0, a1, a2, a3, a4, a5, a6, a7)
+            for i in range(8):
+                a = tile[i]
+                qi = q + i
+                out[qi, r0] = a[0]
+                out[qi, r0 + np.uint64(1)] = a[1]
+                out[qi, r0 + np.uint64(2)] = a[2]
+                out[qi, r0 + np.uint64(3)] = a[3]
+                out[qi, r0 + np.uint64(4)] = a[4]
+                out[qi, r0 + np.uint64(5)] = a[5]
+                out[qi, r0 + np.uint64(6)] = a[6]
+                out[qi, r0 + np.uint64(7)] = a[7]
+
+
+# compiled here, with its one signature, so that the SLP vectoriser is on when it is
+# compiled (or loaded from numba's cache) and never depends on who calls it first
+with _slp_vectorizer():
+    _tri_lanes = njit("void(float64[:, ::1], float64[:, ::1], float64[:, ::1])", cache=True, nogil=True,
+                      fastmath=FASTMATH_LANES)(_tri_lanes_py)
+
+
+def lane_factor(F):
+    """Ft for ``_tri_lanes``: the transpose of the upper-trapezoidal F (m × d), zero below
+    F's diagonal and in the columns padding m to a multiple of ``TILE_LANES``."""
     m, d = F.shape
-    for r in range(0, m, 2):          # F's row pair outer: F is streamed once per call
-        r1 = min(r + 1, m - 1)
-        r0 = np.uint64(r)
-        for q in range(0, W.shape[0], 4):
-            a00 = 0.0
-            a01 = 0.0
-            a02 = 0.0
-            a03 = 0.0
-            a10 = 0.0
-            a11 = 0.0
-            a12 = 0.0
-            a13 = 0.0
-            for pp in range(np.uint64(d - r)):
-                p = r0 + pp
-                f0 = F[r, p]
-                f1 = F[r1, p]
-                w0 = W[q, p]
-                w1 = W[q + 1, p]
-                w2 = W[q + 2, p]
-                w3 = W[q + 3, p]
-                a00 += f0 * w0
-                a01 += f0 * w1
-                a02 += f0 * w2
-                a03 += f0 * w3
-                a10 += f1 * w0
-                a11 += f1 * w1
-                a12 += f1 * w2
-                a13 += f1 * w3
-            out[q, r] = a00
-            out[q + 1, r] = a01
-            out[q + 2, r] = a02
-            out[q + 3, r] = a03
-            if r + 1 < m:
-                out[q, r1] = a10
-                out[q + 1, r1] = a11
-                out[q + 2, r1] = a12
-                out[q + 3, r1] = a13
+    mp = -(-m // TILE_LANES) * TILE_LANES
+    Ft = np.zeros((d, mp))
+    Ft[:, :m] = np.triu(F).T
+    return Ft
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -124,35 +178,24 @@ def _quad_ok(value, c0, c1, c2, a, tol):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, F, alpha64, quad_tol,
-                   W, FW, out_d, out_s, out_t, coeffs):
+def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64, quad_tol,
+                   W, FW, sums, out_d, out_s, out_t, coeffs):
     """Records at record ``rec`` of the block's active seeds (float64).
 
-    F·(u − x*) and F·v of all seeds come from one register-tiled triangular product.
-    Per seed, the sums ‖u − x*‖², ⟨u − x*, v⟩, ‖v‖², ‖u − θ‖², ⟨u − θ, v⟩ and their
-    F-counterparts give every record as a quadratic in a = λ. A λ whose quadratic
+    One pass per seed writes e = u − x* and v into W and sums ‖u − x*‖², ⟨u − x*, v⟩,
+    ‖v‖², ‖u − θ‖², ⟨u − θ, v⟩; F·(u − x*) and F·v of all seeds come from one lane-tiled
+    triangular product (``_tri_lanes``, ``Ft`` from ``lane_factor``), whose sums of
+    squares and products give the F-counterparts. Every record is then a quadratic
+    in a = λ. A λ whose quadratic
     may have lost more than ``QUAD_RECORD_RTOL`` to cancellation (its value below
     ``quad_tol`` times the sum of its terms' magnitudes; ``quad_tol`` =
     2(max(d, m) + 3)·eps / rtol bounds the rounding of the sums) is evaluated
     directly from e = (u − x*) + a·v instead, so records near x* keep every digit.
     """
     d = xstar.shape[0]
-    m = F.shape[0]
+    mp = Ft.shape[1]
     L = acoef.shape[0]
     for g in range(SEED_BLOCK):
-        for p in range(d):
-            W[g, p] = np.float64(U[g, p]) - xstar[p]
-            W[SEED_BLOCK + g, p] = np.float64(V[g, p])
-    _tri_block(F, W, FW)
-    want_coeffs = coeffs.shape[0] > 0
-    for g in range(gn):
-        s = s0 + g
-        if not active[g]:
-            for k in range(L):
-                out_d[k, s, rec] = np.nan
-                out_t[k, s, rec] = np.nan
-                out_s[k, s, rec] = np.nan
-            continue
         gv = SEED_BLOCK + g
         e0 = 0.0
         e1 = 0.0
@@ -164,15 +207,38 @@ def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_
             vp = np.float64(V[g, p])
             e = up - xstar[p]
             w = up - theta_c[p]
+            W[g, p] = e
+            W[gv, p] = vp
             e0 += e * e
             e1 += e * vp
             e2 += vp * vp
             w0 += w * w
             w1 += w * vp
+        sums[g, 0] = e0
+        sums[g, 1] = e1
+        sums[g, 2] = e2
+        sums[g, 3] = w0
+        sums[g, 4] = w1
+    _tri_lanes(Ft, W, FW)
+    want_coeffs = coeffs.shape[0] > 0
+    for g in range(gn):
+        s = s0 + g
+        if not active[g]:
+            for k in range(L):
+                out_d[k, s, rec] = np.nan
+                out_t[k, s, rec] = np.nan
+                out_s[k, s, rec] = np.nan
+            continue
+        gv = SEED_BLOCK + g
+        e0 = sums[g, 0]
+        e1 = sums[g, 1]
+        e2 = sums[g, 2]
+        w0 = sums[g, 3]
+        w1 = sums[g, 4]
         q0 = 0.0
         q1 = 0.0
         q2 = 0.0
-        for r in range(m):
+        for r in range(mp):
             q0 += FW[g, r] * FW[g, r]
             q1 += FW[g, r] * FW[gv, r]
             q2 += FW[gv, r] * FW[gv, r]
@@ -210,7 +276,7 @@ def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_
                         s1 += e * e
                         s2 += w * w
                     s3 = 0.0
-                    for r in range(m):
+                    for r in range(mp):
                         z = FW[g, r] + a * FW[gv, r]
                         s3 += z * z
             out_d[k, s, rec] = s1
@@ -314,8 +380,9 @@ def _next_residuals(g, key0, t, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _block_state(gn, x0, acw, use_v, d, m):
-    """A block's iterates (u = x0, v = 0), liveness and guard bounds, and its record buffers."""
+def _block_state(gn, x0, acw, use_v, d, mp):
+    """A block's iterates (u = x0, v = 0), liveness and guard bounds, and its record buffers
+    (W, F·W and the per-seed sums of ``_records_block``)."""
     G = SEED_BLOCK
     L = acw.shape[0]
     dp = x0.shape[0]
@@ -341,7 +408,7 @@ def _block_state(gn, x0, acw, use_v, d, m):
         ubu[g] = x0_norm
         for p in range(dp):
             U[g, p] = x0[p]
-    return U, V, alive, n_alive, active, ubu, ubv, amax, np.zeros((2 * G, d)), np.zeros((2 * G, m))
+    return U, V, alive, n_alive, active, ubu, ubv, amax, np.zeros((2 * G, d)), np.zeros((2 * G, mp)), np.zeros((G, 5))
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -361,7 +428,7 @@ def _block_finish(s0, gn, rec, R, L, U, V, d, out_d, out_s, out_t, ufin, vfin):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
-                      rec_steps, steps, stream_keys, xstar, theta_c, F, alpha64, quad_tol, limit, zero,
+                      rec_steps, steps, stream_keys, xstar, theta_c, Ft, alpha64, quad_tol, limit, zero,
                       out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
     """Seeds s0 .. s0 + gn − 1 of ``ls_affine`` at batch size 1, their steps taken in pairs.
 
@@ -379,7 +446,7 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     d = xstar.shape[0]
     L = acoef.shape[0]
     R = rec_steps.shape[0]
-    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW = _block_state(gn, x0, acw, use_v, d, F.shape[0])
+    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, sums = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
     half_limit = 0.5 * limit
     c1_abs = abs(np.float64(c1))
     c1sq = c1 * c1
@@ -388,8 +455,8 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     t = 0
     while True:
         if rec < R and rec_steps[rec] == t:
-            _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, F, alpha64,
-                           quad_tol, W, FW, out_d, out_s, out_t, coeffs)
+            _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64,
+                           quad_tol, W, FW, sums, out_d, out_s, out_t, coeffs)
             rec += 1
         if t >= steps or n_active == 0:
             break
@@ -496,7 +563,7 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
-                     rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, quad_tol, limit, zero,
+                     rec_steps, steps, stream_keys, b, xstar, theta_c, Ft, alpha64, quad_tol, limit, zero,
                      out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
     """Seeds s0 .. s0 + gn − 1 (gn <= SEED_BLOCK) of ``ls_affine`` at batch size b >= 2, stepped together."""
     n, dp = A.shape
@@ -504,7 +571,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
     L = acoef.shape[0]
     R = rec_steps.shape[0]
     G = SEED_BLOCK
-    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW = _block_state(gn, x0, acw, use_v, d, F.shape[0])
+    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, sums = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
     RU = np.zeros((G, b), dtype=x0.dtype)
     RV = np.zeros((G, b), dtype=x0.dtype)
     IDX = np.zeros((G, b), dtype=np.int64)
@@ -519,8 +586,8 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
     rec = 0
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:
-            _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, F, alpha64,
-                           quad_tol, W, FW, out_d, out_s, out_t, coeffs)
+            _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64,
+                           quad_tol, W, FW, sums, out_d, out_s, out_t, coeffs)
             rec += 1
         if t == steps or n_active == 0:
             break
@@ -570,7 +637,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
 
 @njit(cache=True, nogil=True)
 def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
-              rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, quad_tol, limit, zero,
+              rec_steps, steps, stream_keys, b, xstar, theta_c, Ft, alpha64, quad_tol, limit, zero,
               out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
     """Seeds lo .. hi−1, one (u, v) pair each; λ_k is x_t = u_t + a_k v_t (THEORY §5.1).
 
@@ -579,10 +646,10 @@ def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b
     with c1 = 1 − γα and c = ridge (− T for corrected KD); ``plain`` says α = 0 and
     c = 0. ``A``, ``x0`` and ``gcv`` (= γ·c) are zero-padded to ``dp`` >= d columns
     (the padding stays exactly 0) so the vector loops have no scalar tail; ``xstar``,
-    ``theta_c`` and ``F`` have the true d.
+    ``theta_c`` have the true d, and ``Ft`` is ``lane_factor(F)``.
 
     Seeds run in blocks of ``SEED_BLOCK`` sharing the step clock, and the records of a
-    block come from one register-tiled product with F (see ``_records_block``). At batch
+    block come from one lane-tiled product with F (see ``_records_block``). At batch
     size 1 a seed takes its steps in pairs, each pair one pass of dot products and one
     of updates (``_ls_affine_block1``; ``agcv`` = a_iᵀ(γc) corrects the second residual); at b >= 2
     each step updates every seed of the block and then draws the next minibatches and
@@ -600,11 +667,11 @@ def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b
         gn = min(SEED_BLOCK, hi - s0)
         if b == 1:
             _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw,
-                              use_v, rec_steps, steps, stream_keys, xstar, theta_c, F, alpha64, quad_tol, limit,
+                              use_v, rec_steps, steps, stream_keys, xstar, theta_c, Ft, alpha64, quad_tol, limit,
                               zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
         else:
             _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw,
-                             use_v, rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, quad_tol,
+                             use_v, rec_steps, steps, stream_keys, b, xstar, theta_c, Ft, alpha64, quad_tol,
                              limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
 
 

@@ -261,12 +261,13 @@ class _LeastSquaresRunner(_Runner):
         self.c1 = wd.type(1.0 - gam * float(self.problem.l2))
         self.gam_b = wd.type(gam / self.plan.batch_size)
         self.anorm = np.linalg.norm(A64, axis=1)
+        self.Ft_lanes = self.K.lane_factor(self.F)
         self.quad_tol = 2.0 * (max(d, self.F.shape[0]) + 3) * np.finfo(np.float64).eps / self.K.QUAD_RECORD_RTOL
 
     def _affine_args(self, keys, outs, div, ufin, vfin, unsafe, coeffs):
         return (self.A_pad, self.bvec, self.rth, self.agcv, self.anorm, self.gcv_pad, self.gcv_norm, self.plain,
                 self.c1, self.gam_b, self.x0_pad, self.coef[:, 0].copy(), self.acw, self.use_v, self.rec_steps,
-                self.plan.steps, keys, self.plan.batch_size, self.xstar, self.theta_c, self.F, self.alpha64,
+                self.plan.steps, keys, self.plan.batch_size, self.xstar, self.theta_c, self.Ft_lanes, self.alpha64,
                 self.quad_tol, self.limit, self.zero, outs[0], outs[1], outs[2], div, ufin, vfin, unsafe, coeffs)
 
     def _affine_buffers(self, ns, want_coeffs):
