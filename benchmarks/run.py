@@ -42,29 +42,6 @@ if __package__ in (None, ""):                      # run as a script: make the r
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _avx512_blas_kernels():
-    """Ask OpenBLAS for its AVX-512 ("SkylakeX") kernels on a CPU with AVX-512 F/DQ/BW/VL.
-
-    OpenBLAS 0.3.31's detection does not know AMD Zen 5 (family 0x1a) and picks its AVX2
-    "Haswell" kernels there: about 112 against 187 GFLOP/s fp64 on the 2-core benchmark
-    machine, so the "peak" would be understated. Must run before numpy loads OpenBLAS;
-    a value the user set wins. Returns what was set, or None.
-    """
-    if "OPENBLAS_CORETYPE" in os.environ:
-        return None
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
-    except OSError:
-        return None
-    if not {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= set(flags):
-        return None
-    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-    return "SkylakeX"
-
-
-BLAS_CORETYPE_SET = _avx512_blas_kernels()
-
 import numpy as np  # noqa: E402
 
 from benchmarks import baseline_jax, baseline_numba, baseline_numpy, harness  # noqa: E402
@@ -93,10 +70,20 @@ def log(msg):
 
 
 # ---------------------------------------------------------------------- measurements
+#: every row keeps repeating until this many seconds of runs (set by ``main``: 2 s, quick 0.3 s)
+MIN_SAMPLE_S = 2.0
+
+
+def _best_of(fn, repeats, budget):
+    """``harness.best_of`` with the run's sampling rule: at least ``repeats`` runs and
+    ``MIN_SAMPLE_S`` seconds of runs (at most 25), and no more once ``budget`` is spent."""
+    return harness.best_of(fn, repeats, budget, min_time_s=MIN_SAMPLE_S)
+
+
 def measure_kdsim(w, size, dtype, repeats, budget, crn=True, record_every=None):
     plan = w.plan(size.seeds, size.steps, dtype, common_random_numbers=crn, record_every=record_every)
     p = w.problem()
-    t = harness.best_of(lambda: harness.kdsim_run(p, plan, dtype), repeats, budget)
+    t = _best_of(lambda: harness.kdsim_run(p, plan, dtype), repeats, budget)
     e = t.extra
     other = e["total_s"] - e["compile_s"] - e["run_s"] - e.get("records_s", 0.0)
     note = f"kernel {e['kernel']} {e['run_s']:.3g} s"
@@ -115,7 +102,7 @@ def measure_numpy(w, size, dtype, repeats, budget):
         tm = out["timing"]
         return tm["total_s"], {**tm, "diverged": int(np.sum(out["diverged_step"] >= 0))}
 
-    t = harness.best_of(once, repeats, budget)
+    t = _best_of(once, repeats, budget)
     e = t.extra
     return t, {"records_s": e["records_s"], "indices_s": e["indices_s"], "diverged": e["diverged"]}
 
@@ -130,7 +117,7 @@ def measure_plain_numba(w, size, dtype, repeats, budget):
         out = baseline_numba.run(p, plan, dtype)
         return out["timing"]["run_s"], {"diverged": int(np.sum(out["diverged_step"] >= 0))}
 
-    t = harness.best_of(once, repeats, budget)
+    t = _best_of(once, repeats, budget)
     return t, {"compile_s": first["timing"]["compile_s"], "diverged": t.extra["diverged"]}
 
 
@@ -149,7 +136,7 @@ def measure_jax(w, size, dtype, repeats, budget, index_cache):
         out = compiled.run()
         return out["timing"]["run_s"], {"diverged": int(np.sum(out["diverged_step"] >= 0))}
 
-    t = harness.best_of(once, repeats, budget)
+    t = _best_of(once, repeats, budget)
     return t, {"compile_s": compiled.compile_s, "indices_s": idx_s, "diverged": t.extra["diverged"],
                "note": "indices precomputed by kdsim.rng (excluded)"}
 
@@ -164,7 +151,7 @@ def measure_reference(w, size, repeats, budget):
         out = reference.run(p, plan)
         return time.perf_counter() - t0, {"diverged": int(np.sum(out["diverged_step"] >= 0))}
 
-    t = harness.best_of(once, repeats, budget)
+    t = _best_of(once, repeats, budget)
     return t, {"diverged": t.extra["diverged"]}
 
 
@@ -283,15 +270,20 @@ def main(argv=None):
     repeats = args.repeats or (2 if quick else 3)
     budget = args.budget or (20.0 if quick else 150.0)
     gemm_n = args.gemm_n or (2048 if quick else 4096)
+    global MIN_SAMPLE_S
+    MIN_SAMPLE_S = 0.3 if quick else 2.0
     use_jax = baseline_jax.available() and not args.no_jax
     t_start = time.perf_counter()
 
     info = harness.machine()
-    info["openblas_coretype"] = (f"{BLAS_CORETYPE_SET} (set by this script: the CPU has AVX-512)"
-                                 if BLAS_CORETYPE_SET else os.environ.get("OPENBLAS_CORETYPE", "auto-detected"))
+    info["openblas_coretype"] = os.environ.get("OPENBLAS_CORETYPE", "auto-detected")
     log(f"machine: {info}")
     log(f"load at start: {harness.load()}")
     peak_start = harness.gemm_peak(gemm_n)
+    peak_auto = harness.gemm_peak_autodetected(gemm_n) if "OPENBLAS_CORETYPE" in os.environ else None
+    if peak_auto is not None:
+        log(f"GEMM peak with OpenBLAS's own kernel choice ({peak_auto['architecture']}, "
+            f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} unset): {peak_auto}")
     bw = harness.copy_bandwidth(64 if quick else 256)
     log(f"GEMM peak (start): {peak_start}; copy bandwidth: {bw}")
 
@@ -362,7 +354,8 @@ def main(argv=None):
                     f"{thr:,.0f} traj-steps/s, {gfl:.3g} GFLOP/s, load {t.load}")
 
     peak_end = harness.gemm_peak(gemm_n)
-    peak = {dt: max(peak_start[dt]["gflops"], peak_end[dt]["gflops"]) for dt in ("float64", "float32")}
+    peak = {dt: max(peak_start[dt]["gflops"], peak_end[dt]["gflops"],
+                    peak_auto[dt]["gflops"] if peak_auto else 0.0) for dt in ("float64", "float32")}
     for r in rows:
         r["pct_peak"] = 100.0 * r["useful_gflops"] / peak[r["dtype"]]
 
@@ -402,7 +395,10 @@ def main(argv=None):
     lines.append(f"Machine: {info['cpu']}, {info['logical_cores']} logical cores, {info['memory_gib']} GiB; "
                  f"numpy {info['numpy']}, numba {info['numba']} ({info['numba_threads']} threads), "
                  f"jax {info['jax'] or 'absent (JAX rows skipped)'}; BLAS {info['blas']}; GPU: none.")
-    lines.append(f"Peak (numpy {gemm_n}² GEMM, best of 3 at the start and 3 at the end): fp64 "
+    lines.append(f"Peak (numpy {gemm_n}² GEMM, best of 3 at the start and 3 at the end"
+                 + (f", and 3 with OpenBLAS's own kernel choice, {peak_auto['architecture']}, "
+                    f"{peak_auto['float64']['gflops']:.1f}/{peak_auto['float32']['gflops']:.1f}" if peak_auto else "")
+                 + "): fp64 "
                  f"{peak['float64']:.1f} GFLOP/s, fp32 {peak['float32']:.1f} GFLOP/s "
                  f"(start {peak_start['float64']['gflops']:.1f}/{peak_start['float32']['gflops']:.1f} at load "
                  f"{peak_start['float64']['load']}, end {peak_end['float64']['gflops']:.1f}/"
@@ -430,7 +426,8 @@ def main(argv=None):
     report = "\n".join(lines)
     print(report)
     with open(os.path.join(args.out, stem + ".json"), "w") as fh:
-        json.dump({"machine": info, "peak_start": peak_start, "peak_end": peak_end, "peak": peak,
+        json.dump({"machine": info, "peak_start": peak_start, "peak_end": peak_end, "peak_autodetected": peak_auto,
+                   "peak": peak,
                    "copy_bandwidth": bw, "compile": compile_info, "flops": flops, "limits": limits,
                    "rng_s_per_seed_step": rng, "rows": rows, "quick": quick}, fh, indent=1, default=_json)
     with open(os.path.join(args.out, stem + ".md"), "w") as fh:
