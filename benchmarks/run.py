@@ -41,7 +41,6 @@ import time
 if __package__ in (None, ""):                      # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
 import numpy as np  # noqa: E402
 
 from benchmarks import baseline_jax, baseline_numba, baseline_numpy, harness  # noqa: E402

@@ -66,8 +66,11 @@ def _tri_matvec(F, e, out):
 
 
 #: rows of F·w that ``_tri_lanes`` keeps in one accumulator: one AVX-512 register of
-#: doubles (two AVX2 registers). F's transpose is padded to a multiple of it.
+#: doubles (two AVX2 registers). F's transpose is padded to a multiple of it; the
+#: 8-tuples of ``_tri_lanes`` are written for exactly this value.
 TILE_LANES = 8
+# _tri_lanes takes the 2·SEED_BLOCK rows of a block's W eight at a time
+assert (2 * SEED_BLOCK) % 8 == 0
 
 #: LLVM fast-math flags of ``_tri_lanes``: ``FASTMATH`` without reassociation. With
 #: reassociation LLVM's loop vectoriser takes the p loop (gathers, spilled
@@ -186,11 +189,11 @@ def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_
     ‖v‖², ‖u − θ‖², ⟨u − θ, v⟩; F·(u − x*) and F·v of all seeds come from one lane-tiled
     triangular product (``_tri_lanes``, ``Ft`` from ``lane_factor``), whose sums of
     squares and products give the F-counterparts. Every record is then a quadratic
-    in a = λ. A λ whose quadratic
-    may have lost more than ``QUAD_RECORD_RTOL`` to cancellation (its value below
-    ``quad_tol`` times the sum of its terms' magnitudes; ``quad_tol`` =
-    2(max(d, m) + 3)·eps / rtol bounds the rounding of the sums) is evaluated
-    directly from e = (u − x*) + a·v instead, so records near x* keep every digit.
+    in a = λ. A λ whose quadratic may have lost more than ``QUAD_RECORD_RTOL`` to
+    cancellation (its value below ``quad_tol`` times the sum of its terms' magnitudes;
+    ``quad_tol`` = 2(max(d, m) + 3)·eps / rtol bounds the rounding of the sums) is
+    evaluated directly from e = (u − x*) + a·v instead, so records near x* keep every
+    digit.
     """
     d = xstar.shape[0]
     mp = Ft.shape[1]
