@@ -36,16 +36,7 @@ from kdsim.problems.deep_linear import DeepLinear
 from kdsim.problems.least_squares import LeastSquares
 from kdsim.problems.softmax import SoftmaxRegression
 
-#: kdsim's divergence limit on ‖x‖² (float64); float32 uses its largest value instead
-DIVERGENCE_LIMIT = 1e100
-DTYPES = ("float64", "float32")
-RECORDS = ("dist2_opt", "subopt", "dist2_teacher")
-
-
-def guard_limit(dtype):
-    """kdsim's divergence limit in a working dtype: 1e100, or the dtype's largest value."""
-    dtype = np.dtype(dtype)
-    return float(min(DIVERGENCE_LIMIT, float(np.finfo(dtype).max)))
+from kdsim.plan import DIVERGENCE_LIMIT, DTYPES, RECORDS, guard_limit  # noqa: F401  (kdsim's own constants)
 
 
 def softmax_rows(Z):

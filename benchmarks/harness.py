@@ -187,34 +187,34 @@ def best_of(fn, repeats=3, budget_s=None, min_repeats=2, min_time_s=None, max_re
 
 
 def kdsim_run(problem, plan, dtype):
-    """One run of kdsim's numba engine; (seconds without compilation, last_timing + divergences)."""
-    from kdsim.engines import numba_cpu
+    """One run of kdsim's numba engine; (seconds without compilation, its timing + divergences)."""
+    from kdsim.engines import driver, numba_cpu
     t0 = time.perf_counter()
-    out = numba_cpu.run(problem, plan, dtype=dtype)
+    res = driver.run(problem, plan, numba_cpu, dtype=dtype)
     wall = time.perf_counter() - t0
-    timing = numba_cpu.last_timing()
+    out, timing = res.arrays, res.timing
     secs = wall - timing["compile_s"]
     return secs, {**timing, "diverged": int(np.sum(out["diverged_step"] >= 0))}
 
 
 def numba_warm_start(families=("least_squares", "softmax", "deep_linear"), dtypes=("float64", "float32")):
-    """``numba_cpu.warmup`` per family and dtype in this process (numba's on-disk cache when present)."""
-    from kdsim.engines import numba_cpu
+    """``kdsim.simulate.warmup`` per family and dtype in this process (numba's on-disk cache when present)."""
+    from kdsim.simulate import warmup
     out = {}
     for fam in families:
         for dt in dtypes:
             if fam != "least_squares" and dt != "float64":
                 continue
-            out[f"{fam}/{dt}"] = numba_cpu.warmup(fam, dt)
+            out[f"{fam}/{dt}"] = warmup(fam, dt)
     return out
 
 
 _COLD_SCRIPT = r"""
 import json, sys, time
-from kdsim.engines import numba_cpu
+from kdsim.simulate import warmup
 out = {}
 for fam, dt in json.loads(sys.argv[1]):
-    out[fam + "/" + dt] = numba_cpu.warmup(fam, dt)
+    out[fam + "/" + dt] = warmup(fam, dt)
 print(json.dumps(out))
 """
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import os
 import sys
@@ -110,7 +109,7 @@ def measure_plain_numba(w, size, dtype, repeats, budget):
     plan = w.plan(size.seeds, size.steps, dtype)
     p = w.problem()
     # compile (or load from numba's cache) on a one-seed copy of the plan, timed apart
-    first = baseline_numba.run(p, dataclasses.replace(plan, n_seeds=1, streams=plan.streams[:, :1]), dtype)
+    first = baseline_numba.run(p, plan.seed_range(0, 1), dtype)
 
     def once():
         out = baseline_numba.run(p, plan, dtype)
@@ -141,13 +140,13 @@ def measure_jax(w, size, dtype, repeats, budget, index_cache):
 
 
 def measure_reference(w, size, repeats, budget):
-    from kdsim.engines import reference
+    from kdsim.engines import driver, reference
     plan = w.plan(size.seeds, size.steps, "float64")
     p = w.problem()
 
     def once():
         t0 = time.perf_counter()
-        out = reference.run(p, plan)
+        out = driver.run(p, plan, reference).arrays
         return time.perf_counter() - t0, {"diverged": int(np.sum(out["diverged_step"] >= 0))}
 
     t = _best_of(once, repeats, budget)

@@ -1,5 +1,5 @@
 """kdsim: numerical validation of the optimisation theory of knowledge distillation."""
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .problems import (  # noqa: E402
     GLM, DeepLinear, LeastSquares, LogisticRegression, PoissonRegression, Problem, SoftmaxRegression,

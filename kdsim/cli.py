@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from . import _validate as V
 from .sweeps import cli as sweeps_cli
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-#: the per-trajectory quantities every engine records
-RECORDS = ("dist2_opt", "subopt", "dist2_teacher")
+from .moments import RunningMoments
+from .plan import RECORDS
+
 RECORD_LABELS = {
     "dist2_opt": "‖x_t − x*‖²",
     "subopt": "f(x_t) − f*",
@@ -140,8 +141,7 @@ class SimSummary(_RunInfo):
 
     @staticmethod
     def reduce_arrays(arrays):
-        """Full engine arrays -> the moments dict that ``numba_cpu.run_reduced`` returns."""
-        from .engines.plan import RunningMoments
+        """Full engine arrays -> the moments dict a reduced run returns (``engines.driver.run``)."""
         L, S, R = arrays["dist2_opt"].shape
         keep = arrays["diverged_step"] < 0
         out = {"mean": {}, "var": {}, "diverged_step": arrays["diverged_step"]}

@@ -23,15 +23,23 @@ import numpy as np
 from ._validate import int_in_range
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN_INT = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
 STREAM_LAMBDA_SHIFT = 32  # stream = seed_index + (lam_index + 1) << 32 without common random numbers
+#: Floyd's membership test compares with the earlier picks up to this batch size, else uses an (T, n) scratch
+FLOYD_COMPARE_MAX = 32
 
 
-def splitmix64(z):
-    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic)."""
-    z = np.asarray(z, dtype=np.uint64)
+def splitmix64(z, xp=np):
+    """SplitMix64 finaliser on uint64 arrays of module ``xp`` (numpy or CuPy; wrapping arithmetic).
+
+    Every operand is a uint64 array or a numpy uint64 scalar, so numpy and CuPy compute
+    the same integers.
+    """
+    z = xp.asarray(z, dtype=xp.uint64)
     with np.errstate(over="ignore"):
         z = z + GOLDEN
         z = (z ^ (z >> _S30)) * _M1
@@ -39,11 +47,15 @@ def splitmix64(z):
     return z ^ (z >> _S31)
 
 
+def stream_keys(seed, streams, xp=np):
+    """Per-stream keys splitmix64(splitmix64(seed) ^ stream), an array of module ``xp``."""
+    seed_key = splitmix64(np.array([seed], dtype=np.uint64))[0]
+    return splitmix64(xp.asarray(streams, dtype=xp.uint64) ^ seed_key, xp)
+
+
 def step_keys(seed, streams, step):
     """Per-stream 64-bit key of one step."""
-    seed_key = splitmix64(np.uint64(seed))
-    s = splitmix64(seed_key ^ np.asarray(streams, dtype=np.uint64))
-    return splitmix64(s ^ np.uint64(step))
+    return splitmix64(stream_keys(seed, streams) ^ np.uint64(step))
 
 
 def uniform_below(h, m):
@@ -52,45 +64,67 @@ def uniform_below(h, m):
     return ((h >> _S32) * m) >> _S32
 
 
-def stream_ids(n_seeds, n_lams, common_random_numbers=True):
-    """Stream number of each (λ, seed) trajectory, shape (n_lams, n_seeds).
+def stream_ids(n_seeds, n_lams, common_random_numbers=True, start=0):
+    """Stream number of each (λ, seed) trajectory of seeds start .. start + n_seeds − 1, shape (n_lams, n_seeds).
 
     With common random numbers every λ reuses the seed's stream; otherwise each
     (λ, seed) pair gets its own stream.
     """
-    seeds = np.arange(n_seeds, dtype=np.uint64)
+    return streams_of_seeds(np.arange(start, start + n_seeds, dtype=np.uint64), n_lams, common_random_numbers)
+
+
+def streams_of_seeds(seeds, n_lams, common_random_numbers=True):
+    """Stream numbers (n_lams, len(seeds)) of the given seed numbers (see ``stream_ids``)."""
+    seeds = np.asarray(seeds, dtype=np.uint64)
     if common_random_numbers:
-        return np.broadcast_to(seeds, (n_lams, n_seeds)).copy()
+        return np.broadcast_to(seeds, (n_lams, len(seeds))).copy()
     lam_part = (np.arange(n_lams, dtype=np.uint64) + np.uint64(1)) << np.uint64(STREAM_LAMBDA_SHIFT)
     return lam_part[:, None] + seeds[None, :]
 
 
-def minibatch_indices(seed, streams, step, n, batch_size):
-    """Indices of one step's minibatch for every stream, shape (len(streams), batch_size).
+def minibatch_from_keys(skeys, step, n, b, xp=np, taken=None):
+    """Minibatch indices (T, b) of one step for streams with keys ``skeys`` (T,), arrays of module ``xp``.
 
-    Drawn without replacement (Floyd's algorithm); identical for identical
-    (seed, stream, step, n, batch_size).
+    Floyd's algorithm (module docstring). Membership is a comparison with the earlier
+    picks (O(b²), no scratch) or, when ``taken`` — a boolean (T, n) array, all False —
+    is given, a lookup there (reset before return). b = n gives 0 .. n−1 in order.
     """
-    n = int_in_range("n", n, 1)
-    b = int_in_range("batch_size", batch_size, 1, n)
-    streams = np.atleast_1d(np.asarray(streams, dtype=np.uint64))
-    t = streams.shape[0]
-    out = np.empty((t, b), dtype=np.int64)
-    if b == n:  # full batch: every sample, in order; no randomness needed
-        out[:] = np.arange(n)
-        return out
-    keys = step_keys(seed, streams, step)
-    taken = np.zeros((t, n), dtype=bool)
-    rows = np.arange(t)
+    T = skeys.shape[0]
+    if b == n:
+        return xp.broadcast_to(xp.arange(n, dtype=xp.int64), (T, n))
+    keys = splitmix64(skeys ^ np.uint64(step), xp)
+    out = xp.empty((T, b), dtype=xp.int64)
+    rows = xp.arange(T) if taken is not None else None
     with np.errstate(over="ignore"):
         for j in range(b):
             c = n - b + j
-            h = splitmix64(keys + np.uint64(j + 1) * GOLDEN)
-            r = uniform_below(h, c + 1).astype(np.int64)
-            pick = np.where(taken[rows, r], c, r)
-            taken[rows, pick] = True
+            h = splitmix64(keys + np.uint64(((j + 1) * _GOLDEN_INT) & _MASK64), xp)
+            r = (((h >> _S32) * np.uint64(c + 1)) >> _S32).astype(xp.int64)
+            if j == 0:
+                pick = r
+            elif taken is not None:
+                pick = xp.where(taken[rows, r], c, r)
+            else:
+                pick = xp.where((out[:, :j] == r[:, None]).any(axis=1), c, r)
+            if taken is not None:
+                taken[rows, pick] = True
             out[:, j] = pick
+    if taken is not None:
+        taken[rows[:, None], out] = False
     return out
+
+
+def minibatch_indices(seed, streams, step, n, batch_size, xp=np):
+    """Indices of one step's minibatch for every stream, shape (len(streams), batch_size).
+
+    Drawn without replacement (Floyd's algorithm); identical for identical
+    (seed, stream, step, n, batch_size), whatever the array module.
+    """
+    n = int_in_range("n", n, 1)
+    b = int_in_range("batch_size", batch_size, 1, n)
+    skeys = stream_keys(seed, xp.atleast_1d(xp.asarray(streams, dtype=xp.uint64)), xp)
+    taken = xp.zeros((skeys.shape[0], n), dtype=bool) if FLOYD_COMPARE_MAX < b < n else None
+    return xp.ascontiguousarray(minibatch_from_keys(skeys, step, n, b, xp, taken))
 
 
 # ----------------------------------------------------------------------------

@@ -42,3 +42,27 @@ def ls_reference_cases(estimator, b, crn):
         x0 = r.standard_normal(p.dim)
         yield p, make_plan(p, theta, [0.0, 0.4, 1.0], 0.05, 300, 3, batch_size=b, estimator=estimator,
                            record_every=25, seed=5, x0=x0, common_random_numbers=crn, svrg_period=7)
+
+
+_LAST = {}
+
+
+def run_arrays(engine, problem, plan, **options):
+    """The record arrays of one run through the driver (its timing kept for ``last_timing``)."""
+    from kdsim.engines import driver
+    out = driver.run(problem, plan, engine, **options)
+    _LAST["timing"] = out.timing
+    return out.arrays
+
+
+def last_timing():
+    """Timing of the latest ``run_arrays`` / ``coefficients_of`` call of this test process."""
+    return dict(_LAST["timing"])
+
+
+def coefficients_of(engine, problem, plan, **options):
+    """Per-seed λ-quadratics of the records (``driver.coefficients``)."""
+    from kdsim.engines import driver
+    out = driver.coefficients(problem, plan, engine, **options)
+    _LAST["timing"] = out.timing
+    return out.arrays

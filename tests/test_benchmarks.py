@@ -21,6 +21,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import kdsim  # noqa: E402
+from engine_helpers import run_arrays  # noqa: E402
 from kdsim import teachers  # noqa: E402
 from kdsim.engines import reference  # noqa: E402
 from kdsim.problems import synthetic  # noqa: E402
@@ -83,19 +84,19 @@ def _tol(p):
 @pytest.mark.parametrize("case", list(CASES))
 def test_numpy_baseline_matches_reference_engine(case):
     p, plan = _plan(case)
-    assert_same_run(baseline_numpy.run(p, plan), reference.run(p, plan), sub_atol=_tol(p))
+    assert_same_run(baseline_numpy.run(p, plan), run_arrays(reference, p, plan), sub_atol=_tol(p))
 
 
 def test_numpy_baseline_without_common_random_numbers():
     p, plan = _plan("softmax-kd_loss", crn=False)
     assert not np.all(plan.streams == plan.streams[0])
-    assert_same_run(baseline_numpy.run(p, plan), reference.run(p, plan), sub_atol=_tol(p))
+    assert_same_run(baseline_numpy.run(p, plan), run_arrays(reference, p, plan), sub_atol=_tol(p))
 
 
 def test_numpy_baseline_float32_matches_numba_engine():
     from kdsim.engines import numba_cpu
     p, plan = _plan("ls-kd")
-    want = numba_cpu.run(p, plan, dtype="float32")
+    want = run_arrays(numba_cpu, p, plan, dtype="float32")
     got = baseline_numpy.run(p, plan, "float32")
     assert got["x_final"].dtype == np.float64
     assert_same_run(got, want, rtol=1e-4)
@@ -103,7 +104,7 @@ def test_numpy_baseline_float32_matches_numba_engine():
 
 def test_numpy_baseline_divergence_matches_reference():
     p, plan = _plan("ls-kd", step=20.0, steps=60)         # far beyond 2/L: every trajectory diverges
-    want = reference.run(p, plan)
+    want = run_arrays(reference, p, plan)
     assert np.all(want["diverged_step"] > 0)
     assert_same_run(baseline_numpy.run(p, plan), want)
 
@@ -143,7 +144,7 @@ def test_jax_baseline_matches_reference_engine(case):
     p, plan = _plan(case)
     got = baseline_jax.run(p, plan)
     assert got["timing"]["compile_s"] > 0 and got["timing"]["run_s"] > 0
-    assert_same_run(got, reference.run(p, plan), sub_atol=_tol(p))
+    assert_same_run(got, run_arrays(reference, p, plan), sub_atol=_tol(p))
 
 
 @needs_jax
@@ -153,13 +154,13 @@ def test_jax_baseline_float32_and_uneven_records():
     p, theta = make()
     plan = make_plan(p, theta, [0.0, 1.0], gam, 23, 4, b, est, 10, seed=3, dtype="float32")
     assert list(plan.record_steps) == [0, 10, 20, 23]
-    assert_same_run(baseline_jax.run(p, plan, "float32"), numba_cpu.run(p, plan, dtype="float32"), rtol=1e-4)
+    assert_same_run(baseline_jax.run(p, plan, "float32"), run_arrays(numba_cpu, p, plan, dtype="float32"), rtol=1e-4)
 
 
 @needs_jax
 def test_jax_baseline_without_common_random_numbers():
     p, plan = _plan("ls-corrected", crn=False)
-    assert_same_run(baseline_jax.run(p, plan), reference.run(p, plan))
+    assert_same_run(baseline_jax.run(p, plan), run_arrays(reference, p, plan))
 
 
 @needs_jax
@@ -186,14 +187,14 @@ def test_plain_numba_baseline_one_layer_matches_reference():
     from benchmarks import baseline_numba
     for case in ("ls-corrected", "softmax-kd_loss"):
         p, plan = _plan(case)
-        assert_same_run(baseline_numba.run(p, plan), reference.run(p, plan), sub_atol=_tol(p))
+        assert_same_run(baseline_numba.run(p, plan), run_arrays(reference, p, plan), sub_atol=_tol(p))
 
 
 @pytest.mark.slow
 def test_plain_numba_baseline_deep_matches_reference():
     from benchmarks import baseline_numba
     p, plan = _plan("deep-kd")
-    assert_same_run(baseline_numba.run(p, plan), reference.run(p, plan), sub_atol=_tol(p))
+    assert_same_run(baseline_numba.run(p, plan), run_arrays(reference, p, plan), sub_atol=_tol(p))
 
 
 # ------------------------------------------------------------- workloads and harness

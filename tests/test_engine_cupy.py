@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import kdsim
+from kdsim import rng
 from kdsim.engines import batched, cupy_gpu, reference
 from kdsim.estimators import ESTIMATORS
 from kdsim.problems import synthetic as syn
@@ -30,6 +31,7 @@ from kdsim.problems.deep_linear import DeepLinear
 from kdsim.simulate import make_plan
 
 from engine_helpers import assert_records_close, ls_problem  # noqa: E402
+from engine_helpers import coefficients_of, last_timing, run_arrays  # noqa: E402,F401
 
 ESTS = list(ESTIMATORS)
 
@@ -48,7 +50,7 @@ def test_missing_cupy_is_reported_clearly(no_cupy):
     assert not ok and "pip install kdsim[gpu]" in reason
     p = ls_problem()
     plan = make_plan(p, p.solution(), [0.5], 0.05, 5, 2)
-    for call in (cupy_gpu.import_cupy, cupy_gpu.require, lambda: cupy_gpu.run(p, plan), cupy_gpu.device_budget):
+    for call in (cupy_gpu.import_cupy, cupy_gpu.require, lambda: run_arrays(cupy_gpu, p, plan), cupy_gpu.device_budget):
         with pytest.raises(ImportError, match=r"pip install kdsim\[gpu\]"):
             call()
     # the problem support check needs no CuPy
@@ -162,12 +164,12 @@ def test_stand_in_least_squares(fakecupy, estimator, crn):
     theta = p.solution() + 0.3
     plan = make_plan(p, theta, [0.0, 0.5, 1.0, 1e30], 0.6, 200, 4, batch_size=2, estimator=estimator,
                      record_every=20, common_random_numbers=crn, svrg_period=5)
-    got = cupy_gpu.run(p, plan)
-    timing = cupy_gpu.last_timing()
+    got = run_arrays(cupy_gpu, p, plan)
+    timing = last_timing()
     assert timing["array_module"] == "cupy" and timing["chunks"] == 1
     # the five result arrays (+ the affine path's unsafe-seed flags) and nothing else
-    assert fakecupy.transfers_to_host == (6 if timing["path"] == "affine" else 5)
-    assert_records_close(got, reference.run(p, plan))
+    assert fakecupy.transfers_to_host == (6 if timing["kernel"] == "affine" else 5)
+    assert_records_close(got, run_arrays(reference, p, plan))
     assert all(isinstance(v, np.ndarray) and not isinstance(v, DeviceArray) for v in got.values())
 
 
@@ -175,12 +177,12 @@ def test_stand_in_affine_fallback_and_chunks(fakecupy):
     p = ls_problem()
     theta = p.solution() + np.array([0.3, -0.1, 0.2])
     plan = make_plan(p, theta, [0.0, 1.0, 5.0], 1.6, 300, 24, batch_size=1, record_every=10, seed=3)
-    want = batched.run(p, plan)
-    got = cupy_gpu.run(p, plan, chunk_seeds=10)
-    assert cupy_gpu.last_timing()["chunks"] == 3 and cupy_gpu.last_timing()["fallback_seeds"] > 0
+    want = run_arrays(batched, p, plan)
+    got = run_arrays(cupy_gpu, p, plan, chunk_seeds=10)
+    assert last_timing()["chunks"] == 3 and last_timing()["fallback_seeds"] > 0
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-13, atol=0)
-    coeffs = batched.affine_coefficients(p, plan, xp=fakecupy)
+    coeffs = coefficients_of(batched, p, plan, xp=fakecupy)
     np.testing.assert_array_equal(coeffs["diverged_step"], want["diverged_step"])
 
 
@@ -209,15 +211,15 @@ def test_stand_in_other_families(fakecupy, name, estimator):
     for b in (3, p.n):
         plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 100, 3, batch_size=b, estimator=estimator,
                          record_every=20, svrg_period=6)
-        assert_records_close(cupy_gpu.run(p, plan), reference.run(p, plan))
-    f32 = cupy_gpu.run(p, plan, dtype="float32")
-    assert_records_close(f32, reference.run(p, plan), rtol=2e-4, scale_tol=1e-5, x_rtol=2e-4)
+        assert_records_close(run_arrays(cupy_gpu, p, plan), run_arrays(reference, p, plan))
+    f32 = run_arrays(cupy_gpu, p, plan, dtype="float32")
+    assert_records_close(f32, run_arrays(reference, p, plan), rtol=2e-4, scale_tol=1e-5, x_rtol=2e-4)
 
 
 def test_stand_in_index_stream(fakecupy):
     streams = np.arange(50, dtype=np.uint64) + np.uint64(2**33)
     for n, b in ((97, 1), (97, 5), (97, 40), (97, 97), (1, 1)):
-        got = batched.minibatch_indices(17, streams, 123, n, b, xp=fakecupy)
+        got = rng.minibatch_indices(17, streams, 123, n, b, xp=fakecupy)
         np.testing.assert_array_equal(fakecupy.asnumpy(got), kdsim.rng.minibatch_indices(17, streams, 123, n, b))
 
 
@@ -227,7 +229,7 @@ def test_no_usable_device_is_reported(monkeypatch):
     assert not cupy_gpu.available()
     p = ls_problem()
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        cupy_gpu.run(p, make_plan(p, p.solution(), [0.5], 0.05, 5, 2))
+        run_arrays(cupy_gpu, p, make_plan(p, p.solution(), [0.5], 0.05, 5, 2))
 
 
 # --------------------------------------------------------------------------- real GPU
@@ -244,7 +246,7 @@ def test_gpu_index_stream_equals_kdsim_rng():
         n = int(r.integers(1, 2000))
         b = int(r.integers(1, min(n, 80) + 1))
         seed, step = int(r.integers(0, 2**62)), int(r.integers(0, 2**40))
-        got = cupy.asnumpy(batched.minibatch_indices(seed, streams, step, n, b, xp=cupy))
+        got = cupy.asnumpy(rng.minibatch_indices(seed, streams, step, n, b, xp=cupy))
         np.testing.assert_array_equal(got, kdsim.rng.minibatch_indices(seed, streams, step, n, b))
 
 
@@ -258,7 +260,7 @@ def test_gpu_least_squares_matches_reference(estimator, crn):
     for b in (1, 4, 50):
         plan = make_plan(p, theta, [0.0, 0.4, 1.0], 0.2, 300, 16, batch_size=b, estimator=estimator,
                          record_every=25, common_random_numbers=crn, svrg_period=7)
-        assert_records_close(cupy_gpu.run(p, plan), reference.run(p, plan))
+        assert_records_close(run_arrays(cupy_gpu, p, plan), run_arrays(reference, p, plan))
 
 
 @pytest.mark.gpu
@@ -271,7 +273,7 @@ def test_gpu_other_families_match_reference(name, estimator):
     for b in (1, 5, p.n):
         plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 150, 8, batch_size=b, estimator=estimator,
                          record_every=15, svrg_period=6)
-        assert_records_close(cupy_gpu.run(p, plan), reference.run(p, plan))
+        assert_records_close(run_arrays(cupy_gpu, p, plan), run_arrays(reference, p, plan))
 
 
 @pytest.mark.gpu
@@ -280,14 +282,14 @@ def test_gpu_divergence_float32_and_chunks():
     p = ls_problem()
     theta = p.solution() + np.array([0.3, -0.1, 0.2])
     plan = make_plan(p, theta, [0.0, 1.0, 5.0, 1e30], 1.6, 300, 40, batch_size=1, record_every=10, seed=3)
-    got = cupy_gpu.run(p, plan)
-    assert_records_close(got, reference.run(p, plan))
-    chunked = cupy_gpu.run(p, plan, chunk_seeds=7)
+    got = run_arrays(cupy_gpu, p, plan)
+    assert_records_close(got, run_arrays(reference, p, plan))
+    chunked = run_arrays(cupy_gpu, p, plan, chunk_seeds=7)
     for k in got:
         np.testing.assert_allclose(chunked[k], got[k], rtol=1e-12, atol=0)
     plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 400, 64, batch_size=3, record_every=40)
     for path in ("affine", "trajectory"):
-        assert_records_close(cupy_gpu.run(p, plan, dtype="float32", path=path), reference.run(p, plan),
+        assert_records_close(run_arrays(cupy_gpu, p, plan, dtype="float32", path=path), run_arrays(reference, p, plan),
                              rtol=2e-4, scale_tol=1e-5, x_rtol=2e-4)
 
 
@@ -299,9 +301,9 @@ def test_gpu_throughput_report(capsys):
     theta = p.solution() + 0.1
     for seeds in (4096, 65536):
         plan = make_plan(p, theta, [0.0, 0.25, 0.5, 0.75, 1.0], 0.05, 200, seeds, record_every=20)
-        cupy_gpu.run(p, plan)                      # warm-up (kernel compilation, memory pool)
-        cupy_gpu.run(p, plan)
-        t = cupy_gpu.last_timing()
+        run_arrays(cupy_gpu, p, plan)                      # warm-up (kernel compilation, memory pool)
+        run_arrays(cupy_gpu, p, plan)
+        t = last_timing()
         with capsys.disabled():
             print(f"\ncupy W1 seeds={seeds}: {t['throughput']:.3g} trajectory-steps/s ({t['run_s']:.2f} s)")
         assert np.isfinite(t["throughput"]) and t["fallback_seeds"] == 0

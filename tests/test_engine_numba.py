@@ -20,13 +20,18 @@ pytest.importorskip("numba")
 import kdsim  # noqa: E402
 from kdsim import rng  # noqa: E402
 from kdsim.engines import BACKENDS, get_engine, numba_cpu, reference  # noqa: E402
-from kdsim.engines import plan as memplan  # noqa: E402
+from kdsim.engines import driver  # noqa: E402
+from kdsim.engines import memory as memplan  # noqa: E402
+from kdsim.moments import RunningMoments  # noqa: E402
+from kdsim.plan import guard_limit  # noqa: E402
+from kdsim.simulate import warmup  # noqa: E402
 from kdsim.engines._kernels_ls import FASTMATH  # noqa: E402
 from kdsim.estimators import ESTIMATORS  # noqa: E402
 from kdsim.results import RECORDS, SimResult  # noqa: E402
 from kdsim.simulate import make_plan  # noqa: E402
 
 from engine_helpers import assert_records_close as _records_close, ls_problem, ls_reference_cases  # noqa: E402
+from engine_helpers import coefficients_of, last_timing, run_arrays  # noqa: E402,F401
 
 ESTS = list(ESTIMATORS)
 
@@ -91,11 +96,11 @@ def test_rng_twin_scalar_parts():
 @pytest.mark.parametrize("crn", [True, False])
 def test_least_squares_matches_reference(estimator, b, crn):
     for p, plan in ls_reference_cases(estimator, b, crn):
-        want = reference.run(p, plan)
-        got = numba_cpu.run(p, plan)
+        want = run_arrays(reference, p, plan)
+        got = run_arrays(numba_cpu, p, plan)
         assert_records_close(got, want)
         np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
-        kernel = numba_cpu.last_timing()["kernel"]
+        kernel = last_timing()["kernel"]
         assert kernel == ("ls_affine" if crn and estimator != "svrg" else "ls_traj")
 
 
@@ -108,13 +113,13 @@ def test_affine_form_equals_per_trajectory_kernel_and_coefficients(b, l2):
     lams = [0.0, 0.3, 0.7, 1.0, 1.5]
     for est in ("kd", "kd_loss", "corrected", "sgd"):
         plan = make_plan(p, theta, lams, 0.05, 400, 4, batch_size=b, estimator=est, record_every=39)
-        runner = numba_cpu._runner(p, plan, None)
+        runner = driver.prepare(p, plan, numba_cpu)
         assert runner.affine
-        aff = runner.run_chunk(0, 4)
+        aff = runner.run_chunk(0, 4)[0]
         runner.affine = False
-        per = runner.run_chunk(0, 4)
+        per = runner.run_chunk(0, 4)[0]
         assert_records_close(aff, per, rtol=1e-11)
-        coeffs = numba_cpu.affine_coefficients(p, plan)
+        coeffs = coefficients_of(numba_cpu, p, plan)
         lam = np.asarray(lams)[:, None, None] if est != "sgd" else np.zeros((len(lams), 1, 1))
         for name in RECORDS:
             c = coeffs[name]                                               # (S, R, 3)
@@ -131,10 +136,10 @@ def test_affine_pairs_at_the_smallest_step_counts(steps, record_every):
         theta = np.array([0.4, -0.1, 0.2])
         plan = make_plan(p, theta, [0.0, 0.6, 1.0], 0.05, steps, 3, estimator="kd",
                          record_every=record_every)
-        runner = numba_cpu._runner(p, plan, None)
-        aff = runner.run_chunk(0, 3)
+        runner = driver.prepare(p, plan, numba_cpu)
+        aff = runner.run_chunk(0, 3)[0]
         runner.affine = False
-        per = runner.run_chunk(0, 3)
+        per = runner.run_chunk(0, 3)[0]
         assert_records_close(aff, per, rtol=1e-11)
         np.testing.assert_allclose(aff["x_final"], per["x_final"], rtol=1e-12, atol=1e-15)
 
@@ -151,9 +156,9 @@ def test_affine_records_with_several_lane_chunks_match_reference(n, d):
     for b in (1, 3):
         plan = make_plan(p, theta, [0.0, 0.4, 1.0], 0.02, 200, 11, batch_size=b, estimator="kd",
                          record_every=7)
-        got = numba_cpu.run(p, plan)
-        assert numba_cpu.last_timing()["kernel"] == "ls_affine"
-        assert_records_close(got, reference.run(p, plan))
+        got = run_arrays(numba_cpu, p, plan)
+        assert last_timing()["kernel"] == "ls_affine"
+        assert_records_close(got, run_arrays(reference, p, plan))
 
 
 def test_claim2_machine_precision_survives_affine_form():
@@ -161,8 +166,8 @@ def test_claim2_machine_precision_survives_affine_form():
     # rounding floor as the reference does (no cancellation from the quadratic's coefficients).
     p = ls_problem()
     plan = make_plan(p, p.solution(), [0.0, 1.0], 0.1, 10000, 4, record_every=1000)
-    got = numba_cpu.run(p, plan)
-    assert numba_cpu.last_timing()["kernel"] == "ls_affine"
+    got = run_arrays(numba_cpu, p, plan)
+    assert last_timing()["kernel"] == "ls_affine"
     assert got["dist2_opt"][1, :, -1].max() < 1e-26
     assert got["dist2_opt"][0, :, -1].min() > 1e-6
 
@@ -177,8 +182,8 @@ def test_layered_families_match_reference(layered, name, estimator):
     for b in (1, 3, 4, p.n):              # n = 15: b = 4 leaves a partial last snapshot block
         plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 200, 2, batch_size=b, estimator=estimator,
                          record_every=20, seed=9, x0=x0, svrg_period=6)
-        want = reference.run(p, plan)
-        got = numba_cpu.run(p, plan)
+        want = run_arrays(reference, p, plan)
+        got = run_arrays(numba_cpu, p, plan)
         assert_records_close(got, want)
         np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
 
@@ -199,8 +204,8 @@ def test_layered_minibatch_larger_than_sample_block(estimator):
             assert b > SAMPLE_BLOCK
             plan = make_plan(p, theta, [0.0, 1.0], 0.05, 60, 2, batch_size=b, estimator=estimator,
                              record_every=20, svrg_period=7)
-            want = reference.run(p, plan)
-            got = numba_cpu.run(p, plan)
+            want = run_arrays(reference, p, plan)
+            got = run_arrays(numba_cpu, p, plan)
             assert_records_close(got, want)
             np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
 
@@ -209,9 +214,9 @@ def test_layered_minibatch_larger_than_sample_block(estimator):
 def _float32_case(p, theta, crn, rtol, scale_tol, b=3, record_every=40):
     plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 400, 3, batch_size=b, estimator="kd",
                      record_every=record_every, common_random_numbers=crn)
-    f64 = numba_cpu.run(p, plan)
-    f32 = numba_cpu.run(p, plan, dtype="float32")
-    assert numba_cpu.last_timing()["dtype"] == "float32"
+    f64 = run_arrays(numba_cpu, p, plan)
+    f32 = run_arrays(numba_cpu, p, plan, dtype="float32")
+    assert last_timing()["dtype"] == "float32"
     assert_records_close(f32, f64, rtol=rtol, scale_tol=scale_tol)
     assert f32["x_final"].dtype == np.float64
 
@@ -235,12 +240,14 @@ def test_float32_close_to_float64_layered(layered, name):
 def test_dtype_from_plan_field_and_validation():
     p = ls_problem()
     plan = make_plan(p, p.solution(), [0.5], 0.05, 20, 2)
-    fields = {f.name for f in dataclasses.fields(plan)}
-    if "dtype" in fields:
-        numba_cpu.run(p, dataclasses.replace(plan, dtype="float32"))
-        assert numba_cpu.last_timing()["dtype"] == "float32"
+    run_arrays(numba_cpu, p, dataclasses.replace(plan, dtype="float32"))
+    assert last_timing()["dtype"] == "float32"
+    run_arrays(numba_cpu, p, plan)
+    assert last_timing()["dtype"] == "float64"
+    run_arrays(numba_cpu, p, plan, dtype="float32")                # the option overrides the plan
+    assert last_timing()["dtype"] == "float32"
     with pytest.raises(ValueError, match="dtype"):
-        numba_cpu.run(p, plan, dtype="float16")
+        run_arrays(numba_cpu, p, plan, dtype="float16")
 
 
 # ---------------------------------------------------------------------- divergence
@@ -254,7 +261,7 @@ def test_divergence_per_trajectory(dtype, big, layered):
     for p, theta, crn in cases:
         theta = p.solution() + 1.0 if theta is None else theta
         plan = make_plan(p, theta, [0.0, big], 0.01, 30, 3, common_random_numbers=crn)
-        got = numba_cpu.run(p, plan, dtype=dtype)
+        got = run_arrays(numba_cpu, p, plan, dtype=dtype)
         assert not (got["diverged_step"][0] >= 0).any()
         assert (got["diverged_step"][1] > 0).all()
         assert np.isnan(got["x_final"][1]).all() and np.isfinite(got["x_final"][0]).all()
@@ -262,7 +269,7 @@ def test_divergence_per_trajectory(dtype, big, layered):
         for name in RECORDS:
             assert np.all(np.isfinite(res.mean(name)[0]))
         if dtype == "float64":
-            want = reference.run(p, plan)
+            want = run_arrays(reference, p, plan)
             np.testing.assert_array_equal(got["diverged_step"], want["diverged_step"])
 
 
@@ -273,12 +280,12 @@ def test_divergence_from_step_size_matches_reference(dtype):
     for crn in (True, False):
         plan = make_plan(p, p.solution(), [0.0, 1.0], step, 2000, 4, estimator="kd",
                          common_random_numbers=crn, record_every=50)
-        got = numba_cpu.run(p, plan, dtype=dtype)
+        got = run_arrays(numba_cpu, p, plan, dtype=dtype)
         assert (got["diverged_step"] > 0).all()
         if dtype == "float64":
-            np.testing.assert_array_equal(got["diverged_step"], reference.run(p, plan)["diverged_step"])
+            np.testing.assert_array_equal(got["diverged_step"], run_arrays(reference, p, plan)["diverged_step"])
         else:   # float32 overflows ‖x‖² (≈3.4e38) before 1e100: it is flagged no later
-            assert (got["diverged_step"] <= reference.run(p, plan)["diverged_step"]).all()
+            assert (got["diverged_step"] <= run_arrays(reference, p, plan)["diverged_step"]).all()
 
 
 @pytest.mark.parametrize("b,l2,estimator,factor", [(1, 0.0, "kd", 6.0), (1, 0.1, "corrected", 8.0),
@@ -291,9 +298,9 @@ def test_affine_divergence_at_many_steps_matches_reference(b, l2, estimator, fac
     step = factor * b / p.sample_smoothness().max()
     plan = make_plan(p, p.solution() + 0.5, [0.0, 0.7, 3.0], step, 4000, 6, batch_size=b,
                      estimator=estimator, record_every=100)
-    got = numba_cpu.run(p, plan)
-    assert numba_cpu.last_timing()["kernel"] == "ls_affine"
-    want = reference.run(p, plan)
+    got = run_arrays(numba_cpu, p, plan)
+    assert last_timing()["kernel"] == "ls_affine"
+    want = run_arrays(reference, p, plan)
     assert (want["diverged_step"] > 50).all() and len(np.unique(want["diverged_step"])) > 3
     assert_records_close(got, want)
 
@@ -306,10 +313,10 @@ def test_affine_records_quadratic_and_direct_paths_agree():
     assert 0 < K.QUAD_RECORD_RTOL <= 1e-12
     p = ls_problem()
     plan = make_plan(p, p.solution(), [0.0, 0.999, 1.0], 0.1, 10000, 5, record_every=1000)
-    got = numba_cpu.run(p, plan)
-    want = reference.run(p, plan)
+    got = run_arrays(numba_cpu, p, plan)
+    want = run_arrays(reference, p, plan)
     assert_records_close(got, want, rtol=1e-9, scale_tol=1e-15)
-    coeffs = numba_cpu.affine_coefficients(p, plan)["dist2_opt"][:, -1]          # (S, 3)
+    coeffs = coefficients_of(numba_cpu, p, plan)["dist2_opt"][:, -1]          # (S, 3)
     quad = coeffs[:, 0] + coeffs[:, 1] + coeffs[:, 2]                            # λ = 1
     assert got["dist2_opt"][2, :, -1].max() < 1e-26 < np.abs(quad).max()
 
@@ -334,8 +341,8 @@ def test_lane_tiled_triangular_product_matches_numpy(m, d):
 
 def test_fastmath_keeps_nan_and_inf_semantics():
     assert not FASTMATH & {"nnan", "ninf", "fast"}
-    assert numba_cpu.guard_limit("float64") == 1e100
-    assert numba_cpu.guard_limit("float32") == np.finfo(np.float32).max
+    assert guard_limit("float64") == 1e100
+    assert guard_limit("float32") == np.finfo(np.float32).max
 
 
 # ------------------------------------------------------------------------ chunks
@@ -347,17 +354,17 @@ def test_chunked_equals_unchunked_exactly(layered):
     for prob, theta, crn in cases:
         plan = make_plan(prob, theta, [0.0, 0.5, 1.0], 0.05, 100, 7, batch_size=2, record_every=10,
                          common_random_numbers=crn)
-        whole = numba_cpu.run(prob, plan)
-        assert numba_cpu.last_timing()["chunks"] == 1
-        parts = numba_cpu.run(prob, plan, chunk_seeds=3)
-        assert numba_cpu.last_timing()["chunks"] == 3
+        whole = run_arrays(numba_cpu, prob, plan)
+        assert last_timing()["chunks"] == 1
+        parts = run_arrays(numba_cpu, prob, plan, chunk_seeds=3)
+        assert last_timing()["chunks"] == 3
         for k in whole:
             np.testing.assert_array_equal(parts[k], whole[k])
         # a memory budget that only fits two seeds per chunk gives the same numbers too
-        runner = numba_cpu._runner(prob, plan, None)
-        fixed = 3 * 7 * (3 * len(plan.record_steps) * 8 + 8 + prob.dim * 8)
-        small = numba_cpu.run(prob, plan, memory_budget=fixed + 2 * runner.bytes_per_seed)
-        assert numba_cpu.last_timing()["chunk_seeds"] == 2
+        runner = driver.prepare(prob, plan, numba_cpu)
+        fixed = runner.fixed_bytes + memplan.output_bytes(3, 7, len(plan.record_steps), prob.dim)
+        small = run_arrays(numba_cpu, prob, plan, memory_budget=fixed + 2 * runner.bytes_per_seed)
+        assert last_timing()["chunk_seeds"] == 2
         for k in whole:
             np.testing.assert_array_equal(small[k], whole[k])
 
@@ -375,9 +382,9 @@ def test_plan_chunks_and_budget_errors():
 def test_reduced_mode_matches_full_run():
     p = ls_problem()
     plan = make_plan(p, p.solution() + 0.3, [0.0, 0.5, 1e300], 0.05, 60, 11, record_every=10)
-    full = numba_cpu.run(p, plan)
-    red = numba_cpu.run_reduced(p, plan, chunk_seeds=4)
-    assert numba_cpu.last_timing()["chunks"] == 3
+    full = run_arrays(numba_cpu, p, plan)
+    red = run_arrays(numba_cpu, p, plan, reduce=True, chunk_seeds=4)
+    assert last_timing()["chunks"] == 3
     res = SimResult(lams=plan.lams, steps=plan.record_steps, **full)
     alive = ~res.diverged
     np.testing.assert_array_equal(red["count"], alive.sum(axis=1))
@@ -394,7 +401,7 @@ def test_running_moments_merge_is_exact():
     r = np.random.default_rng(0)
     vals = r.standard_normal((2, 50, 4)) * 1e3 + 1e6
     keep = r.random((2, 50)) < 0.8
-    m = memplan.RunningMoments(2, 4)
+    m = RunningMoments(2, 4)
     for s0 in range(0, 50, 7):
         m.add(vals[:, s0:s0 + 7], keep[:, s0:s0 + 7])
     mean, var, count = m.result()
@@ -409,17 +416,16 @@ def test_backend_registry_and_simulate():
     assert "numba" in BACKENDS and "auto" in BACKENDS
     assert get_engine("numba") is numba_cpu
     p = ls_problem()
-    assert get_engine("auto").select(p) is numba_cpu
+    assert get_engine("auto", p) is numba_cpu
     with pytest.raises(ValueError, match="backend"):
         get_engine("tpu")
     a = kdsim.simulate(p, p.solution() + 0.2, [0.0, 0.5], 0.05, 50, 3, backend="numba", record_every=10)
     b = kdsim.simulate(p, p.solution() + 0.2, [0.0, 0.5], 0.05, 50, 3, backend="numpy", record_every=10)
     assert a.config["backend"] == "numba"
     np.testing.assert_allclose(a.dist2_opt, b.dist2_opt, rtol=1e-10)
-    auto = get_engine("auto")
     plan = make_plan(p, p.solution(), [0.5], 0.05, 10, 2)
-    auto.run(p, plan)
-    assert auto.last_timing()["kernel"] == "ls_affine"
+    assert kdsim.engines.run(p, plan, "auto").timing["kernel"] == "ls_affine"
+    assert a.timing["kernel"] == "ls_affine" and b.timing["engine"] == "numpy"
 
 
 def test_unsupported_problem_raises_and_auto_falls_back():
@@ -429,24 +435,26 @@ def test_unsupported_problem_raises_and_auto_falls_back():
     p = Shifted(p0.A, p0.b)
     plan = make_plan(p, p.solution(), [0.5], 0.05, 10, 2)
     with pytest.raises(NotImplementedError, match="backend='numpy'"):
-        numba_cpu.run(p, plan)
-    assert get_engine("auto").select(p) is reference
-    out = get_engine("auto").run(p, plan)
-    np.testing.assert_array_equal(out["dist2_opt"], reference.run(p, plan)["dist2_opt"])
+        run_arrays(numba_cpu, p, plan)
+    with pytest.raises(NotImplementedError, match="backend='numpy'"):
+        get_engine("numba", p)
+    assert get_engine("auto", p) is reference
+    out = kdsim.engines.run(p, plan, "auto").arrays
+    np.testing.assert_array_equal(out["dist2_opt"], run_arrays(reference, p, plan)["dist2_opt"])
 
 
 def test_timing_separates_compilation():
     p = ls_problem()
     plan = make_plan(p, p.solution(), [0.5, 1.0], 0.05, 100, 4)
-    numba_cpu.run(p, plan)
-    numba_cpu.run(p, plan)
-    t = numba_cpu.last_timing()
+    run_arrays(numba_cpu, p, plan)
+    run_arrays(numba_cpu, p, plan)
+    t = last_timing()
     assert t["compile_s"] >= 0 and t["run_s"] > 0 and t["total_s"] >= t["run_s"]
     assert t["compile_s"] < 0.5            # second call: nothing left to compile
     assert t["trajectory_steps"] == 2 * 4 * 100 and t["throughput"] > 0
-    assert numba_cpu.warmup("least_squares") >= 0
-    with pytest.raises(ValueError, match="problem_kind"):
-        numba_cpu.warmup("svm")
+    assert warmup("least_squares") >= 0
+    with pytest.raises(ValueError, match="family"):
+        warmup("svm")
 
 
 @pytest.mark.parametrize("crn", [False, True])
@@ -457,14 +465,14 @@ def test_threads_give_identical_numbers(crn):
     plan = make_plan(p, p.solution() + 0.1, [0.0, 1.0], 0.05, 80, 37, common_random_numbers=crn)
     try:
         numba_cpu.set_threads(1)
-        one = numba_cpu.run(p, plan)
+        one = run_arrays(numba_cpu, p, plan)
         numba_cpu.set_threads(3)
-        three = numba_cpu.run(p, plan)
+        three = run_arrays(numba_cpu, p, plan)
     finally:
         numba_cpu.set_threads(None)
     for k in one:
         np.testing.assert_array_equal(one[k], three[k])
-    singles = [numba_cpu.run(p, dataclasses.replace(plan, n_seeds=1, streams=plan.streams[:, s:s + 1]))
+    singles = [run_arrays(numba_cpu, p, plan.seed_range(s, s + 1))
                for s in (0, 8, 36)]
     for j, s in enumerate((0, 8, 36)):
         for k in one:
@@ -476,7 +484,7 @@ def test_softmax_subopt_kernel_equals_problem_formula():
     # both branches (max |δ − c| <= 1: log1p of the Taylor form; > 1: log-sum-exp) and the point
     # x* itself, where the value is 0 up to rounding and both must stay >= -1e-15
     from kdsim.problems import synthetic as syn
-    from kdsim.problems.softmax import _H_COEF
+    from kdsim.kernelspec import H_COEF as _H_COEF
     from kdsim.engines._kernels_records import softmax_subopt
     # (samples and classes go in pairs: even and odd n, odd and even K)
     for n, k in ((41, 4), (40, 3)):
@@ -493,8 +501,9 @@ def test_softmax_subopt_kernel_equals_problem_formula():
         assert got.min() >= -1e-15 and abs(got[0]) < 1e-15
     # and the engine's records use it: numba and reference records of a run agree
     plan = make_plan(p, xs + 0.3, [0.0, 1.0], 0.1, 50, 3, record_every=10)
-    assert_records_close(numba_cpu.run(p, plan), reference.run(p, plan))
-    assert numba_cpu.last_timing()["records_s"] > 0
+    fast = run_arrays(numba_cpu, p, plan)
+    assert last_timing()["records_s"] > 0
+    assert_records_close(fast, run_arrays(reference, p, plan))
 
 
 def test_affine_kernel_writes_every_record_entry(monkeypatch):
@@ -517,7 +526,7 @@ def test_affine_kernel_writes_every_record_entry(monkeypatch):
     cases = [([0.0, 0.5, 1.0], 0.05), ([0.0, 0.7, 3.0], big_step), ([1e60, 2e60], 0.05), ([0.5, 1e60], 0.05)]
     for lams, step in cases:
         plan = make_plan(p, p.solution() + 0.5, lams, step, 3000, 11, record_every=100)
-        got = numba_cpu.run(p, plan)
+        got = run_arrays(numba_cpu, p, plan)
         for name in RECORDS:
             assert not np.any(got[name] == sentinel), (lams, name)
-        assert_records_close(got, reference.run(p, plan))
+        assert_records_close(got, run_arrays(reference, p, plan))

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import kdsim
+from engine_helpers import run_arrays  # noqa: E402
 
 
 def fd_grad(fun, x, h=1e-6):
@@ -86,9 +87,9 @@ def test_gram_factor_is_cached_triangular_and_exact(problem, monkeypatch):
     qr = np.linalg.qr
     monkeypatch.setattr(np.linalg, "qr", lambda *a, **k: calls.append(1) or qr(*a, **k))
     plan = make_plan(fresh, xs, [0.0, 1.0], 0.01, 20, 2, record_every=10)
-    numba_cpu.run(fresh, plan)
-    numba_cpu.run(fresh, plan)
-    batched.run(fresh, plan)
+    run_arrays(numba_cpu, fresh, plan)
+    run_arrays(numba_cpu, fresh, plan)
+    run_arrays(batched, fresh, plan)
     assert len(calls) == 1
 
 

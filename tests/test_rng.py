@@ -82,3 +82,13 @@ def test_bad_arguments(kw, match):
     args = dict(seed=0, streams=np.arange(2), step=0, n=10, batch_size=2) | kw
     with pytest.raises(ValueError, match=match):
         rng.minibatch_indices(**args)
+
+
+def test_minibatch_indices_known_values():
+    # the index stream is part of every stored result: these integers must never change
+    got = rng.minibatch_indices(7, np.array([0, 3, 2**33], dtype=np.uint64), 11, 50, 5)
+    assert got.tolist() == [[32, 17, 47, 23, 16], [34, 45, 26, 8, 0], [19, 32, 36, 30, 2]]
+    got = rng.minibatch_indices(2**63 - 1, np.array([1], dtype=np.uint64), 2**40, 300, 40)   # scratch-array path
+    assert got.tolist() == [[116, 166, 104, 190, 170, 100, 2, 187, 161, 22, 254, 230, 71, 180, 9, 249, 60, 77,
+                             131, 264, 156, 8, 41, 193, 222, 72, 23, 24, 175, 47, 157, 139, 217, 275, 233, 58,
+                             89, 126, 173, 299]]

@@ -1,18 +1,21 @@
-"""Simulation engines. Each exposes ``run(problem, plan) -> dict of record arrays``.
+"""Simulation engines behind one protocol and one driver (``kdsim.engines.driver``).
 
-``numpy`` is the readable reference engine and the ground truth for the others;
-``numba`` the compiled CPU engine (``numba_cpu``); ``cupy`` the GPU engine
-(``cupy_gpu``: the array-module engine ``batched`` on CuPy arrays; CuPy is imported
-only when asked for); ``auto`` the numba engine when numba imports and has kernels
-for the problem, else the reference engine. ``auto`` stays on the CPU: a GPU run
-must be asked for by name.
+``numpy`` is the readable reference engine and the ground truth for the others; ``numba``
+the compiled CPU engine (``numba_cpu``); ``cupy`` the GPU engine (``cupy_gpu``: the
+array-module engine ``batched`` on CuPy arrays; CuPy is imported only when asked for);
+``auto`` the numba engine when numba imports and the problem exports a kernel spec, else
+the reference engine. ``auto`` stays on the CPU: a GPU run must be asked for by name.
 """
 from __future__ import annotations
 
 from .. import _validate as V
+from .driver import RunOutput, coefficients
+from .driver import run as run_engine
 
 #: every backend name kdsim knows; "auto" picks the fastest available
 BACKENDS = ("auto", "numpy", "numba", "cupy")
+
+__all__ = ["BACKENDS", "RunOutput", "coefficients", "get_engine", "numba_available", "run", "run_engine"]
 
 
 def numba_available():
@@ -24,33 +27,12 @@ def numba_available():
     return True
 
 
-class _AutoEngine:
-    """``auto``: the numba engine for problems it has kernels for, the reference engine otherwise."""
+def get_engine(backend, problem=None):
+    """The engine module of a backend name (clear error for unknown names or missing packages).
 
-    name = "auto"
-    _last = []
-
-    @staticmethod
-    def select(problem):
-        """The engine module that ``run`` uses for ``problem``."""
-        from . import numba_cpu, reference
-        return numba_cpu if numba_cpu.supports(problem) else reference
-
-    @classmethod
-    def run(cls, problem, plan):
-        engine = cls.select(problem)
-        cls._last[:] = [engine]
-        return engine.run(problem, plan)
-
-    @classmethod
-    def last_timing(cls):
-        """Timing of the latest run if the numba engine ran it (see ``numba_cpu.last_timing``), else {}."""
-        engine = cls._last[0] if cls._last else None
-        return engine.last_timing() if hasattr(engine, "last_timing") else {}
-
-
-def get_engine(backend):
-    """Return the engine for a backend name (clear error for unknown names)."""
+    ``auto`` needs the ``problem`` it will run: the numba engine when numba imports and the
+    problem exports a kernel spec, else the reference engine.
+    """
     V.choice("backend", backend, BACKENDS)
     if backend == "numpy":
         from . import reference
@@ -59,12 +41,28 @@ def get_engine(backend):
         if not numba_available():
             raise ImportError("backend 'numba' needs numba: pip install numba (or use backend='numpy')")
         from . import numba_cpu
+        if problem is not None and not numba_cpu.supports(problem):
+            raise NotImplementedError(f"backend 'numba' has no kernels for {type(problem).__name__} "
+                                      "(it exports no kernel spec); use backend='numpy'")
         return numba_cpu
     if backend == "cupy":
         from . import cupy_gpu
         cupy_gpu.require()    # ImportError naming `pip install kdsim[gpu]`, or RuntimeError: no usable GPU
+        if problem is not None and not cupy_gpu.supports(problem):
+            raise NotImplementedError(f"backend 'cupy' has no kernels for {type(problem).__name__}; "
+                                      "use backend='numpy'")
         return cupy_gpu
+    if problem is None:
+        raise ValueError("backend 'auto' is resolved per problem: pass the problem to get_engine")
     if numba_available():
-        return _AutoEngine
+        from . import numba_cpu
+        if numba_cpu.supports(problem):
+            return numba_cpu
     from . import reference
     return reference
+
+
+def run(problem, plan, backend="auto", **options):
+    """Run a validated plan on a backend (name or engine module); a ``RunOutput`` (see ``driver.run``)."""
+    engine = get_engine(backend, problem) if isinstance(backend, str) else backend
+    return run_engine(problem, plan, engine, **options)

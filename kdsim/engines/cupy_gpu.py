@@ -1,13 +1,11 @@
 """The GPU engine (backend ``"cupy"``): the array-module engine ``batched`` with CuPy arrays.
 
-``run(problem, plan)`` is ``batched.run(problem, plan, xp=cupy)``: the problem's data,
-the teacher's per-sample residuals and the record constants are moved to the device
-once per run; every step, record and divergence check runs there; only the record
-arrays, ``diverged_step`` and ``x_final`` come back, once per seed chunk (one chunk,
-hence one transfer, whenever the run fits in the memory budget — by default half of
-the device's free memory). The numbers are those of ``batched.run`` with numpy (same
-index stream, same arithmetic up to the order of floating-point reductions), which the
-CPU test suite checks against the reference engine.
+The runner is ``batched``'s on CuPy arrays: the kernel spec's data, the teacher's
+per-sample residuals and the record constants move to the device once per run; every
+step, record and divergence check runs there; only the record arrays, ``diverged_step``
+and ``x_final`` come back, once per seed chunk (the default budget is half of the
+device's free memory). The numbers are those of the array-module engine with numpy
+up to the order of floating-point reductions, which the CPU suite checks.
 
 CuPy is imported only inside functions, so importing kdsim never needs it. Without
 CuPy every entry point raises ImportError naming ``pip install kdsim[gpu]``; with CuPy
@@ -17,6 +15,9 @@ is the check the ``auto`` backend must use before ever choosing this engine.
 from __future__ import annotations
 
 from . import batched
+
+NAME = "cupy"
+TAKES = "spec"
 
 #: what to install for this backend
 INSTALL_HINT = "pip install kdsim[gpu]"
@@ -75,8 +76,8 @@ def require():
 
 
 def supports(problem):
-    """True for the problem classes the array-module engine runs (see ``batched.supports``)."""
-    return batched.supports(problem)
+    """True when the problem exports a kernel spec (the array-module engine runs every such family)."""
+    return bool(getattr(problem, "exports_kernel_spec", lambda: False)())
 
 
 def device_budget(fraction=DEVICE_MEMORY_FRACTION):
@@ -86,21 +87,10 @@ def device_budget(fraction=DEVICE_MEMORY_FRACTION):
     return int(free * fraction)
 
 
-def run(problem, plan, *, dtype=None, max_bytes=None, chunk_seeds=None, path="auto"):
-    """Run a validated plan on the GPU; same dict of host numpy arrays as ``reference.run``.
-
-    ``dtype`` "float64" (default) or "float32" iterate arithmetic (records are float64);
-    ``max_bytes`` device memory the run may use (default half the free device memory);
-    ``chunk_seeds`` and ``path`` as in ``batched.run``.
-    """
+def prepare(spec, plan, dtype=None, path="auto"):
+    """A runner of the array-module engine on CuPy arrays (``batched.prepare`` with ``xp=cupy``)."""
     cupy = import_cupy()
     require()
-    if max_bytes is None:
-        max_bytes = device_budget()
-    return batched.run(problem, plan, xp=cupy, dtype=dtype, max_bytes=max_bytes, chunk_seeds=chunk_seeds,
-                       path=path)
-
-
-def last_timing():
-    """Timing of the latest run (``batched.last_timing``; run_s includes the result transfers)."""
-    return batched.last_timing()
+    runner = batched.prepare(spec, plan, xp=cupy, dtype=dtype, path=path)
+    runner.default_budget = device_budget
+    return runner

@@ -24,6 +24,7 @@ from functools import cached_property
 import numpy as np
 
 from .. import _validate as V
+from ..kernelspec import KernelSpec
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,58 @@ class Problem(ABC):
     def default_x0(self):
         """The start used when ``simulate`` gets x0=None: the origin."""
         return np.zeros(self.dim)
+
+    # ------------------------------------------------------------ kernel spec
+    #: family name of the kernel spec (None: the engines have no kernels for this problem)
+    spec_family = None
+
+    @classmethod
+    def exports_kernel_spec(cls):
+        """True when this exact class declares its kernel spec (a subclass may change the math,
+        so it inherits no spec: it runs on the reference engine until it declares one)."""
+        return cls.__dict__.get("spec_family") is not None
+
+    def kernel_spec(self, theta, estimator):
+        """The ``KernelSpec`` of this problem with teacher ``theta`` for ``estimator`` (an Estimator).
+
+        Engines read only this. The teacher quantities are those of the estimator's
+        anchor term: ∇f_B(θ) (term "f", with the ridge αθ) or ∇ℓ_B(θ) (term "data");
+        zeros for estimators without a teacher.
+        """
+        if not self.exports_kernel_spec():
+            raise NotImplementedError(f"{type(self).__name__} exports no kernel spec; use backend='numpy'")
+        theta = self._teacher(theta)
+        link, Y, shapes = self._spec_structure()
+        d_out, d_in = shapes[-1][0], shapes[0][1]
+        if estimator.uses_teacher:
+            R, G, ridge = self._spec_teacher(theta, estimator.teacher_term)
+        else:
+            R, G, ridge = np.zeros((self.n, d_out)), np.zeros((d_out, d_in)), np.zeros(self.dim)
+        return KernelSpec(self.spec_family, link, self.A, Y, tuple(shapes), self.l2, R, G, ridge,
+                          self.canonical(self.solution()), self.canonical_teacher(theta), self._spec_refs())
+
+    def _spec_structure(self):
+        """(link, targets (n, d_out), layer shapes) of the kernel spec."""
+        raise NotImplementedError
+
+    def _spec_teacher(self, theta, term):
+        """(teacher residuals (n, d_out), their mean map (d_out, d_in), ridge (dim,)) for a term."""
+        R = self._teacher_residuals(theta)
+        ridge = self.l2 * theta if term == "f" else np.zeros(self.dim)
+        return R, R.T @ self.A / self.n, ridge
+
+    def _spec_refs(self):
+        """The family's constants of the cancellation-free f − f* (``kdsim.kernelspec.suboptimality``)."""
+        raise NotImplementedError
+
+    @cached_property
+    def _record_refs(self):
+        """numpy record references of this problem (teacher-free: ``theta`` is x*), cached like x*."""
+        xs = self.canonical(self.solution())
+        link, Y, shapes = self._spec_structure()
+        return KernelSpec(self.spec_family, link, self.A, Y, tuple(shapes), self.l2,
+                          np.zeros((self.n, shapes[-1][0])), np.zeros((shapes[-1][0], shapes[0][1])),
+                          np.zeros(self.dim), xs, xs, self._spec_refs()).record_refs(np)
 
     # ------------------------------------------- batched primitives (engines)
     def batch_grad(self, X, idx):

@@ -17,6 +17,7 @@ import scipy.linalg
 import scipy.optimize
 
 from .. import _validate as V
+from .. import kernelspec as KS
 from .base import Problem
 
 LOSSES = ("squared", "softmax")
@@ -192,6 +193,7 @@ class DeepLinear(Problem):
     """
 
     name = "deep_linear"
+    spec_family = "deep_linear"
 
     def __init__(self, A, Y, hidden=(), loss="squared", l2=0.0, init_scale=1e-2, init_seed=0,
                  n_classes=None):
@@ -255,14 +257,7 @@ class DeepLinear(Problem):
         Q[k] = Ws[k−1]⋯Ws[0] (the layers before k; Q[0] = None, the identity) and
         P[k] = Ws[L−1]⋯Ws[k+1] (the layers after k; P[L−1] = None); Q[L] is the end-to-end map.
         """
-        L = len(Ws)
-        Q = [None] * (L + 1)
-        for k in range(L):
-            Q[k + 1] = Ws[k] if Q[k] is None else Ws[k] @ Q[k]
-        P = [None] * L
-        for k in range(L - 1, 0, -1):
-            P[k - 1] = Ws[k] if P[k] is None else P[k] @ Ws[k]
-        return P, Q
+        return KS.chain(Ws)
 
     def _pull(self, P, Q, G, lead):
         """J(x)ᵀ G: the blocks (W_L⋯W_{l+1})ᵀ G (W_{l−1}⋯W_1)ᵀ, packed to (..., dim)."""
@@ -510,18 +505,23 @@ class DeepLinear(Problem):
         first term is dropped. The ridge adds (α/2)(‖x‖² − ‖x*‖²). Softmax: f(x) − f*.
         """
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        return KS.suboptimality(self._record_refs, X, np)
+
+    # kernel spec -------------------------------------------------------------
+    def _spec_structure(self):
+        return ("identity" if self.loss_type == "squared" else "softmax"), self._targets, self.shapes
+
+    def _spec_teacher(self, theta, term):
+        terms = self.teacher_terms(theta, term)
+        return terms.residuals, terms.full_map, terms.ridge
+
+    def _spec_refs(self):
         if self.loss_type != "squared":
-            return self.batch_loss(X) - self.f_star
-        xs = self._solution
+            return {"f_star": float(self.f_star)}
         Ms, Gs, Rc = self._squared_reference
-        E = self._map(X) - Ms
-        ERt = E @ Rc.T
-        out = 0.5 * np.einsum("tij,tij->t", ERt, ERt)
-        if self._bottleneck or self.l2 > 0:
-            out = out + np.einsum("tij,ij->t", E, Gs)
-        if self.l2 > 0:
-            out = out + 0.5 * self.l2 * (np.einsum("td,td->t", X, X) - xs @ xs)
-        return out
+        xs = self._solution
+        return {"M_star": Ms, "Rc_T": Rc.T.copy(), "G_star": Gs if (self._bottleneck or self.l2 > 0) else None,
+                "x_star_sq": float(xs @ xs)}
 
     @property
     def _squared_reference(self):

@@ -18,9 +18,10 @@ import numpy as np
 import scipy.special
 
 from .. import _validate as V
+from .. import kernelspec as KS
 from .base import Problem
 from .softmax import (
-    NO_OPTIMUM, NewtonFailure, _expm1_minus_id, _flag, _improving_direction, _newton, _psd_solve, _with_bias,
+    NO_OPTIMUM, NewtonFailure, _flag, _improving_direction, _newton, _psd_solve, _with_bias,
 )
 
 
@@ -70,8 +71,8 @@ class GLM(Problem):
 
     @staticmethod
     @abstractmethod
-    def _bregman(z, delta):
-        """ψ(z + δ) − ψ(z) − ψ'(z)δ ≥ 0, accurate to rounding even when it is O(δ²) tiny."""
+    def _link_refs(z_star):
+        """Constants of the family's Bregman divergence at z* (``kdsim.kernelspec``)."""
 
     @abstractmethod
     def _check_labels(self, y):
@@ -214,15 +215,27 @@ class GLM(Problem):
             raise ValueError(f"X must have shape ({self.dim},) or (T, {self.dim}); got {X.shape}")
         X = np.atleast_2d(X)
         zs, g = self._at_optimum
-        E = X - self._solution
-        D = self._bregman(zs[None, :], E @ self.A.T)
-        return D.mean(axis=1) + E @ g + 0.5 * self.l2 * np.einsum("td,td->t", E, E)
+        return KS.glm_subopt(np, X - self._solution, self.A, self.link, g, self.l2, self._link_refs(zs))
+
+    # kernel spec -------------------------------------------------------------
+    def _spec_structure(self):
+        return self.link, self.y[:, None], ((1, self.dim),)
+
+    def _teacher_residuals(self, theta):
+        return (self.dpsi(self.A @ theta) - self.y)[:, None]
+
+    def _spec_refs(self):
+        zs, g = self._at_optimum
+        return {"g_star": g, "x_star_raw": self._solution, **self._link_refs(zs)}
 
 
 class LogisticRegression(GLM):
     """Logistic regression, y ∈ {0, 1}: ℓ_i = log(1 + e^z) − y z, teacher label σ(a_iᵀθ)."""
 
     name = "logistic"
+    spec_family = "logistic"
+    link = "logistic"
+    _link_refs = staticmethod(KS.logistic_refs)
     mean_range = (0.0, 1.0)
     smoothness_kind = "bound"
 
@@ -243,27 +256,6 @@ class LogisticRegression(GLM):
         e = np.exp(-np.abs(z))
         return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
-    @staticmethod
-    def _bregman(z, delta):
-        """Two-class softmax form: with s = σ(z), s̄ = σ(−z) and the recentred logit changes
-        u = (−sδ, s̄δ) (mean zero under (s̄, s)),
-
-            B = log(s̄ e^{u_0} + s e^{u_1}) = log1p(s̄ h(u_0) + s h(u_1)),   h(t) = expm1(t) − t,
-
-        a sum of non-negative terms; where max|u| > 1, the stable log-sum-exp
-        logaddexp(log s̄ + u_0, log s + u_1) instead.
-        """
-        z, delta = np.broadcast_arrays(z, delta)
-        s, sb = scipy.special.expit(z), scipy.special.expit(-z)
-        u0, u1 = -s * delta, sb * delta
-        big = np.maximum(np.abs(u0), np.abs(u1)) > 1.0
-        out = np.log1p(sb * _expm1_minus_id(np.where(big, 0.0, u0)) + s * _expm1_minus_id(np.where(big, 0.0, u1)))
-        if big.any():
-            log_sb = -np.logaddexp(0.0, z[big])          # log σ(−z)
-            log_s = -np.logaddexp(0.0, -z[big])          # log σ(z)
-            out[big] = np.logaddexp(log_sb + u0[big], log_s + u1[big])
-        return out
-
     def _check_labels(self, y):
         if not np.all((y == 0.0) | (y == 1.0)):
             bad = np.unique(y[(y != 0.0) & (y != 1.0)])[:5]
@@ -283,6 +275,9 @@ class PoissonRegression(GLM):
     """
 
     name = "poisson"
+    spec_family = "poisson"
+    link = "exp"
+    _link_refs = staticmethod(KS.poisson_refs)
     mean_range = (0.0, np.inf)
 
     @staticmethod
@@ -300,18 +295,6 @@ class PoissonRegression(GLM):
     @staticmethod
     def _dpsi_extended(z):
         return np.exp(z)
-
-    @staticmethod
-    def _bregman(z, delta):
-        """e^{z}·h(δ), h(t) = expm1(t) − t without cancellation, for |δ| ≤ 1; for |δ| > 1
-        e^{z+δ} − e^{z}(1 + δ), where the terms no longer cancel."""
-        z, delta = np.broadcast_arrays(z, delta)
-        big = np.abs(delta) > 1.0
-        out = np.exp(z) * _expm1_minus_id(np.where(big, 0.0, delta))
-        if big.any():
-            zb, db = z[big], delta[big]
-            out[big] = np.exp(zb + db) - np.exp(zb) * (1.0 + db)
-        return out
 
     def _check_labels(self, y):
         if y.min() < 0:

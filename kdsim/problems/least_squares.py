@@ -7,6 +7,7 @@ import numpy as np
 import scipy.linalg
 
 from .. import _validate as V
+from .. import kernelspec as KS
 from .base import Problem
 
 
@@ -18,6 +19,7 @@ class LeastSquares(Problem):
     """
 
     name = "least_squares"
+    spec_family = "least_squares"
     smoothness_kind = "exact"
 
     def __init__(self, A, b, l2=0.0):
@@ -106,7 +108,16 @@ class LeastSquares(Problem):
         return 0.5 * np.mean(R * R, axis=1)
 
     def suboptimality(self, X):
-        """f(x) − f* = ½ eᵀ(H + αI)e, e = x − x* (exact; no cancellation)."""
-        E = np.atleast_2d(X) - self._solution
-        AE = E @ self.A.T
-        return 0.5 * (np.mean(AE * AE, axis=1) + self.l2 * np.einsum("td,td->t", E, E))
+        """f(x) − f* = ½ eᵀ(H + αI)e = ½(‖F e‖² + α‖e‖²), e = x − x* (exact; no cancellation)."""
+        E = np.atleast_2d(np.asarray(X, dtype=np.float64)) - self._solution
+        return KS.least_squares_subopt(np, E, self._gram_factor, self.l2)
+
+    # kernel spec -------------------------------------------------------------
+    def _spec_structure(self):
+        return "identity", self.b[:, None], ((1, self.dim),)
+
+    def _teacher_residuals(self, theta):
+        return (self.A @ theta - self.b)[:, None]
+
+    def _spec_refs(self):
+        return {"F": self._gram_factor, "x_star_raw": self._solution}

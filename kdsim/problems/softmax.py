@@ -30,6 +30,7 @@ import scipy.linalg
 import scipy.sparse
 
 from .. import _validate as V
+from .. import kernelspec as KS
 from .base import Problem
 
 #: ‖∇f(x*)‖ that ``_solve`` must reach
@@ -73,31 +74,6 @@ def _log_softmax(Z):
 
 
 #: Taylor coefficients 1/(j+2)! of (e^t − 1 − t)/t², j = 0..18
-_H_COEF = np.array([1.0 / math.factorial(j + 2) for j in range(19)])
-
-
-def _expm1_minus_id(t):
-    """h(t) = e^t − 1 − t without cancellation (relative accuracy ~1e-16 for every t).
-
-    |t| ≤ 1: t² Σ_j t^j/(j+2)! by Horner (truncation below 1e-18 relative);
-    |t| > 1: expm1(t) − t, where the subtraction loses at most a factor 2.
-    Overflows (to inf, with numpy's warning) only where e^t itself does.
-    """
-    t = np.asarray(t, dtype=np.float64)
-    small = np.abs(t) <= 1.0
-    ts = np.where(small, t, 0.0)
-    out = np.full_like(ts, _H_COEF[-1])
-    for c in _H_COEF[-2::-1]:               # Horner, in place
-        out *= ts
-        out += c
-    out *= ts
-    out *= ts
-    if not small.all():
-        tl = t[~small]
-        out[~small] = np.expm1(tl) - tl
-    return out
-
-
 class NewtonFailure(ValueError):
     """Newton's method did not find a finite optimum; ``x`` is its last iterate."""
 
@@ -263,6 +239,7 @@ class SoftmaxRegression(Problem):
 
     name = "softmax"
     smoothness_kind = "bound"
+    spec_family = "softmax"
 
     def __init__(self, A, y, n_classes, bias=False, l2=0.0):
         A = V.as_float_array("A", A, ndim=2)
@@ -489,14 +466,17 @@ class SoftmaxRegression(Problem):
         X = np.asarray(X, dtype=np.float64)
         if X.ndim not in (1, 2) or X.shape[-1] != self.dim:
             raise ValueError(f"X must have shape ({self.dim},) or (T, {self.dim}); got {X.shape}")
-        X = np.atleast_2d(X)
         p, logp, g = self._at_optimum
-        E = X - self._solution
-        Delta = self._full_logits(E)                                   # (T, n, K) logit changes
-        Dc = Delta - np.einsum("tnk,nk->tn", Delta, p)[..., None]
-        big = np.abs(Dc).max(axis=-1) > 1.0
-        w = np.einsum("nk,tnk->tn", p, _expm1_minus_id(np.where(big[..., None], 0.0, Dc)))
-        D = np.log1p(w)
-        if big.any():
-            D[big] = _lse((logp[None] + Dc)[big])
-        return D.mean(axis=1) + E @ g + 0.5 * self.l2 * np.einsum("td,td->t", E, E)
+        E = np.atleast_2d(X) - self._solution
+        return KS.softmax_subopt(np, E, self.A, self.n_classes, p, logp, g, self.l2)
+
+    # kernel spec -------------------------------------------------------------
+    def _spec_structure(self):
+        return "softmax", self._onehot, ((self.n_classes, self.n_features),)
+
+    def _teacher_residuals(self, theta):
+        return _softmax(self.A @ self._W(theta).T) - self._onehot
+
+    def _spec_refs(self):
+        p, logp, g = self._at_optimum
+        return {"p_star": p, "logp_star": logp, "g_star": g, "x_star_raw": self._solution}

@@ -25,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..engines import memory
 from .registry import PROBLEMS, SweepUsageError
 from .spec import load_spec
 from .store import Store, _pyarrow, load
@@ -372,15 +373,17 @@ def _model_seconds(cell, coef):
 
 
 def cell_memory(cell):
-    """Bytes of a cell's record arrays (3 × λ × seeds × records float64), its final iterates and its part."""
+    """Bytes of a cell from the engines' memory model (``kdsim.engines.memory``): its record arrays
+    (3 × λ × seeds × records float64), flags and final iterates, the engine's working set with every
+    seed in one chunk, and its stored part."""
     c = cell.config
     _, dim = _cell_dims(cell)
-    lam_seeds = len(c["lams"]) * c["seeds"]
-    records = 3 * lam_seeds * cell.n_records * 8
-    extra = lam_seeds * 8 + lam_seeds * dim * 8
-    working = 4 * lam_seeds * dim * 8                  # iterates, gradients, teacher terms in the engine
+    L, S, R = len(c["lams"]), c["seeds"], cell.n_records
+    held = memory.output_parts(L, S, R, dim)
+    working = S * memory.chunk_bytes(L, R, dim, 8, saved_iterates=True)
     part = cell.n_rows * 100 * 8                       # ≈ 100 columns of 8 bytes, before compression
-    return {"records": records, "final_iterates": extra, "engine_working_set": working, "part": part}
+    return {"records": held["records"], "final_iterates": held["flags"] + held["final_iterates"],
+            "engine_working_set": working, "part": part}
 
 
 def _bytes(n):

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..results import config_hash
 from .registry import PROBLEMS, REQUIRED, TEACHERS, Param, SpecError
 

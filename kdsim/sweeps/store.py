@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import __version__
+from .._version import __version__
 from ..results import config_hash
 from .registry import SweepUsageError
 from .spec import STORE_SCHEMA, Sweep, load_spec, make_cell

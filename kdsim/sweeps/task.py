@@ -40,6 +40,7 @@ when not applicable), ``bound_B_status``, ``bound_B_gamma_max``, ``bound_B_rate`
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -69,7 +70,10 @@ class CellError(RuntimeError):
     """A cell could not be computed (the message names the cell's problem and teacher)."""
 
 
+#: largest_stable_step per (problem, b): a bisection of eigenvalue problems, computed once per
+#: worker process; worker threads share it under the lock
 _STABLE = {}
+_STABLE_LOCK = threading.Lock()
 
 
 def _problem_key(config):
@@ -299,16 +303,16 @@ def _cell_theory(config, problem, teacher, gamma, c, theory_note=""):
     b = config["batch_size"]
     if isinstance(problem, LeastSquares):
         key = (_problem_key(config), b)
-        if key not in _STABLE:
-            _STABLE[key] = _try(theory.largest_stable_step, problem, b)
-        out["gamma_stable_max"], note = _STABLE[key]
+        with _STABLE_LOCK:
+            if key not in _STABLE:
+                _STABLE[key] = _try(theory.largest_stable_step, problem, b)
+            out["gamma_stable_max"], note = _STABLE[key]
         notes.append(note)
         if np.isfinite(out["gamma_stable_max"]) and gamma < out["gamma_stable_max"]:
             out["mse_sgd"], note = _try(theory.mse_sgd, problem, gamma, b)
             notes.append(note)
             if np.isfinite(out["mse_sgd"]):
-                D2 = c.teacher_distance ** 2
-                out["lambda_opt"] = out["mse_sgd"] / (out["mse_sgd"] + D2) if out["mse_sgd"] + D2 > 0 else np.nan
+                out["lambda_opt"] = theory.lambda_opt_from(c.teacher_distance ** 2, out["mse_sgd"])
     out["theory_note"] = "; ".join(n for n in notes if n)
     return out, [n for n in notes if n]
 
@@ -320,7 +324,7 @@ def _lam_theory(config, problem, teacher, gamma, c, lam_eff, steps, cell_theory,
     est = config["estimator"]
     if isinstance(problem, LeastSquares) and np.isfinite(cell_theory["mse_sgd"]) and \
             _centre_identity_holds(problem, c, est, lam_eff):
-        out["exact_plateau_dist2_opt"] = lam_eff ** 2 * D2 + (1.0 - lam_eff) ** 2 * cell_theory["mse_sgd"]
+        out["exact_plateau_dist2_opt"] = theory.stationary_error_from(lam_eff, D2, cell_theory["mse_sgd"])
     for key, name in BOUNDS.items():
         value = np.full(n, np.nan)
         status, gmax, rate, neigh = "", np.nan, np.nan, np.nan

@@ -22,8 +22,9 @@ from .constants import Constants, expected_smoothness, mu_path, pl_path
 from .constants import constants as _constants_fn
 from .deep_linear_flow import (balanced_aligned_init, kd_mode_targets, mode_strength, predicted_map,
                                predicted_trajectory, whitened_instance)
-from .exact_ls import ExactMoments, exact_moments, largest_stable_step, mse_sgd, spectral_radius, stationary_error
-from .lambdas import (all_lambdas, lambda_hat, lambda_opt, lambda_star_published, lambda_star_t1,
+from .exact_ls import (ExactMoments, exact_moments, largest_stable_step, mse_sgd, spectral_radius, stationary_error,
+                       stationary_error_from)
+from .lambdas import (all_lambdas, lambda_hat, lambda_opt, lambda_opt_from, lambda_star_published, lambda_star_t1,
                       lambda_star_t2)
 from .sampling import batch_inner, batch_outer, batch_sq_norm, inclusion_probabilities, omega
 
@@ -34,8 +35,8 @@ __all__ = [
     "Bound", "Constants", "ExactMoments", "NotApplicableError", "all_bounds", "all_lambdas",
     "balanced_aligned_init", "batch_inner", "batch_outer", "batch_sq_norm", "constants",
     "exact_moments", "expected_smoothness", "inclusion_probabilities", "kd_mode_targets",
-    "lambda_hat", "lambda_opt", "lambda_star_published", "lambda_star_t1", "lambda_star_t2",
+    "lambda_hat", "lambda_opt", "lambda_opt_from", "lambda_star_published", "lambda_star_t1", "lambda_star_t2",
     "largest_stable_step", "mode_strength", "mse_sgd", "mu_path", "omega", "pl_path",
-    "predicted_map", "predicted_trajectory", "sgd_bound", "spectral_radius", "stationary_error",
+    "predicted_map", "predicted_trajectory", "sgd_bound", "spectral_radius", "stationary_error", "stationary_error_from",
     "t1", "t1_prime", "t2", "whitened_instance", "x_lambda",
 ]

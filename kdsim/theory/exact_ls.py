@@ -51,6 +51,7 @@ import scipy.sparse.linalg as spla
 
 from .. import _validate as V
 from ..estimators import get_estimator
+from ..plan import record_times
 from ..problems.least_squares import LeastSquares
 from .sampling import pair_weights
 
@@ -184,13 +185,6 @@ def _check_stable(ops, step):
     return rho, "stable"
 
 
-def _record_times(steps, record_every):
-    times = np.arange(0, steps + 1, record_every)
-    if times[-1] != steps:
-        times = np.append(times, steps)
-    return times
-
-
 def _noise_rows(problem, theta, lam, estimator):
     """(centre z, per-sample noise rows ξ_i (n, d)) for an estimator (module docstring)."""
     est = get_estimator(estimator)
@@ -296,7 +290,7 @@ def exact_moments(problem, theta, lam, step, steps, batch_size=1, record_every=1
     xbar = Xi.mean(axis=0)
     Q = ops.Q(Xi)
 
-    rec = _record_times(steps, record_every)
+    rec = record_times(steps, record_every)
     R = len(rec)
     d_opt, sub, d_th, d_c = np.empty(R), np.empty(R), np.empty(R), np.empty(R)
     mean = np.empty((R, p.dim))
@@ -386,4 +380,9 @@ def stationary_error(problem, theta, lam, step, batch_size=1):
     theta = p.check_teacher(theta)
     lam = V.finite_float("lam", lam)
     D2 = float(np.sum((theta - p.solution()) ** 2))
-    return lam * lam * D2 + (1.0 - lam) ** 2 * mse_sgd(p, step, batch_size)
+    return stationary_error_from(lam, D2, mse_sgd(p, step, batch_size))
+
+
+def stationary_error_from(lam, teacher_distance2, mse):
+    """λ² D² + (1 − λ)² MSE_SGD from D² = ‖θ − x*‖² and MSE_SGD (docs/theory.md §5)."""
+    return lam * lam * teacher_distance2 + (1.0 - lam) ** 2 * mse

@@ -106,7 +106,12 @@ def lambda_opt(problem, theta, step, batch_size=1):
     theta = p.check_teacher(theta)
     mse = mse_sgd(p, step, batch_size)
     D2 = float(np.sum((theta - p.solution()) ** 2))
-    return _ratio(mse, mse + D2)
+    return lambda_opt_from(D2, mse)
+
+
+def lambda_opt_from(teacher_distance2, mse):
+    """λ_opt = MSE_SGD / (MSE_SGD + D²) from D² = ‖θ − x*‖² and MSE_SGD (NaN when both are 0)."""
+    return _ratio(mse, mse + teacher_distance2)
 
 
 def all_lambdas(constants, gamma):

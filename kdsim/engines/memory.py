@@ -1,19 +1,10 @@
-"""Memory planning for the fast engines: seed chunks and running moments.
+"""The one memory model of a run: what it holds for the whole run, what one seed costs in a chunk.
 
-A run of L KD weights × S seeds is split into chunks of seeds. Every trajectory
-keeps its global stream number (``plan.streams[:, s0:s1]``), so a chunked run
-draws exactly the minibatches of an unchunked one and its concatenated records
-are bit-for-bit the same.
-
-Two modes:
-
-* full records: the (λ, seed, record) arrays are allocated once (``fixed_bytes``)
-  and each chunk's working memory (kernel outputs, saved iterates) is bounded by
-  the budget;
-* reduced records (``reduce=True`` in ``numba_cpu.run_reduced``): only a running
-  mean and variance per (λ, record) over the non-diverged seeds is kept, merged
-  across chunks with Chan et al.'s parallel update of Welford's (count, mean, M2),
-  so memory no longer grows with the number of seeds.
+A run of L KD weights × S seeds is split into chunks of seeds (``plan_chunks``), planned
+before anything proportional to the seeds is allocated. ``output_bytes`` is what the
+driver holds for the whole run (full records, or only divergence flags and running
+moments with ``reduce``); an engine states its working bytes per seed and its fixed
+bytes (data on the device, …). The sweep dry run uses the same functions.
 """
 from __future__ import annotations
 
@@ -101,7 +92,7 @@ def plan_chunks(n_seeds, bytes_per_seed, *, fixed_bytes=0, budget=None, chunk_se
         raise MemoryError(
             f"a run of {n_seeds} seeds needs {fixed_bytes} bytes of output plus {bytes_per_seed} bytes "
             f"per seed in flight; memory_budget is {budget} bytes. Raise memory_budget, record less "
-            "often, or use run_reduced (mean and variance only)")
+            "often, or pass reduce=True (mean and variance only)")
     return ChunkPlan(n_seeds, int(chunk), bytes_per_seed, fixed_bytes, budget)
 
 
@@ -113,40 +104,19 @@ def chunk_bytes(n_lams, n_records, dim, itemsize, *, saved_iterates=False, n_qua
     return int(n_lams * per_traj)
 
 
-class RunningMoments:
-    """Count, mean and M2 per cell, merged chunk by chunk (Chan, Golub & LeVeque).
+def output_parts(n_lams, n_seeds, n_records, dim, *, reduce=False, n_quantities=3):
+    """What the driver holds for the whole run, in bytes: {"records", "flags", "final_iterates"}.
 
-    ``add(values, keep)``: ``values`` (L, S, R), ``keep`` (L, S) selects the seeds
-    that enter (the non-diverged ones); cells are (λ, record) and the count is per λ.
-    Merging is exact in exact arithmetic; in floating point it agrees with a
-    one-pass numpy mean/variance of all seeds to rounding.
+    Full records: (λ, seed, record) float64 per quantity, divergence steps, final iterates;
+    ``reduce``: the divergence steps and three running moments per (λ, record) and quantity.
     """
+    flags = n_lams * n_seeds * 8
+    if reduce:
+        return {"records": 3 * n_quantities * n_lams * n_records * 8, "flags": flags, "final_iterates": 0}
+    return {"records": n_quantities * n_lams * n_seeds * n_records * 8, "flags": flags,
+            "final_iterates": n_lams * n_seeds * dim * 8}
 
-    def __init__(self, n_lams, n_records):
-        self.count = np.zeros(n_lams, dtype=np.int64)
-        self.mean = np.zeros((n_lams, n_records))
-        self.m2 = np.zeros((n_lams, n_records))
 
-    def add(self, values, keep):
-        values = np.asarray(values, dtype=np.float64)
-        keep = np.asarray(keep, dtype=bool)
-        nb = keep.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            total = np.where(keep[:, :, None], values, 0.0).sum(axis=1)
-            mean_b = np.where(nb[:, None] > 0, total / np.maximum(nb, 1)[:, None], 0.0)
-            dev = np.where(keep[:, :, None], values - mean_b[:, None, :], 0.0)
-        m2_b = np.einsum("lsr,lsr->lr", dev, dev)
-        na = self.count
-        n = na + nb
-        safe_n = np.maximum(n, 1)[:, None]
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (nb[:, None] / safe_n)
-        self.m2 = self.m2 + m2_b + delta * delta * (na[:, None] * nb[:, None] / safe_n)
-        self.count = n
-
-    def result(self):
-        """(mean, var, count): var with ddof = 1; NaN where the count is too small."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(self.count[:, None] > 0, self.mean, np.nan)
-            var = np.where(self.count[:, None] > 1, self.m2 / np.maximum(self.count - 1, 1)[:, None], np.nan)
-        return mean, var, self.count.copy()
+def output_bytes(n_lams, n_seeds, n_records, dim, *, reduce=False, n_quantities=3):
+    """Bytes the driver holds for the whole run (the sum of ``output_parts``)."""
+    return int(sum(output_parts(n_lams, n_seeds, n_records, dim, reduce=reduce, n_quantities=n_quantities).values()))

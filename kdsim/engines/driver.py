@@ -1,0 +1,173 @@
+"""The one driver of every engine: memory plan, seed chunks, the unsafe-seed fallback, timing.
+
+An engine is a module (or object) with
+
+* ``NAME``: its backend name;
+* ``TAKES``: "spec" (it reads the problem's ``KernelSpec``) or "problem" (the numpy
+  reference, which runs the problem's own public protocol as ground truth);
+* ``prepare(source, plan, **options) -> runner``.
+
+A runner has ``kernel`` (the path it runs), ``dtype`` (its working precision), ``bytes_per_seed`` and ``fixed_bytes`` (its
+part of the memory model), ``timers`` (``Timer`` objects whose seconds the driver reports),
+``run_chunk(s0, s1) -> (arrays, unsafe)`` for the plan's seeds s0 .. s1 − 1 — arrays
+``dist2_opt``, ``subopt``, ``dist2_teacher`` (L, s, R), ``diverged_step`` (L, s), ``x_final``
+(L, s, dim) and a boolean mask of seeds its fast path could not decide, or None — and
+``run_trajectories(seeds)``, the per-trajectory path the driver reruns those seeds on.
+
+Chunks keep each seed's global stream number, so chunking never changes a number where
+the engine controls the arithmetic (see docs/architecture.md for where a BLAS call may
+round differently).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..moments import RunningMoments
+from ..plan import RECORDS
+from . import memory
+
+
+@dataclass
+class Timer:
+    """Seconds spent in one kind of work of a run (``compile_s`` for JIT compilation or cache loads)."""
+
+    run_s: float = 0.0
+    compile_s: float = 0.0
+
+
+@dataclass
+class RunOutput:
+    """What a run returns: record arrays (or moments with ``reduce``) and its timing."""
+
+    arrays: dict
+    timing: dict = field(default_factory=dict)
+
+
+def _source(engine, problem, plan):
+    return problem.kernel_spec(plan.theta, plan.estimator) if engine.TAKES == "spec" else problem
+
+
+def prepare(problem, plan, engine, **options):
+    """The engine's runner for ``problem`` and ``plan`` (its kernel spec, or the problem itself)."""
+    return engine.prepare(_source(engine, problem, plan), plan, **options)
+
+
+def _chunk(runner, s0, s1):
+    """One chunk with the unsafe seeds rerun per trajectory; (arrays, number of seeds rerun)."""
+    res, unsafe = runner.run_chunk(s0, s1)
+    if unsafe is None or not unsafe.any():
+        return res, 0
+    sel = np.flatnonzero(unsafe)
+    redo = runner.run_trajectories(s0 + sel)
+    for k in res:
+        res[k][:, sel] = redo[k]
+    return res, len(sel)
+
+
+def chunk_plan(runner, plan, *, reduce=False, memory_budget=None, chunk_seeds=None):
+    """The run's memory plan: the driver's outputs and the engine's fixed bytes, the engine's bytes per seed."""
+    fixed = runner.fixed_bytes + memory.output_bytes(plan.n_lams, plan.n_seeds, plan.n_records,
+                                                     len(plan.x0), reduce=reduce)
+    return memory.plan_chunks(plan.n_seeds, runner.bytes_per_seed, fixed_bytes=fixed,
+                              budget=_budget(runner, memory_budget), chunk_seeds=chunk_seeds)
+
+
+def _budget(runner, memory_budget):
+    """The budget given, else the runner's default (a GPU's free memory), else half the host's."""
+    if memory_budget is not None:
+        return memory_budget
+    default = getattr(runner, "default_budget", None)
+    return default() if default is not None else None
+
+
+def run(problem, plan, engine, *, reduce=False, memory_budget=None, chunk_seeds=None, **options):
+    """Run a validated plan on ``engine``; a ``RunOutput``.
+
+    Full records: ``arrays`` as described in the module docstring, for every seed.
+    ``reduce``: ``{"mean": {record: (L, R)}, "var": {record: (L, R)}, "count": (L,),
+    "diverged_step": (L, S)}`` over the seeds that never diverged, streamed chunk by chunk
+    through running moments, so the (λ, seed, record) arrays are never allocated.
+    ``memory_budget``: bytes the run may use (default half the available memory);
+    ``chunk_seeds`` forces a chunk size. ``options`` go to the engine's ``prepare``.
+    """
+    t_start = time.perf_counter()
+    runner = prepare(problem, plan, engine, **options)
+    cplan = chunk_plan(runner, plan, reduce=reduce, memory_budget=memory_budget, chunk_seeds=chunk_seeds)
+    L, S, R, dim = plan.n_lams, plan.n_seeds, plan.n_records, len(plan.x0)
+    fallback = 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        if reduce:
+            moments = {name: RunningMoments(L, R) for name in RECORDS}
+            div = np.full((L, S), -1, dtype=np.int64)
+            for s0, s1 in cplan.chunks:
+                res, nf = _chunk(runner, s0, s1)
+                fallback += nf
+                div[:, s0:s1] = res["diverged_step"]
+                for name in RECORDS:
+                    moments[name].add(res[name], res["diverged_step"] < 0)
+            out = {"mean": {}, "var": {}, "diverged_step": div}
+            for name in RECORDS:
+                out["mean"][name], out["var"][name], out["count"] = moments[name].result()
+        elif len(cplan.chunks) == 1:                     # one chunk: its arrays are the result
+            out, fallback = _chunk(runner, 0, S)
+        else:
+            out = {name: np.full((L, S, R), np.nan) for name in RECORDS}
+            out["diverged_step"] = np.full((L, S), -1, dtype=np.int64)
+            out["x_final"] = np.full((L, S, dim), np.nan)
+            for s0, s1 in cplan.chunks:
+                res, nf = _chunk(runner, s0, s1)
+                fallback += nf
+                for k, v in res.items():
+                    out[k][:, s0:s1] = v
+    return RunOutput(out, timing(runner, engine, plan, cplan, t_start, fallback))
+
+
+def coefficients(problem, plan, engine, *, memory_budget=None, chunk_seeds=None, **options):
+    """Per-seed quadratics in λ of the records (least squares' affine form, docs/theory.md §5.1).
+
+    ``arrays``: ``{record: (S, R, 3)}`` (c0, c1, c2 of c0 + c1·λ + c2·λ²) and ``diverged_step``
+    (L, S) for the plan's own λ grid. Coefficients are NaN once every λ of the plan diverged
+    for a seed, and for every record of a seed the affine form could not decide (its
+    ``diverged_step`` then comes from the per-trajectory path).
+    """
+    t_start = time.perf_counter()
+    runner = prepare(problem, plan, engine, path="affine", **options)
+    per_seed = 9 * plan.n_records * 8
+    cplan = memory.plan_chunks(plan.n_seeds, runner.bytes_per_seed + per_seed,
+                               fixed_bytes=runner.fixed_bytes + plan.n_seeds * per_seed + plan.n_lams * plan.n_seeds * 8,
+                               budget=_budget(runner, memory_budget), chunk_seeds=chunk_seeds)
+    coeffs = np.full((plan.n_seeds, plan.n_records, 3, 3), np.nan)
+    div = np.full((plan.n_lams, plan.n_seeds), -1, dtype=np.int64)
+    fallback = 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        for s0, s1 in cplan.chunks:
+            d, unsafe, c = runner.run_coefficients(s0, s1)
+            if unsafe.any():
+                sel = np.flatnonzero(unsafe)
+                c[sel] = np.nan
+                d[:, sel] = runner.run_trajectories(s0 + sel)["diverged_step"]
+                fallback += len(sel)
+            coeffs[s0:s1] = c
+            div[:, s0:s1] = d
+    out = {**{name: coeffs[:, :, q, :] for q, name in enumerate(RECORDS)}, "diverged_step": div}
+    return RunOutput(out, timing(runner, engine, plan, cplan, t_start, fallback))
+
+
+def timing(runner, engine, plan, cplan, t_start, fallback):
+    """The timing dict of a run (see ``SimResult.timing``)."""
+    timers = runner.timers
+    run_s = timers["kernel"].run_s
+    steps = plan.n_lams * plan.n_seeds * plan.steps
+    return {
+        "engine": engine.NAME, "kernel": runner.kernel, "dtype": runner.dtype,
+        **getattr(runner, "timing_extra", {}),
+        "chunks": len(cplan.chunks), "chunk_seeds": cplan.chunk_seeds, "fallback_seeds": fallback,
+        "compile_s": sum(t.compile_s for t in timers.values()), "run_s": run_s,
+        "records_s": timers["records"].run_s if "records" in timers else 0.0,
+        "total_s": time.perf_counter() - t_start, "trajectory_steps": steps,
+        "throughput": steps / run_s if run_s > 0 else float("inf"),
+        "peak_plan_bytes": cplan.peak_bytes, "memory_budget": cplan.budget,
+    }

@@ -1,0 +1,364 @@
+"""The kernel spec: what an engine needs to know of a problem, and the formulas engines share.
+
+Every problem family kdsim runs is one layered structure (docs/theory.md §2): parameters
+x = (W_1, …, W_L) flattened row-major, logits z_i = W_L⋯W_1 a_i, an output residual
+r_i = link(z_i) − y_i, and per-sample data gradients J(x)ᵀ(r_i a_iᵀ). A problem exports a
+``KernelSpec`` of that structure (``Problem.kernel_spec``): the data, the link, the layer
+shapes, the ridge, the teacher's per-sample quantities for one estimator, and the
+references of the records. Engines read the spec and import no problem class.
+
+The link and record formulas are written here once against an array module ``xp``
+(numpy or CuPy); the problems' own ``suboptimality`` calls them with numpy, and the
+numba records kernel (``engines._kernels_records``) is tested equal to them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: link name -> residual code of the numba layered kernels
+LINK_CODES = {"identity": 0, "softmax": 1, "logistic": 2, "exp": 3}
+#: Taylor coefficients 1/(j + 2)! of h(t) = e^t − 1 − t = t² Σ_j t^j/(j + 2)!
+H_COEF = np.array([1.0 / math.factorial(j + 2) for j in range(19)])
+
+
+# ----------------------------------------------------------------- the spec
+@dataclass(frozen=True, eq=False)
+class KernelSpec:
+    """A frozen description of one problem and teacher for the engines (arrays float64, read-only).
+
+    ``family``: "least_squares", "softmax", "logistic", "poisson" or "deep_linear";
+    ``link``: a key of ``LINK_CODES``; ``A`` (n, d_in) inputs, ``Y`` (n, d_out) targets
+    (one-hot for softmax losses); ``shapes``: the layer shapes (rows, cols), layer k mapping
+    cols → rows; ``l2``: the ridge α.
+    Teacher (for the estimator the spec was made for; zeros when it has no teacher):
+    ``teacher_residuals`` r^θ_i (n, d_out), ``teacher_map`` (1/n) Σ r^θ_i a_iᵀ (d_out, d_in),
+    ``teacher_ridge`` (dim,): αθ for the distillation gradient of f, 0 for the data loss.
+    Records: ``x_star`` and ``theta`` in canonical coordinates; ``refs`` the family's
+    constants of the cancellation-free f − f* (see ``suboptimality``).
+    """
+
+    family: str
+    link: str
+    A: np.ndarray
+    Y: np.ndarray
+    shapes: tuple
+    l2: float
+    teacher_residuals: np.ndarray
+    teacher_map: np.ndarray
+    teacher_ridge: np.ndarray
+    x_star: np.ndarray
+    theta: np.ndarray
+    refs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.link not in LINK_CODES:
+            raise ValueError(f"link must be one of {', '.join(LINK_CODES)}; got {self.link!r}")
+        for name in ("A", "Y", "teacher_residuals", "teacher_map", "teacher_ridge", "x_star", "theta"):
+            arr = np.array(getattr(self, name), dtype=np.float64)
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+    @property
+    def n(self):
+        return self.A.shape[0]
+
+    @property
+    def d_in(self):
+        return self.shapes[0][1]
+
+    @property
+    def d_out(self):
+        return self.shapes[-1][0]
+
+    @property
+    def depth(self):
+        return len(self.shapes)
+
+    @property
+    def dims(self):
+        """Widths (d_in, h_1, …, d_out)."""
+        return (self.shapes[0][1],) + tuple(r for r, _ in self.shapes)
+
+    @property
+    def offsets(self):
+        """Start of each layer in the flat parameter vector, and the end (dim)."""
+        return tuple(int(v) for v in np.concatenate([[0], np.cumsum([r * c for r, c in self.shapes])]))
+
+    @property
+    def dim(self):
+        return self.offsets[-1]
+
+    @property
+    def link_code(self):
+        return LINK_CODES[self.link]
+
+    @property
+    def teacher_full(self):
+        """The teacher's full-data term in parameter space for one layer: vec(teacher_map) + ridge."""
+        if self.depth != 1:
+            raise ValueError("teacher_full is a parameter-space vector only for one-layer families; "
+                             "deep nets pull teacher_map back through the student's layers")
+        return self.teacher_map.ravel() + self.teacher_ridge
+
+    def affine_shift(self, corrected):
+        """κ of v's recursion in the affine form x_t(λ) = u_t + λ v_t (docs/theory.md §5.1):
+
+            v_{t+1} = v_t − γ((H_B + αI) v_t − (1/b) Σ_{i∈B} a_i r^θ_i − κ),
+
+        κ = the teacher's ridge term, minus its full-data term T for corrected KD.
+        """
+        return self.teacher_ridge - self.teacher_full if corrected else self.teacher_ridge.copy()
+
+    def record_refs(self, xp=np):
+        """The record references as arrays of module ``xp`` (float64): x_star, theta, A, Y and ``refs``."""
+        def dev(v):
+            return None if v is None else (xp.asarray(v) if isinstance(v, np.ndarray) else v)
+        return RecordRefs(self.family, self.link, self.shapes, self.l2, dev(self.A), dev(self.Y),
+                          dev(self.x_star), dev(self.theta), {k: dev(v) for k, v in self.refs.items()})
+
+
+@dataclass(frozen=True, eq=False)
+class RecordRefs:
+    """What the records need, on one array module (``KernelSpec.record_refs``)."""
+
+    family: str
+    link: str
+    shapes: tuple
+    l2: float
+    A: object
+    Y: object
+    x_star: object
+    theta: object
+    refs: dict
+
+
+def one_hot(labels, n_classes):
+    """(n, K) one-hot targets of integer labels."""
+    return np.eye(n_classes)[np.asarray(labels)]
+
+
+# ----------------------------------------------------------------- links
+def expit(xp, z):
+    """σ(z) = 1/(1 + e^{−z}) without overflow."""
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def link_apply(link, xp, Z):
+    """Mean prediction link(Z) of logits Z (…, K): the residual is link(Z) − target."""
+    if link == "identity":
+        return Z
+    if link == "softmax":
+        E = xp.exp(Z - Z.max(axis=-1, keepdims=True))
+        return E / E.sum(axis=-1, keepdims=True)
+    if link == "logistic":
+        return expit(xp, Z)
+    if link == "exp":
+        return xp.exp(Z)
+    raise ValueError(f"link must be one of {', '.join(LINK_CODES)}; got {link!r}")
+
+
+# ----------------------------------------------------------------- layers
+def layer_views(X, shapes, offsets):
+    """Layer matrices of rows X (…, dim): [(…, r, c)] (views of X where possible)."""
+    lead = X.shape[:-1]
+    return [X[..., o:o + r * c].reshape(lead + (r, c)) for (r, c), o in zip(shapes, offsets[:-1])]
+
+
+def chain(Ws, suffix=True):
+    """Prefix products Q[k] = W_{k−1}⋯W_0 (Q[0] None: the identity; Q[L] the end-to-end map) and
+    suffix products P[k] = W_{L−1}⋯W_{k+1} (P[L−1] None) of layers Ws[0..L−1] (any array module)."""
+    depth = len(Ws)
+    Q = [None] * (depth + 1)
+    for k in range(depth):
+        Q[k + 1] = Ws[k] if Q[k] is None else Ws[k] @ Q[k]
+    P = [None] * depth
+    if suffix:
+        for k in range(depth - 1, 0, -1):
+            P[k - 1] = Ws[k] if P[k] is None else P[k] @ Ws[k]
+    return P, Q
+
+
+def end_to_end(X, shapes, offsets):
+    """End-to-end maps W_L⋯W_1 of rows X (…, dim): (…, d_out, d_in)."""
+    return chain(layer_views(X, shapes, offsets), suffix=False)[1][-1]
+
+
+# ----------------------------------------------------------------- f − f* pieces
+def expm1_minus_id(xp, t):
+    """h(t) = e^t − 1 − t without cancellation (relative accuracy ~1e-16 for every t).
+
+    |t| ≤ 1: t² Σ_j t^j/(j+2)! by Horner (truncation below 1e-18 relative);
+    |t| > 1: expm1(t) − t, where the subtraction loses at most a factor 2.
+    """
+    small = xp.abs(t) <= 1.0
+    ts = xp.where(small, t, 0.0)
+    out = xp.full_like(ts, H_COEF[-1])
+    for c in H_COEF[-2::-1]:               # Horner
+        out = out * ts + c
+    out = out * ts * ts
+    tl = xp.where(small, 0.0, t)
+    return xp.where(small, out, xp.expm1(tl) - tl)
+
+
+def _lse_last(xp, Z):
+    m = Z.max(axis=-1, keepdims=True)
+    return (m + xp.log(xp.exp(Z - m).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def least_squares_subopt(xp, E, F, alpha):
+    """½(‖F e‖² + α‖e‖²) per row of E = X − x* (FᵀF = AᵀA/n): ½ eᵀ(H + αI)e without cancellation."""
+    FE = E @ F.T
+    return 0.5 * ((FE * FE).sum(axis=1) + alpha * (E * E).sum(axis=1))
+
+
+def softmax_gap(xp, Delta, p_star, logp_star):
+    """D_i = lse(z*_i + δ_i) − lse(z*_i) − p*_iᵀδ_i ≥ 0 of logit changes Delta (n, T, K).
+
+    With c_i = p*_iᵀδ_i, D_i = log1p(Σ_k p*_k h(δ_k − c_i)) (every term ≥ 0); where
+    max|δ − c| > 1 the stable log-sum-exp of log p* + δ − c instead. Returns (T, n).
+    """
+    p = p_star[:, None, :]                                                   # (n, 1, K)
+    Dc = Delta - (Delta * p).sum(axis=-1, keepdims=True)
+    big = xp.abs(Dc).max(axis=-1) > 1.0
+    w = (p * expm1_minus_id(xp, xp.where(big[..., None], 0.0, Dc))).sum(axis=-1)
+    return xp.where(big, _lse_last(xp, logp_star[:, None, :] + Dc), xp.log1p(w)).T
+
+
+def softmax_subopt(xp, E, A, n_classes, p_star, logp_star, g_star, alpha):
+    """f(x) − f* of softmax regression per row of E = X − x* (T, K·d'):
+
+        f(x) − f* = mean_i D_i + ∇f(x*)ᵀe + ½α‖e‖²,
+
+    D_i from ``softmax_gap`` of the logit changes δ_i = E a_i (computed from e, not as a
+    difference of logits); ∇f(x*) is evaluated in extended precision by the problem.
+    """
+    T = E.shape[0]
+    d = E.shape[1] // n_classes
+    Delta = (A @ E.reshape(T * n_classes, d).T).reshape(A.shape[0], T, n_classes)
+    D = softmax_gap(xp, Delta, p_star, logp_star)
+    return D.mean(axis=1) + E @ g_star + 0.5 * alpha * (E * E).sum(axis=1)
+
+
+def logistic_refs(z_star):
+    """Constants of the logistic Bregman divergence at z* = A x*: σ(z*), σ(−z*), log σ(z*), log σ(−z*)."""
+    return {"s": expit(np, z_star), "sb": expit(np, -z_star),
+            "log_s": -np.logaddexp(0.0, -z_star), "log_sb": -np.logaddexp(0.0, z_star)}
+
+
+def logistic_bregman(xp, delta, s, sb, log_s, log_sb):
+    """B_ψ(z* + δ, z*) of ψ(z) = log(1 + e^z): the two-class softmax form.
+
+    With u = (−sδ, s̄δ), B = log1p(s̄ h(u_0) + s h(u_1)) (non-negative terms); where
+    max|u| > 1, logaddexp(log s̄ + u_0, log s + u_1).
+    """
+    u0, u1 = -s * delta, sb * delta
+    big = xp.maximum(xp.abs(u0), xp.abs(u1)) > 1.0
+    small = xp.log1p(sb * expm1_minus_id(xp, xp.where(big, 0.0, u0))
+                     + s * expm1_minus_id(xp, xp.where(big, 0.0, u1)))
+    return xp.where(big, xp.logaddexp(log_sb + u0, log_s + u1), small)
+
+
+def poisson_refs(z_star):
+    """Constants of the Poisson Bregman divergence at z*: z* and e^{z*}."""
+    return {"zs": np.asarray(z_star, dtype=np.float64), "ez": np.exp(z_star)}
+
+
+def poisson_bregman(xp, delta, zs, ez):
+    """B_ψ(z* + δ, z*) of ψ = exp: e^{z*} h(δ) for |δ| ≤ 1, e^{z*+δ} − e^{z*}(1 + δ) beyond."""
+    big = xp.abs(delta) > 1.0
+    small = ez * expm1_minus_id(xp, xp.where(big, 0.0, delta))
+    return xp.where(big, xp.exp(zs + xp.where(big, delta, 0.0)) - ez * (1.0 + delta), small)
+
+
+def glm_subopt(xp, E, A, link, g_star, alpha, refs):
+    """f(x) − f* of a canonical GLM per row of E = X − x*:
+
+        mean_i B_ψ(z*_i + δ_i, z*_i) + ∇f(x*)ᵀe + ½α‖e‖²,   δ = A e.
+    """
+    delta = E @ A.T                                                          # (T, n)
+    if link == "logistic":
+        D = logistic_bregman(xp, delta, refs["s"], refs["sb"], refs["log_s"], refs["log_sb"])
+    else:
+        D = poisson_bregman(xp, delta, refs["zs"], refs["ez"])
+    return D.mean(axis=1) + E @ g_star + 0.5 * alpha * (E * E).sum(axis=1)
+
+
+def deep_squared_subopt(xp, M, X, M_star, Rc_T, G_star, alpha, x_star_sq):
+    """f(x) − f* of a deep linear net with squared loss from its end-to-end maps M (T, d_out, d_in):
+
+        ⟨∇g(M*), E⟩ + ½‖E Rcᵀ‖² + ½α(‖x‖² − ‖x*‖²),   E = M − M*,  Σ_xx = RcᵀRc
+
+    (G_star None when ∇g(M*) = 0: full-rank widths and no ridge).
+    """
+    E = M - M_star
+    ER = E @ Rc_T
+    out = 0.5 * (ER * ER).sum(axis=(1, 2))
+    if G_star is not None:
+        out = out + (E * G_star).sum(axis=(1, 2))
+    if alpha > 0:
+        out = out + 0.5 * alpha * ((X * X).sum(axis=1) - x_star_sq)
+    return out
+
+
+def deep_softmax_subopt(xp, M, X, A, Y, alpha, f_star):
+    """f(x) − f* of a deep linear net with softmax loss: mean_i (lse(z_i) − z_iᵀy_i) + ½α‖x‖² − f*."""
+    T, K, d = M.shape
+    Z = (A @ M.reshape(T * K, d).T).reshape(A.shape[0], T, K)
+    zy = (Z * Y[:, None, :]).sum(axis=-1)
+    return (_lse_last(xp, Z) - zy).mean(axis=0) + 0.5 * alpha * (X * X).sum(axis=1) - f_star
+
+
+# ----------------------------------------------------------------- records
+def canonical(refs, X, xp=np):
+    """Rows X (T, dim) in the coordinates distances are measured in (float64)."""
+    if refs.family == "deep_linear":
+        return end_to_end(X, refs.shapes, _offsets(refs.shapes)).reshape(X.shape[0], -1)
+    if refs.family == "softmax":
+        K = refs.shapes[0][0]
+        W = X.reshape(X.shape[:-1] + (K, -1))
+        return (W - W.mean(axis=-2, keepdims=True)).reshape(X.shape)
+    return X
+
+
+def suboptimality(refs, X, xp=np):
+    """f(x) − f* of rows X (T, dim), float64, without cancellation (one formula per family)."""
+    r = refs.refs
+    if refs.family == "deep_linear":
+        M = end_to_end(X, refs.shapes, _offsets(refs.shapes))
+        if refs.link == "identity":
+            return deep_squared_subopt(xp, M, X, r["M_star"], r["Rc_T"], r.get("G_star"), refs.l2, r["x_star_sq"])
+        return deep_softmax_subopt(xp, M, X, refs.A, refs.Y, refs.l2, r["f_star"])
+    E = X - r["x_star_raw"]
+    if refs.family == "least_squares":
+        return least_squares_subopt(xp, E, r["F"], refs.l2)
+    if refs.family == "softmax":
+        return softmax_subopt(xp, E, refs.A, refs.shapes[0][0], r["p_star"], r["logp_star"], r["g_star"], refs.l2)
+    return glm_subopt(xp, E, refs.A, refs.link, r["g_star"], refs.l2, r)
+
+
+def subopt_row_bytes(spec):
+    """Bytes of temporaries per row of ``suboptimality`` (its (n, K) logit blocks dominate)."""
+    if spec.family == "least_squares" or (spec.family == "deep_linear" and spec.link == "identity"):
+        return 8 * (2 * spec.dim + spec.d_out * spec.d_in)
+    return 10 * spec.n * spec.d_out * 8
+
+
+def record_values(refs, X, xp=np, row_block=None):
+    """(dist2_opt, subopt, dist2_teacher) of rows X (T, dim), float64; f − f* in blocks of ``row_block`` rows."""
+    C = canonical(refs, X, xp)
+    d2o = ((C - refs.x_star) ** 2).sum(axis=1)
+    d2t = ((C - refs.theta) ** 2).sum(axis=1)
+    T = X.shape[0]
+    if row_block is None or T <= row_block:
+        sub = suboptimality(refs, X, xp)
+    else:
+        sub = xp.concatenate([suboptimality(refs, X[r0:r0 + row_block], xp) for r0 in range(0, T, row_block)])
+    return d2o, sub, d2t
+
+
+def _offsets(shapes):
+    return tuple(int(v) for v in np.concatenate([[0], np.cumsum([r * c for r, c in shapes])]))

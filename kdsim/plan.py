@@ -1,0 +1,126 @@
+"""What every engine receives: the validated ``Plan`` of a run, and the constants engines share.
+
+``make_plan`` validates every argument of ``kdsim.simulate``; engines and the driver read
+the plan and never re-validate. Stream numbers of the index generator are derived per
+seed range (``Plan.stream_ids``), so nothing proportional to the number of seeds is
+allocated before the memory plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _validate as V
+from .estimators import Estimator, get_estimator
+from .problems.base import Problem
+from .rng import stream_ids, streams_of_seeds
+
+#: the per-trajectory quantities every engine records, in this order
+RECORDS = ("dist2_opt", "subopt", "dist2_teacher")
+#: squared norm beyond which an iterate counts as diverged (float64; see ``guard_limit``)
+DIVERGENCE_LIMIT = 1e100
+#: working precisions of the iterate arithmetic
+DTYPES = ("float64", "float32")
+
+
+def resolve_dtype(dtype, plan=None):
+    """The working dtype: ``dtype`` if given, else ``plan.dtype``, else float64 (a numpy dtype)."""
+    if dtype is None:
+        dtype = getattr(plan, "dtype", None) or "float64"
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        raise TypeError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}") from None
+    return np.dtype(V.choice("dtype", name, DTYPES))
+
+
+def guard_limit(dtype):
+    """The divergence limit in a working dtype: 1e100, or the dtype's largest value if smaller (a float)."""
+    return min(DIVERGENCE_LIMIT, float(np.finfo(np.dtype(dtype)).max))
+
+
+def record_times(steps, record_every):
+    """Iterations at which records are taken: 0, k, 2k, … and always the last step."""
+    times = np.arange(0, steps + 1, record_every)
+    if times[-1] != steps:
+        times = np.append(times, steps)
+    return times
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated simulation request (what every engine receives).
+
+    Seeds are numbered ``first_seed .. first_seed + n_seeds − 1``; a plan of a seed
+    subrange (``seed_range``) draws exactly the minibatches the whole plan draws there.
+    """
+
+    theta: np.ndarray
+    lams: np.ndarray
+    step: float
+    steps: int
+    n_seeds: int
+    batch_size: int
+    estimator: Estimator
+    record_steps: np.ndarray
+    seed: int
+    x0: np.ndarray
+    common_random_numbers: bool
+    svrg_period: int
+    dtype: str = "float64"       # iterate precision of compiled engines: "float64" or "float32"
+    first_seed: int = 0
+
+    @property
+    def n_lams(self):
+        return len(self.lams)
+
+    @property
+    def n_records(self):
+        return len(self.record_steps)
+
+    def stream_ids(self, s0=0, s1=None):
+        """(λ, seed) stream numbers of the plan's seeds s0 .. s1 − 1 (local indices)."""
+        s1 = self.n_seeds if s1 is None else s1
+        return stream_ids(s1 - s0, self.n_lams, self.common_random_numbers, start=self.first_seed + s0)
+
+    def streams_of(self, seeds):
+        """(λ, seed) stream numbers of the plan's seeds with local indices ``seeds`` (an int array)."""
+        return streams_of_seeds(self.first_seed + np.asarray(seeds, dtype=np.int64), self.n_lams,
+                                self.common_random_numbers)
+
+    @property
+    def streams(self):
+        """(λ, seed) stream numbers of every seed of the plan."""
+        return self.stream_ids()
+
+    def seed_range(self, s0, s1):
+        """The plan of seeds s0 .. s1 − 1 only (same streams for those seeds)."""
+        from dataclasses import replace
+        return replace(self, n_seeds=s1 - s0, first_seed=self.first_seed + s0)
+
+
+def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="kd",
+              record_every=1, seed=0, x0=None, common_random_numbers=True, svrg_period=None,
+              dtype="float64"):
+    """Validate every argument of ``simulate`` and return a Plan."""
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a kdsim problem (e.g. kdsim.LeastSquares); got {type(problem).__name__}")
+    est = get_estimator(estimator)
+    theta = problem.check_teacher(theta)
+    lams = V.lambda_grid(lams)
+    step = V.positive_float("step", step)
+    steps = V.int_in_range("steps", steps, 1)
+    n_seeds = V.int_in_range("seeds", seeds, 1)
+    batch_size = V.int_in_range("batch_size", batch_size, 1, problem.n)
+    record_every = V.int_in_range("record_every", record_every, 1, steps)
+    seed = V.int_in_range("seed", seed, 0, 2**63 - 1)
+    x0 = problem.default_x0() if x0 is None else V.as_vector("x0", x0, problem.dim)
+    if svrg_period is None:
+        svrg_period = max(1, problem.n // batch_size)
+    svrg_period = V.int_in_range("svrg_period", svrg_period, 1)
+    if not isinstance(common_random_numbers, (bool, np.bool_)):
+        raise TypeError(f"common_random_numbers must be True or False; got {common_random_numbers!r}")
+    dtype = resolve_dtype(dtype).name
+    return Plan(theta, lams, step, steps, n_seeds, batch_size, est, record_times(steps, record_every),
+                seed, x0, bool(common_random_numbers), svrg_period, dtype)
