@@ -11,7 +11,9 @@ import numpy as np
 
 
 def as_float_array(name, value, *, ndim=None, shape=None, allow_empty=False):
-    """Return ``value`` as a finite float64 array, checking ndim and shape."""
+    """Return ``value`` as a finite float64 array, checking ndim and shape (complex values are refused)."""
+    if np.iscomplexobj(value):
+        raise TypeError(f"{name} must be an array of real numbers; got complex values")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""The gradient estimators, defined once for every engine (THEORY.md §2).
+"""The gradient estimators, defined once for every engine (docs/theory.md §2).
 
 Each estimator is one control-variate form evaluated on a single minibatch B
 shared by the student and the teacher:
@@ -24,7 +24,7 @@ SVRG is the λ = 1 row of the last line (partial weights λ < 1 are allowed).
 For problems whose KD identity is exact (least squares, softmax at τ = 1, the
 canonical GLMs) T_B does not depend on x. For deep linear networks the teacher
 term is the function-space one pulled back by the student's Jacobian,
-J(x)ᵀ ∇g_B(Θ̄), which makes ``kd`` the exact KD-loss gradient (THEORY §2).
+J(x)ᵀ ∇g_B(Θ̄), which makes ``kd`` the exact KD-loss gradient (docs/theory.md §2).
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ class KernelSpec:
     ``teacher_residuals`` r^θ_i (n, d_out), ``teacher_map`` (1/n) Σ r^θ_i a_iᵀ (d_out, d_in),
     ``teacher_ridge`` (dim,): αθ for the distillation gradient of f, 0 for the data loss.
     Records: ``x_star`` and ``theta`` in canonical coordinates; ``refs`` the family's
-    constants of the cancellation-free f − f* (see ``suboptimality``).
+    constants of the cancellation-free f − f* (see ``suboptimality``) and ``record_row_bytes``,
+    the bytes of its temporaries per row (it runs in row blocks).
     """
 
     family: str
@@ -52,6 +53,7 @@ class KernelSpec:
     x_star: np.ndarray
     theta: np.ndarray
     refs: dict = field(default_factory=dict)
+    record_row_bytes: int = 0
 
     def __post_init__(self):
         if self.link not in LINK_CODES:
@@ -340,24 +342,31 @@ def suboptimality(refs, X, xp=np):
     return glm_subopt(xp, E, refs.A, refs.link, r["g_star"], refs.l2, r)
 
 
-def subopt_row_bytes(spec):
-    """Bytes of temporaries per row of ``suboptimality`` (its (n, K) logit blocks dominate)."""
-    if spec.family == "least_squares" or (spec.family == "deep_linear" and spec.link == "identity"):
-        return 8 * (2 * spec.dim + spec.d_out * spec.d_in)
-    return 10 * spec.n * spec.d_out * 8
+#: bytes of temporaries one block of rows of ``suboptimality`` may take (its (n, K) logit blocks)
+ROW_BLOCK_BYTES = 1 << 26
 
 
-def record_values(refs, X, xp=np, row_block=None):
-    """(dist2_opt, subopt, dist2_teacher) of rows X (T, dim), float64; f − f* in blocks of ``row_block`` rows."""
+def in_row_blocks(fn, X, row_bytes, xp=np):
+    """fn over rows of X in blocks whose temporaries (``row_bytes`` per row) fit ``ROW_BLOCK_BYTES``."""
+    block = max(1, ROW_BLOCK_BYTES // max(1, int(row_bytes)))
+    if X.shape[0] <= block:
+        return fn(X)
+    return xp.concatenate([fn(X[r0:r0 + block]) for r0 in range(0, X.shape[0], block)])
+
+
+def block_bytes(row_bytes, rows):
+    """Temporaries of ``in_row_blocks`` over at most ``rows`` rows: one block, or all rows if fewer."""
+    block = max(1, ROW_BLOCK_BYTES // max(1, int(row_bytes)))
+    return int(min(block, max(1, rows)) * row_bytes)
+
+
+def record_values(refs, X, xp=np, row_bytes=0):
+    """(dist2_opt, subopt, dist2_teacher) of rows X (T, dim), float64; f − f* in row blocks
+    (``row_bytes``: its temporaries per row, ``subopt_row_bytes``)."""
     C = canonical(refs, X, xp)
     d2o = ((C - refs.x_star) ** 2).sum(axis=1)
     d2t = ((C - refs.theta) ** 2).sum(axis=1)
-    T = X.shape[0]
-    if row_block is None or T <= row_block:
-        sub = suboptimality(refs, X, xp)
-    else:
-        sub = xp.concatenate([suboptimality(refs, X[r0:r0 + row_block], xp) for r0 in range(0, T, row_block)])
-    return d2o, sub, d2t
+    return d2o, in_row_blocks(lambda Xb: suboptimality(refs, Xb, xp), X, row_bytes, xp), d2t
 
 
 def _offsets(shapes):

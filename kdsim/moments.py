@@ -18,14 +18,19 @@ class RunningMoments:
         self.mean = np.zeros((n_lams, n_records))
         self.m2 = np.zeros((n_lams, n_records))
 
-    def add(self, values, keep):
+    def add(self, values, keep, *, consume=False):
+        """Merge one chunk; ``consume=True`` lets it overwrite ``values`` (float64) instead of copying."""
         values = np.asarray(values, dtype=np.float64)
         keep = np.asarray(keep, dtype=bool)
         nb = keep.sum(axis=1)
+        dev = values if consume else values.copy()
+        drop = np.broadcast_to(~keep[:, :, None], dev.shape)
+        dev[drop] = 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
-            total = np.where(keep[:, :, None], values, 0.0).sum(axis=1)
+            total = dev.sum(axis=1)
             mean_b = np.where(nb[:, None] > 0, total / np.maximum(nb, 1)[:, None], 0.0)
-            dev = np.where(keep[:, :, None], values - mean_b[:, None, :], 0.0)
+        dev -= mean_b[:, None, :]
+        dev[drop] = 0.0
         m2_b = np.einsum("lsr,lsr->lr", dev, dev)
         na = self.count
         n = na + nb

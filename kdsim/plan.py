@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validate as V
+from . import memory
 from .estimators import Estimator, get_estimator
 from .problems.base import Problem
 from .rng import stream_ids, streams_of_seeds
@@ -102,8 +103,12 @@ class Plan:
 
 def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="kd",
               record_every=1, seed=0, x0=None, common_random_numbers=True, svrg_period=None,
-              dtype="float64"):
-    """Validate every argument of ``simulate`` and return a Plan."""
+              dtype="float64", memory_budget=None):
+    """Validate every argument of ``simulate`` and return a Plan.
+
+    The record axis is checked against ``memory_budget`` (default half the available memory)
+    before it is allocated: one seed's records must fit.
+    """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a kdsim problem (e.g. kdsim.LeastSquares); got {type(problem).__name__}")
     est = get_estimator(estimator)
@@ -114,6 +119,12 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
     n_seeds = V.int_in_range("seeds", seeds, 1)
     batch_size = V.int_in_range("batch_size", batch_size, 1, problem.n)
     record_every = V.int_in_range("record_every", record_every, 1, steps)
+    n_records = steps // record_every + 1 + (steps % record_every != 0)
+    budget = memory.default_budget() if memory_budget is None else V.int_in_range("memory_budget", memory_budget, 1)
+    one_seed = memory.output_bytes(len(lams), 1, n_records, problem.dim) + 8 * n_records
+    if one_seed > budget:
+        raise MemoryError(f"{n_records} records (steps={steps}, record_every={record_every}) need {one_seed} bytes "
+                          f"for one seed; memory_budget is {budget} bytes. Record less often (raise record_every)")
     seed = V.int_in_range("seed", seed, 0, 2**63 - 1)
     x0 = problem.default_x0() if x0 is None else V.as_vector("x0", x0, problem.dim)
     if svrg_period is None:

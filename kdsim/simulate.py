@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
 from . import _validate as V
+from . import theory
 from ._version import __version__
 from .engines import get_engine, run_engine
 from .plan import Plan, make_plan, record_times  # noqa: F401  (re-exported: kdsim.simulate.make_plan)
-from .results import SimResult, SimSummary
+from .results import SimResult, SimSummary, stability_note
 
 
 def plan_config(problem, plan, backend):
@@ -59,21 +61,29 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
     SimResult with arrays (λ, seed, record) of ‖x_t − x*‖², f(x_t) − f*, ‖x_t − θ‖²
     (or a SimSummary when ``reduce``).
     """
-    plan = make_plan(problem, theta, lams, step, steps, seeds, batch_size, estimator,
-                     record_every, seed, x0, common_random_numbers, svrg_period, dtype)
     if not isinstance(reduce, (bool, np.bool_)):
         raise TypeError(f"reduce must be True or False; got {reduce!r}")
     if memory_budget is not None:
         memory_budget = V.int_in_range("memory_budget", memory_budget, 1)
+    plan = make_plan(problem, theta, lams, step, steps, seeds, batch_size, estimator,
+                     record_every, seed, x0, common_random_numbers, svrg_period, dtype, memory_budget)
     engine = get_engine(backend, problem)
     config = plan_config(problem, plan, backend)
+    stability = theory.step_stability(problem, plan.step, plan.batch_size, plan.estimator.name)
+    if stability.get("ratio") is not None and stability["ratio"] > 1.0:
+        warnings.warn(StabilityWarning(stability_note(plan.step, stability)), stacklevel=2)
     out = run_engine(problem, plan, engine, reduce=bool(reduce), memory_budget=memory_budget)
     if reduce:
         red = out.arrays
         return SimSummary(lams=plan.lams, steps=plan.record_steps, means=red["mean"], variances=red["var"],
                           count=red["count"], diverged_step=red["diverged_step"], config=config,
-                          timing=out.timing)
-    return SimResult(lams=plan.lams, steps=plan.record_steps, config=config, timing=out.timing, **out.arrays)
+                          timing=out.timing, stability=stability)
+    return SimResult(lams=plan.lams, steps=plan.record_steps, config=config, timing=out.timing,
+                     stability=stability, **out.arrays)
+
+
+class StabilityWarning(UserWarning):
+    """A run's step size is beyond the known stability limit (its trajectories will diverge)."""
 
 
 def warmup(family="least_squares", dtype="float64", backend="numba"):

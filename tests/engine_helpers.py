@@ -47,10 +47,13 @@ def ls_reference_cases(estimator, b, crn):
 _LAST = {}
 
 
-def run_arrays(engine, problem, plan, **options):
-    """The record arrays of one run through the driver (its timing kept for ``last_timing``)."""
+def run_arrays(engine, problem, plan, growth_limit=None, **options):
+    """The record arrays of one run through the driver (its timing kept for ``last_timing``).
+
+    The driver's growth rule is off by default here: these tests compare the engines' own
+    guards step for step (tests/test_divergence.py tests the rule on every engine)."""
     from kdsim.engines import driver
-    out = driver.run(problem, plan, engine, **options)
+    out = driver.run(problem, plan, engine, growth_limit=growth_limit, **options)
     _LAST["timing"] = out.timing
     return out.arrays
 

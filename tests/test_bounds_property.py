@@ -3,7 +3,7 @@
 Hypothesis draws an instance (n in [5, 30], d in [1, min(5, n)], condition number in [1, 20],
 label noise, seed), a teacher at a random distance r in [0, 3] from x*, λ in [0, 1.5], a batch
 size b in [1, n], a start x_0 and, for each bound, γ as a fraction in [1e-3, 1] of that bound's
-γ_max. Each bound is compared with the exact expectation of THEORY §5 (theory.exact_moments,
+γ_max. Each bound is compared with the exact expectation of docs/theory.md §5 (theory.exact_moments,
 no Monte Carlo) at every record:
 
     bound(t) ≥ exact(t)·(1 − 1e-9) − 1e-24·(bound's initial term)

@@ -6,7 +6,7 @@ affine form of least squares, divergence, chunking and float32.
 
 Tolerances. In float64 the engines evaluate the same arithmetic in a different order
 (combined residuals, batched products, and for least squares under common random
-numbers the affine form x_t(λ) = u_t + λ v_t of THEORY §5.1), so records agree to
+numbers the affine form x_t(λ) = u_t + λ v_t of docs/theory.md §5.1), so records agree to
 rounding: |Δ| ≤ 1e-10·|r| + 1e-12·s, with s the largest value of that record over the
 trajectory. The absolute part covers records that converge to 0 (‖x_t − θ‖² at λ = 1
 with kd, whose noise-free dynamics contract onto θ): there both engines sit at the
@@ -20,7 +20,8 @@ import pytest
 
 import kdsim
 from kdsim import rng
-from kdsim.engines import batched, driver, memory, reference
+from kdsim import memory
+from kdsim.engines import batched, driver, reference
 from kdsim.estimators import ESTIMATORS
 from kdsim.problems import synthetic as syn
 from kdsim.problems.deep_linear import DeepLinear

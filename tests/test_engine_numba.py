@@ -2,7 +2,7 @@
 
 Tolerances. In float64 the two engines evaluate the same arithmetic in a different
 order (and least squares under common random numbers through the affine form of
-THEORY §5.1), so records agree to rounding: |Δ| ≤ 1e-9·|r| + 1e-12·s, with s the
+docs/theory.md §5.1), so records agree to rounding: |Δ| ≤ 1e-9·|r| + 1e-12·s, with s the
 largest value of that record over the trajectory (the absolute part covers records
 that converge to 0, e.g. ‖x_t − θ‖² at λ = 1, where only the rounding floor
 ε·s remains). In float32 the iterate itself carries ε₃₂ ≈ 1.2e-7 relative error
@@ -21,7 +21,7 @@ import kdsim  # noqa: E402
 from kdsim import rng  # noqa: E402
 from kdsim.engines import BACKENDS, get_engine, numba_cpu, reference  # noqa: E402
 from kdsim.engines import driver  # noqa: E402
-from kdsim.engines import memory as memplan  # noqa: E402
+from kdsim import memory as memplan  # noqa: E402
 from kdsim.moments import RunningMoments  # noqa: E402
 from kdsim.plan import guard_limit  # noqa: E402
 from kdsim.simulate import warmup  # noqa: E402

@@ -29,6 +29,7 @@ FORBIDDEN = {
     "rng.py": LEAF,
     "estimators.py": LEAF,
     "moments.py": LEAF,
+    "memory.py": LEAF,
     "_validate.py": LEAF,
     "plan.py": ("kdsim.engines", "kdsim.simulate", "kdsim.results", "kdsim.stats", "kdsim.theory",
                 "kdsim.checks", "kdsim.report", "kdsim.sweeps", "kdsim.cli") + PLOTTING,
@@ -41,6 +42,7 @@ FORBIDDEN = {
     "stats.py": ("kdsim.engines", "kdsim.simulate", "kdsim.checks", "kdsim.report", "kdsim.sweeps", "kdsim.cli"),
     "simulate.py": ("kdsim.checks", "kdsim.report", "kdsim.sweeps", "kdsim.cli", "kdsim.stats"),
     "checks": ("kdsim.sweeps", "kdsim.cli"),
+    "api.py": ("kdsim.engines", "kdsim.sweeps", "kdsim.cli"),
     "report": ("kdsim.simulate", "kdsim.engines", "kdsim.theory", "kdsim.sweeps", "kdsim.cli"),
     "sweeps": ("kdsim.cli",),
 }

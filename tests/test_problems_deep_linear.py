@@ -1,4 +1,4 @@
-"""Deep linear networks: chain-rule gradients, exact HVP, function-space KD (THEORY §2),
+"""Deep linear networks: chain-rule gradients, exact HVP, function-space KD (docs/theory.md §2),
 teacher terms for the engines, end-to-end distances, solution, short runs, bad input.
 
 Tolerances. Central differences with step h = 1e-5 have truncation error h²/6·|f'''| ≈ 1e-10
@@ -194,7 +194,7 @@ def test_kd_grad_is_the_pulled_back_function_space_gradient(loss, hidden, teache
                 want = J.T @ mixed_map_grad(p, e2e(p, x), Tm, lam, idx, tau).ravel()
                 got = p.kd_grad(x, theta, lam, idx, temperature=tau)
                 assert np.linalg.norm(got - want) <= 1e-12 * max(1.0, np.linalg.norm(want))
-    # at τ = 1 the bracket is ∇g_B(W(x)) − λ∇g_B(Θ̄)  (THEORY §2, exact)
+    # at τ = 1 the bracket is ∇g_B(W(x)) − λ∇g_B(Θ̄)  (docs/theory.md §2, exact)
     want = J.T @ (map_grad(p, e2e(p, x)) - 0.4 * map_grad(p, Tm)).ravel()
     assert np.linalg.norm(p.kd_grad(x, theta, 0.4) - want) <= 1e-12 * np.linalg.norm(want)
     assert np.linalg.norm(p.grad(x) - J.T @ map_grad(p, e2e(p, x)).ravel()) <= 1e-12 * np.linalg.norm(p.grad(x))

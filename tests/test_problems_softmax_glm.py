@@ -455,7 +455,7 @@ def _ridge_softmax():
 
 
 def test_engine_kd_with_optimal_teacher_converges_to_optimum():
-    """THEORY §8 claim 2: θ = x*, λ = 1 reaches x* to machine precision; SGD plateaus."""
+    """docs/theory.md §8 claim 2: θ = x*, λ = 1 reaches x* to machine precision; SGD plateaus."""
     p = _ridge_softmax()
     xs = p.solution()
     kd = kdsim.simulate(p, xs, [1.0], 0.3, 400, seeds=4, batch_size=5, estimator="kd", record_every=100)
@@ -468,7 +468,7 @@ def test_engine_kd_with_optimal_teacher_converges_to_optimum():
 
 
 def test_engine_kd_full_weight_converges_to_teacher():
-    """THEORY §8 claim 3: λ = 1, estimator "kd", ridge: the fixed point solves ∇f(x) = ∇f(θ), i.e. x = θ."""
+    """docs/theory.md §8 claim 3: λ = 1, estimator "kd", ridge: the fixed point solves ∇f(x) = ∇f(θ), i.e. x = θ."""
     p = _ridge_softmax()
     theta = 0.3 * np.random.default_rng(5).normal(size=p.dim)   # not centred, not optimal
     res = kdsim.simulate(p, theta, [1.0], 0.3, 500, seeds=4, batch_size=5, estimator="kd", record_every=100)

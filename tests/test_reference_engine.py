@@ -13,7 +13,7 @@ simulate = functools.partial(kdsim.simulate, backend="numpy")
 
 
 def naive_trajectory(problem, theta, lam, step, steps, seed, stream, b, estimator, x0, period):
-    """One trajectory written directly from THEORY.md §2 with the public gradients."""
+    """One trajectory written directly from docs/theory.md §2 with the public gradients."""
     x = x0.copy()
     snap = None
     for t in range(steps):
@@ -64,7 +64,7 @@ def test_common_random_numbers_share_streams(ls_problem):
 
 
 def test_least_squares_iterates_affine_in_lambda(ls_problem):
-    # THEORY §5.1: under common random numbers x_t(λ) = u_t + λ v_t exactly.
+    # docs/theory.md §5.1: under common random numbers x_t(λ) = u_t + λ v_t exactly.
     p = ls_problem
     theta = p.solution() + np.array([0.5, -0.2, 0.1, 0.3])
     for est in ("kd", "corrected"):
@@ -100,7 +100,8 @@ def test_divergence_detected_and_reported(ls_problem):
     frame = res.to_frame()
     assert not frame[["dist2_opt", "subopt", "dist2_teacher"]].isna().any().any()
     assert frame.diverged.all()
-    assert len(res.divergence_summary()) == 2 and "diverged" in res.divergence_summary()[0]
+    summary = res.divergence_summary()               # the stability limit, then one line per λ
+    assert len(summary) == 3 and "stability limit" in summary[0] and "diverged" in summary[1]
     assert np.all(np.isnan(res.mean("dist2_opt")[:, -1]))   # every seed diverged: no mean
 
 
@@ -113,7 +114,7 @@ def test_partial_divergence_mean_excludes_diverged(ls_problem):
 
 
 def test_claim2_least_squares_linear_convergence_to_optimum(ls_problem):
-    # THEORY §8 claim 2: θ = x*, λ = 1: noise-free linear convergence to x*; SGD plateaus.
+    # docs/theory.md §8 claim 2: θ = x*, λ = 1: noise-free linear convergence to x*; SGD plateaus.
     p = ls_problem
     res = simulate(p, p.solution(), [0.0, 1.0], 0.05, 3000, 8, record_every=100)
     kd = res.dist2_opt[1]
@@ -128,7 +129,7 @@ def test_claim2_least_squares_linear_convergence_to_optimum(ls_problem):
 
 
 def test_claim3_least_squares_converges_to_teacher(ls_problem):
-    # THEORY §8 claim 3: λ = 1, any teacher: x_t → θ with zero stationary spread.
+    # docs/theory.md §8 claim 3: λ = 1, any teacher: x_t → θ with zero stationary spread.
     p = ls_problem
     theta = p.solution() + np.array([1.0, -2.0, 0.5, 0.0])
     for b in (1, 5):

@@ -1,4 +1,4 @@
-"""THEORY §4: T1, T1', T2 and the classic SGD bound against the exact least-squares curves.
+"""docs/theory.md §4: T1, T1', T2 and the classic SGD bound against the exact least-squares curves.
 
 For each random instance, teacher and λ, every bound is evaluated at γ inside its condition
 and compared with the exact expectation of §5 (no Monte Carlo) at every record and at
@@ -180,7 +180,7 @@ def test_x_lambda_on_softmax_solves_the_shifted_stationarity_condition():
 
 
 def test_bounds_with_the_data_teacher_term_hold_for_kd_loss():
-    # Literal KD loss with a ridge on the student only: teacher rows ∇ℓ_i(θ) (THEORY §2).
+    # Literal KD loss with a ridge on the student only: teacher rows ∇ℓ_i(θ) (docs/theory.md §2).
     rng = np.random.default_rng(4)
     A = rng.standard_normal((30, 3))
     p = kdsim.LeastSquares(A, A @ rng.standard_normal(3) + 0.7 * rng.standard_normal(30), l2=0.4)

@@ -1,4 +1,4 @@
-"""THEORY §1 and §3: the ω(b) identity, exact minibatch expectations and the constants.
+"""docs/theory.md §1 and §3: the ω(b) identity, exact minibatch expectations and the constants.
 
 Every sampling expectation is compared with brute-force enumeration of all b-subsets
 (itertools.combinations) on tiny problems, for least squares, softmax and a deep linear net.

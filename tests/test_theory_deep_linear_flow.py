@@ -1,4 +1,4 @@
-"""THEORY §7: full-batch small-step gradient descent on a two-layer DeepLinear follows the
+"""docs/theory.md §7: full-batch small-step gradient descent on a two-layer DeepLinear follows the
 gradient-flow mode curves u(t) = s e^{2st} / (e^{2st} − 1 + s/u_0), and KD moves each mode to
 s_k(λ) = (1 − λ)s_k + λ s_k(teacher).
 

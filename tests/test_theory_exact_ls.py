@@ -1,4 +1,4 @@
-"""THEORY §5: exact least-squares moments, stationary error, optimal weight and stability.
+"""docs/theory.md §5: exact least-squares moments, stationary error, optimal weight and stability.
 
 The recursion is checked three ways: against brute-force expectation over all index
 sequences (to 1e-12), against Monte Carlo averages of the reference engine (within z
@@ -30,7 +30,7 @@ def teacher(p, dist, seed=1):
 
 
 def step_direction(p, x, theta, lam, idx, estimator):
-    """One estimator direction written from THEORY §2 with the public gradients."""
+    """One estimator direction written from docs/theory.md §2 with the public gradients."""
     g = p.grad(x, idx)
     if estimator == "kd":
         g = g - lam * p.grad(theta, idx)
@@ -252,7 +252,7 @@ def test_kd_loss_equals_kd_without_ridge_and_differs_with_one():
     p1 = kdsim.LeastSquares(p0.A, p0.b, l2=0.5)
     theta1 = p1.solution()                                       # even the perfect teacher
     c = th.exact_moments(p1, theta1, 0.7, 0.03, 1, estimator="kd_loss")
-    # its mean fixed point x̃ solves ∇f(x̃) = λ∇ℓ(θ), which is −λαθ ≠ 0 at θ = x* (THEORY §2)
+    # its mean fixed point x̃ solves ∇f(x̃) = λ∇ℓ(θ), which is −λαθ ≠ 0 at θ = x* (docs/theory.md §2)
     xt = c.stationary_mean
     np.testing.assert_allclose(p1.grad(xt), 0.7 * p1.data_grad(theta1), atol=1e-12)
     assert c.stationary_dist2_opt > th.exact_moments(p1, theta1, 0.7, 0.03, 1, estimator="kd").stationary_dist2_opt

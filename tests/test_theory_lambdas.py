@@ -1,4 +1,4 @@
-"""THEORY §6: the optimal KD weights and the partial variance reduction factor."""
+"""docs/theory.md §6: the optimal KD weights and the partial variance reduction factor."""
 import numpy as np
 import pytest
 

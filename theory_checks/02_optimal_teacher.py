@@ -1,4 +1,4 @@
-"""THEORY.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'optimal_teacher').
+"""docs/theory.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'optimal_teacher').
 
 Usage: python theory_checks/02_optimal_teacher.py [--quick] [--seeds N] [--backend NAME]
 Prints the comparison table and exits 1 when any row fails.

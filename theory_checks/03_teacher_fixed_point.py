@@ -1,4 +1,4 @@
-"""THEORY.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'teacher_fixed_point').
+"""docs/theory.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'teacher_fixed_point').
 
 Usage: python theory_checks/03_teacher_fixed_point.py [--quick] [--seeds N] [--backend NAME]
 Prints the comparison table and exits 1 when any row fails.

@@ -1,4 +1,4 @@
-"""THEORY.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'ls_dynamics').
+"""docs/theory.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'ls_dynamics').
 
 Usage: python theory_checks/04_ls_dynamics.py [--quick] [--seeds N] [--backend NAME]
 Prints the comparison table and exits 1 when any row fails.

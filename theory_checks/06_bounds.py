@@ -1,4 +1,4 @@
-"""THEORY.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'bounds').
+"""docs/theory.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'bounds').
 
 Usage: python theory_checks/06_bounds.py [--quick] [--seeds N] [--backend NAME]
 Prints the comparison table and exits 1 when any row fails.

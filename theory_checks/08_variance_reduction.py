@@ -1,4 +1,4 @@
-"""THEORY.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'variance_reduction').
+"""docs/theory.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'variance_reduction').
 
 Usage: python theory_checks/08_variance_reduction.py [--quick] [--seeds N] [--backend NAME]
 Prints the comparison table and exits 1 when any row fails.

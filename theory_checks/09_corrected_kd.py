@@ -1,4 +1,4 @@
-"""THEORY.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'corrected_kd').
+"""docs/theory.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'corrected_kd').
 
 Usage: python theory_checks/09_corrected_kd.py [--quick] [--seeds N] [--backend NAME]
 Prints the comparison table and exits 1 when any row fails.

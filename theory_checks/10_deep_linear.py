@@ -1,4 +1,4 @@
-"""THEORY.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'deep_linear').
+"""docs/theory.md §8 — the claim is stated in the docstring of kdsim.checks (module for 'deep_linear').
 
 Usage: python theory_checks/10_deep_linear.py [--quick] [--seeds N] [--backend NAME]
 Prints the comparison table and exits 1 when any row fails.

@@ -1,4 +1,4 @@
-"""numba kernels for least squares (THEORY §5.1 affine form and per-trajectory form).
+"""numba kernels for least squares (docs/theory.md §5.1 affine form and per-trajectory form).
 
 Conventions shared by every kernel module of the numba engine:
 
@@ -642,7 +642,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
 def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
               rec_steps, steps, stream_keys, b, xstar, theta_c, Ft, alpha64, quad_tol, limit, zero,
               out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
-    """Seeds lo .. hi−1, one (u, v) pair each; λ_k is x_t = u_t + a_k v_t (THEORY §5.1).
+    """Seeds lo .. hi−1, one (u, v) pair each; λ_k is x_t = u_t + a_k v_t (docs/theory.md §5.1).
 
     u_{t+1} = c1·u_t − (γ/b) Σ_{i∈B} a_i (a_iᵀu_t − b_i)
     v_{t+1} = c1·v_t − (γ/b) Σ_{i∈B} a_i (a_iᵀv_t − rth_i) + γ·c

@@ -1,11 +1,9 @@
-"""numba kernels for records that the problems' numpy code evaluates too slowly at scale.
+"""numba kernels for records that the array-module formulas evaluate too slowly at scale.
 
-``softmax_subopt`` is the compiled twin of ``SoftmaxRegression.suboptimality`` (same
-formula, same branches; tests check they agree to rounding). The numpy form builds
-(T, n, K) arrays and makes some 40 passes over them; this one streams the logit changes
-of two samples and two classes at a time through registers (four independent sums). On
-the digits (n = 1,797, K = 10) a record takes 0.30 ms on one thread, against 1.06 ms for
-the numpy form (0.34 ms with one sample and class at a time).
+``softmax_subopt`` is the compiled twin of ``kdsim.kernelspec.softmax_subopt`` (same formula,
+same branches; tests check they agree to rounding). The array form builds (n, T, K) arrays and
+passes over them many times; this one streams the logit changes of two samples and two classes
+at a time through registers (four independent sums). Timings: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 

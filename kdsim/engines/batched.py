@@ -33,8 +33,6 @@ TAKES = "spec"
 PATHS = ("auto", "affine", "trajectory")
 #: the affine guard trusts q(λ) > limit only when |q − limit| exceeds this fraction of its scale
 AFFINE_DECISIVE = 1e-8
-#: bytes of temporaries one block of full-data rows (records, SVRG's full gradient) may take
-ROW_BLOCK_BYTES = 1 << 26
 
 
 def _to_host(xp, arr):
@@ -115,7 +113,7 @@ class _Engine:
         self.kappa = dev(kappa.reshape(self.L, 1, self.dim), wd)
         # records (float64)
         self.refs = spec.record_refs(xp)
-        self.row_block = max(1, ROW_BLOCK_BYTES // KS.subopt_row_bytes(spec))
+        self.row_block = max(1, KS.ROW_BLOCK_BYTES // (10 * spec.n * spec.d_out * 8))   # SVRG's full gradients
         if self.affine:
             nv = 2 if self.teacher else 1
             lab = np.column_stack([spec.Y[:, 0], rt[:, 0]]) if self.teacher else spec.Y[:, :1]
@@ -149,7 +147,9 @@ class _Engine:
             traj += 6 * L * len(spec.shapes) * widest * widest * w * (2 if self.snapshot else 1)
         self.bytes_per_seed = int(traj)
         self.fixed_bytes = int(A64.nbytes * (2 if wd != np.float64 else 1) + 3 * n * K * w
-                               + (dim * dim * f8 if self.kind == "least_squares" else 0) + ROW_BLOCK_BYTES)
+                               + (dim * dim * f8 if self.kind == "least_squares" else 0)
+                               + KS.block_bytes(spec.record_row_bytes, L * self.S)        # records in row blocks
+                               + KS.block_bytes(10 * n * K * f8, L * self.S))             # SVRG's full gradients
 
     def _dev(self, arr, dtype):
         return self.xp.asarray(np.ascontiguousarray(np.asarray(arr, dtype=np.float64), dtype=dtype))
@@ -178,7 +178,7 @@ class _Engine:
 
     def _record_values(self, X64):
         """(dist2_opt, subopt, dist2_teacher) of rows X64 (T, dim), float64."""
-        return KS.record_values(self.refs, X64, self.xp, self.row_block)
+        return KS.record_values(self.refs, X64, self.xp, self.spec.record_row_bytes)
 
     # ------------------------------------------------------------ per trajectory
     def _full_grad(self, Yf):
@@ -326,7 +326,7 @@ class _Engine:
 
     # ------------------------------------------------------------ affine (least squares)
     def affine_chunk(self, seeds, want_coeffs=False):
-        """THEORY §5.1 for the global seeds ``seeds``: one (u, v) pair per seed serves every λ.
+        """docs/theory.md §5.1 for the global seeds ``seeds``: one (u, v) pair per seed serves every λ.
 
         The pair is stored as U of shape (ns, nv, dim) (nv = 2, or 1 for sgd: v ≡ 0).
         Returns (result dict, unsafe seed mask (host), coefficients (ns, R, 3, 3) or None).

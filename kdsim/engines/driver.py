@@ -7,8 +7,9 @@ An engine is a module (or object) with
   reference, which runs the problem's own public protocol as ground truth);
 * ``prepare(source, plan, **options) -> runner``.
 
-A runner has ``kernel`` (the path it runs), ``dtype`` (its working precision), ``bytes_per_seed`` and ``fixed_bytes`` (its
-part of the memory model), ``timers`` (``Timer`` objects whose seconds the driver reports),
+A runner has ``kernel`` (the path it runs), ``dtype`` (its working precision),
+``bytes_per_seed`` and ``fixed_bytes`` (its part of the memory model), ``timers`` (``Timer``
+objects whose seconds the driver reports),
 ``run_chunk(s0, s1) -> (arrays, unsafe)`` for the plan's seeds s0 .. s1 − 1 — arrays
 ``dist2_opt``, ``subopt``, ``dist2_teacher`` (L, s, R), ``diverged_step`` (L, s), ``x_final``
 (L, s, dim) and a boolean mask of seeds its fast path could not decide, or None — and
@@ -17,6 +18,13 @@ part of the memory model), ``timers`` (``Timer`` objects whose seconds the drive
 Chunks keep each seed's global stream number, so chunking never changes a number where
 the engine controls the arithmetic (see docs/architecture.md for where a BLAS call may
 round differently).
+
+Divergence is decided here for every engine alike. A trajectory has diverged at the first
+step where its engine's guard fired (‖x‖² beyond ``kdsim.plan.guard_limit``, or not finite)
+or at the first record that is not finite or whose ‖x_t − x*‖² exceeds ``GROWTH_LIMIT`` times its
+scale max(‖x_0 − x*‖², ‖x_0 − θ‖², ‖x*‖², ‖θ − x*‖²) (canonical coordinates; a stable run's
+plateau stays far below it except within a hair of the stability limit). Its records from
+that step on are NaN and its final iterate is NaN.
 """
 from __future__ import annotations
 
@@ -25,9 +33,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import memory
 from ..moments import RunningMoments
 from ..plan import RECORDS
-from . import memory
+
+
+#: a trajectory whose ‖x_t − x*‖² exceeds this multiple of its scale (module docstring) has diverged
+GROWTH_LIMIT = 1e6
 
 
 @dataclass
@@ -55,16 +67,53 @@ def prepare(problem, plan, engine, **options):
     return engine.prepare(_source(engine, problem, plan), plan, **options)
 
 
-def _chunk(runner, s0, s1):
-    """One chunk with the unsafe seeds rerun per trajectory; (arrays, number of seeds rerun)."""
+def _chunk(runner, s0, s1, divergence):
+    """One chunk with the unsafe seeds rerun per trajectory and divergence decided; (arrays, seeds rerun)."""
     res, unsafe = runner.run_chunk(s0, s1)
-    if unsafe is None or not unsafe.any():
-        return res, 0
-    sel = np.flatnonzero(unsafe)
-    redo = runner.run_trajectories(s0 + sel)
-    for k in res:
-        res[k][:, sel] = redo[k]
-    return res, len(sel)
+    nf = 0
+    if unsafe is not None and unsafe.any():
+        sel = np.flatnonzero(unsafe)
+        redo = runner.run_trajectories(s0 + sel)
+        for k in res:
+            res[k][:, sel] = redo[k]
+        nf = len(sel)
+    divergence.apply(res)
+    return res, nf
+
+
+class Divergence:
+    """The driver's divergence rule (module docstring), applied to each chunk's arrays in place."""
+
+    def __init__(self, problem, plan, growth_limit=GROWTH_LIMIT):
+        self.growth_limit = np.inf if growth_limit is None else float(growth_limit)
+        x_star = problem.canonical(problem.solution())
+        theta = problem.canonical_teacher(plan.theta)
+        self.scale = max(float(x_star @ x_star), float(np.sum((theta - x_star) ** 2)), np.finfo(float).tiny)
+        self.rec_steps = np.asarray(plan.record_steps)
+
+    def apply(self, res):
+        div = res["diverged_step"]
+        d2o = res["dist2_opt"]
+        with np.errstate(invalid="ignore", over="ignore"):
+            if (d2o.max(initial=0.0) <= self.growth_limit * self.scale and np.isfinite(res["subopt"].sum())
+                    and np.isfinite(res["dist2_teacher"].sum())):
+                return                                   # every record finite and within the limit (fast path)
+        alive = (div[:, :, None] < 0) | (self.rec_steps < div[:, :, None])
+        scale = np.maximum(np.fmax(d2o[:, :, 0], res["dist2_teacher"][:, :, 0]), self.scale)
+        with np.errstate(invalid="ignore", over="ignore"):
+            bad = ~np.isfinite(d2o) | (d2o > self.growth_limit * scale[:, :, None])
+        for name in RECORDS[1:]:
+            bad |= ~np.isfinite(res[name])
+        bad &= alive
+        hit = bad.any(axis=2)
+        if not hit.any():
+            return
+        first = self.rec_steps[np.argmax(bad, axis=2)]
+        div[hit] = first[hit]
+        dead = (div[:, :, None] >= 0) & (self.rec_steps >= div[:, :, None])
+        for name in RECORDS:
+            res[name][dead] = np.nan
+        res["x_final"][div >= 0] = np.nan
 
 
 def chunk_plan(runner, plan, *, reduce=False, memory_budget=None, chunk_seeds=None):
@@ -72,7 +121,8 @@ def chunk_plan(runner, plan, *, reduce=False, memory_budget=None, chunk_seeds=No
     fixed = runner.fixed_bytes + memory.output_bytes(plan.n_lams, plan.n_seeds, plan.n_records,
                                                      len(plan.x0), reduce=reduce)
     return memory.plan_chunks(plan.n_seeds, runner.bytes_per_seed, fixed_bytes=fixed,
-                              budget=_budget(runner, memory_budget), chunk_seeds=chunk_seeds)
+                              budget=_budget(runner, memory_budget), chunk_seeds=chunk_seeds,
+                              advice=memory.ADVICE_REDUCED if reduce else memory.ADVICE_FULL)
 
 
 def _budget(runner, memory_budget):
@@ -83,7 +133,8 @@ def _budget(runner, memory_budget):
     return default() if default is not None else None
 
 
-def run(problem, plan, engine, *, reduce=False, memory_budget=None, chunk_seeds=None, **options):
+def run(problem, plan, engine, *, reduce=False, memory_budget=None, chunk_seeds=None, growth_limit=GROWTH_LIMIT,
+        **options):
     """Run a validated plan on ``engine``; a ``RunOutput``.
 
     Full records: ``arrays`` as described in the module docstring, for every seed.
@@ -91,11 +142,14 @@ def run(problem, plan, engine, *, reduce=False, memory_budget=None, chunk_seeds=
     "diverged_step": (L, S)}`` over the seeds that never diverged, streamed chunk by chunk
     through running moments, so the (λ, seed, record) arrays are never allocated.
     ``memory_budget``: bytes the run may use (default half the available memory);
-    ``chunk_seeds`` forces a chunk size. ``options`` go to the engine's ``prepare``.
+    ``chunk_seeds`` forces a chunk size. ``growth_limit``: the divergence rule's growth factor
+    (None: only the engine's guard and non-finite records, as the engines' own tests use).
+    ``options`` go to the engine's ``prepare``.
     """
     t_start = time.perf_counter()
     runner = prepare(problem, plan, engine, **options)
     cplan = chunk_plan(runner, plan, reduce=reduce, memory_budget=memory_budget, chunk_seeds=chunk_seeds)
+    divergence = Divergence(problem, plan, growth_limit)
     L, S, R, dim = plan.n_lams, plan.n_seeds, plan.n_records, len(plan.x0)
     fallback = 0
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
@@ -103,25 +157,28 @@ def run(problem, plan, engine, *, reduce=False, memory_budget=None, chunk_seeds=
             moments = {name: RunningMoments(L, R) for name in RECORDS}
             div = np.full((L, S), -1, dtype=np.int64)
             for s0, s1 in cplan.chunks:
-                res, nf = _chunk(runner, s0, s1)
+                res, nf = _chunk(runner, s0, s1, divergence)
                 fallback += nf
                 div[:, s0:s1] = res["diverged_step"]
+                keep = res["diverged_step"] < 0
                 for name in RECORDS:
-                    moments[name].add(res[name], res["diverged_step"] < 0)
+                    moments[name].add(res[name], keep, consume=True)
+                del res, keep                                # one chunk in memory at a time
             out = {"mean": {}, "var": {}, "diverged_step": div}
             for name in RECORDS:
                 out["mean"][name], out["var"][name], out["count"] = moments[name].result()
         elif len(cplan.chunks) == 1:                     # one chunk: its arrays are the result
-            out, fallback = _chunk(runner, 0, S)
+            out, fallback = _chunk(runner, 0, S, divergence)
         else:
             out = {name: np.full((L, S, R), np.nan) for name in RECORDS}
             out["diverged_step"] = np.full((L, S), -1, dtype=np.int64)
             out["x_final"] = np.full((L, S, dim), np.nan)
             for s0, s1 in cplan.chunks:
-                res, nf = _chunk(runner, s0, s1)
+                res, nf = _chunk(runner, s0, s1, divergence)
                 fallback += nf
                 for k, v in res.items():
                     out[k][:, s0:s1] = v
+                del res
     return RunOutput(out, timing(runner, engine, plan, cplan, t_start, fallback))
 
 

@@ -27,7 +27,7 @@ from .. import _validate as V
 from .. import kernelspec as KS
 from ..plan import RECORDS, guard_limit, resolve_dtype
 from ..rng import stream_keys
-from . import memory
+from .. import memory
 from .driver import Timer
 
 NAME = "numba"
@@ -250,12 +250,13 @@ class _LeastSquaresRunner(_Runner):
         if not self.affine:
             return self.run_trajectories(np.arange(s0, s1)), None
         outs, div, ufin, vfin, unsafe, _ = self.run_affine(s0, s1)
-        a = self.coef[:, 0][:, None, None]
-        u = ufin.astype(np.float64)[None]
-        v = vfin.astype(np.float64)[None]
+        x = np.empty((self.L, s1 - s0, self.dim))                     # x(λ) = u + λv, built in place
         with np.errstate(over="ignore", invalid="ignore"):
-            x = np.where(a == 0.0, u, u + a * v)
-        x = np.where((div >= 0)[:, :, None], np.nan, x)
+            for k, a in enumerate(self.coef[:, 0]):
+                x[k] = ufin
+                if a != 0.0:
+                    x[k] += a * vfin
+        x[div >= 0] = np.nan
         return {**dict(zip(RECORDS, outs)), "diverged_step": div, "x_final": x}, unsafe
 
 
@@ -287,7 +288,8 @@ class _LayeredRunner(_Runner):
         self.inv_n = wd.type(1.0 / spec.n)
         self.x0 = c(plan.x0, dtype=wd)
         self.refs = spec.record_refs(np)
-        self.row_block = max(1, (1 << 26) // KS.subopt_row_bytes(spec))
+        self.row_block = max(1, KS.ROW_BLOCK_BYTES // spec.record_row_bytes)
+        self.fixed_bytes += KS.block_bytes(spec.record_row_bytes, self.L * self.S * self.R)
 
     def _args(self, keys, a, c, saved, div, xfin):
         return (self.A, self.Y, self.rt, self.Gt, self.ridge, self.dims, self.offs, self.code,
@@ -311,18 +313,19 @@ class _LayeredRunner(_Runner):
     def records(self, saved, div):
         """dist2_opt, subopt, dist2_teacher from the saved iterates of the trajectories alive then."""
         t0, c0 = time.perf_counter(), self.timers["records_kernel"].compile_s
-        valid = (div[:, :, None] < 0) | (self.rec_steps[None, None, :] < div[:, :, None])
-        out = {name: np.full(valid.shape, np.nan) for name in RECORDS}
-        rows = saved.reshape(-1, self.dim)[valid.ravel()]
-        vals = [np.empty(len(rows)) for _ in RECORDS]
-        for b0 in range(0, len(rows), self.row_block):
-            X = rows[b0:b0 + self.row_block]
+        valid = ((div[:, :, None] < 0) | (self.rec_steps[None, None, :] < div[:, :, None])).ravel()
+        out = [np.full(valid.shape, np.nan) for _ in RECORDS]
+        flat = saved.reshape(-1, self.dim)
+        for b0 in range(0, len(flat), self.row_block):          # blocks of saved iterates, no full copy
+            keep = b0 + np.flatnonzero(valid[b0:b0 + self.row_block])
+            if not len(keep):
+                continue
+            X = flat[keep]
             C = KS.canonical(self.refs, X, np)
-            vals[0][b0:b0 + len(X)] = ((C - self.refs.x_star) ** 2).sum(axis=1)
-            vals[1][b0:b0 + len(X)] = self.suboptimality(X)
-            vals[2][b0:b0 + len(X)] = ((C - self.refs.theta) ** 2).sum(axis=1)
-        for name, v in zip(RECORDS, vals):
-            out[name][valid] = v
+            out[0][keep] = ((C - self.refs.x_star) ** 2).sum(axis=1)
+            out[1][keep] = self.suboptimality(X)
+            out[2][keep] = ((C - self.refs.theta) ** 2).sum(axis=1)
+        out = {name: v.reshape(div.shape + (self.R,)) for name, v in zip(RECORDS, out)}
         compiled = self.timers["records_kernel"].compile_s - c0
         self.timers["records"].run_s += time.perf_counter() - t0 - compiled
         return out

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from ..estimators import direction
+from ..kernelspec import block_bytes
 from ..plan import DIVERGENCE_LIMIT, RECORDS
 from ..rng import minibatch_indices
 from .driver import Timer
@@ -36,7 +37,6 @@ def prepare(problem, plan, dtype=None):
 class _Runner:
     kernel = "reference"
     dtype = "float64"
-    fixed_bytes = 0
 
     def __init__(self, problem, plan):
         self.problem, self.plan = problem, plan
@@ -47,9 +47,11 @@ class _Runner:
         self.theta_c = problem.canonical_teacher(plan.theta)
         self.terms = problem.teacher_terms(plan.theta, est.teacher_term) if est.uses_teacher else None
         L, R, dim, b = plan.n_lams, plan.n_records, problem.dim, plan.batch_size
-        # records, flags and final iterate; the iterate, its gradient and direction, SVRG's snapshot pair,
-        # the minibatch indices and the problems' (b, dim) gathers
-        self.bytes_per_seed = L * (3 * R * 8 + 8 + dim * 8 * (6 if est.snapshot else 4) + b * 8 + 2 * b * dim * 8)
+        # records, flags, stream keys; the iterate with the (T, dim) temporaries of a step and of the
+        # records (about ten; SVRG's snapshot pair adds four); the minibatch indices and (b, dim) gathers
+        self.bytes_per_seed = L * (3 * R * 8 + 8 + 4 * 8 + dim * 8 * (14 if est.snapshot else 10)
+                                   + b * 8 * (2 + 3 * dim))
+        self.fixed_bytes = block_bytes(problem.record_row_bytes(), L * plan.n_seeds)   # f − f* in row blocks
 
     def run_chunk(self, s0, s1):
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ implement the data loss ℓ and its closed-form gradients (no autodiff); this
 base class adds the ridge, validates every argument, and provides the batched
 primitives the engines call (one row per trajectory).
 
-Two KD gradients coexist when α > 0 (THEORY.md §2):
+Two KD gradients coexist when α > 0 (docs/theory.md §2):
 
 * ``kd_grad`` — the gradient of ``kd_loss``, the literal KD loss with the ridge
   on the student only: ∇f_B(x) − λ∇ℓ_B(θ) (estimator ``"kd_loss"``);
@@ -50,6 +50,10 @@ class Problem(ABC):
         self.n = int(n)
         self.dim = int(dim)
         self.l2 = V.nonnegative_float("l2", l2)
+
+    def __repr__(self):
+        """Compact: class, sizes and ridge (never the data)."""
+        return f"{type(self).__name__}(n={self.n}, dim={self.dim}, l2={self.l2:g})"
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
@@ -143,7 +147,7 @@ class Problem(ABC):
 
         Softmax at temperature τ uses the tempered teacher and student probabilities and
         weights the distillation term by τ². The ridge belongs to the student only
-        (THEORY.md §2, estimator "kd_loss").
+        (docs/theory.md §2, estimator "kd_loss").
         """
         x = self._x(x)
         theta = self._teacher(theta)
@@ -155,7 +159,7 @@ class Problem(ABC):
         """Closed-form gradient of ``kd_loss`` (mixed labels; ridge on the student only).
 
         At τ = 1 it equals ∇f_B(x) − λ∇ℓ_B(θ), and without a ridge ∇f_B(x) − λ∇f_B(θ)
-        (THEORY.md §2); at τ ≠ 1 (softmax) the identity fails.
+        (docs/theory.md §2); at τ ≠ 1 (softmax) the identity fails.
         """
         x = self._x(x)
         theta = self._teacher(theta)
@@ -270,7 +274,8 @@ class Problem(ABC):
         else:
             R, G, ridge = np.zeros((self.n, d_out)), np.zeros((d_out, d_in)), np.zeros(self.dim)
         return KernelSpec(self.spec_family, link, self.A, Y, tuple(shapes), self.l2, R, G, ridge,
-                          self.canonical(self.solution()), self.canonical_teacher(theta), self._spec_refs())
+                          self.canonical(self.solution()), self.canonical_teacher(theta), self._spec_refs(),
+                          self.record_row_bytes())
 
     def _spec_structure(self):
         """(link, targets (n, d_out), layer shapes) of the kernel spec."""
@@ -307,6 +312,10 @@ class Problem(ABC):
     def batch_loss(self, X):
         """f(x) for each trajectory, (T,)."""
         return self._batch_loss(X) + 0.5 * self.l2 * np.einsum("td,td->t", X, X)
+
+    def record_row_bytes(self):
+        """Bytes of temporaries per row of ``suboptimality`` (it runs in blocks of rows of this cost)."""
+        return 8 * 4 * self.dim
 
     def suboptimality(self, X):
         """f(x) − f* for each trajectory, (T,). Problems override with a cancellation-free form."""

@@ -5,7 +5,7 @@ f(x) = (1/n) Σ_i g_i(W(x)) + (α/2)‖x‖²,  g_i(M) = ½‖M a_i − y_i‖²
 Everything is closed form (no autodiff): the gradient is the chain rule
 ∇_{W_l} f = (W_L⋯W_{l+1})ᵀ ∇g_B(W(x)) (W_{l−1}⋯W_1)ᵀ, the Hessian-vector product
 is the product rule applied to it, and the KD gradient is the function-space form
-of THEORY.md §2. See ``DeepLinear`` for the conventions.
+of docs/theory.md §2. See ``DeepLinear`` for the conventions.
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ class DeepLinear(Problem):
     end-to-end map is used) or an end-to-end map Θ̄ of shape (d_out, d_in) from any
     architecture. ``end_to_end`` gives the map of either.
 
-    KD in function space (THEORY.md §2). The KD loss is
+    KD in function space (docs/theory.md §2). The KD loss is
     (1−λ)·loss(W(x)a, y) + λ·loss(W(x)a, teacher's prediction Θ̄a) (softmax: tempered,
     τ²-weighted cross-entropy to softmax(Θ̄a/τ)); its gradient is exactly
     ∇_{W_l} = (W_L⋯W_{l+1})ᵀ [∇g_B(W(x)) − λ∇g_B(Θ̄)] (W_{l−1}⋯W_1)ᵀ = J(x)ᵀ[∇g_B(W(x)) − λ∇g_B(Θ̄)]
@@ -147,7 +147,7 @@ class DeepLinear(Problem):
 
     * ``kd``:        g = ∇f_B(x) − λ J(x)ᵀ∇g_B(Θ̄) [− λαθ], the exact KD-loss gradient
       (``distillation_grad``; the λαθ term only for a same-architecture θ and α > 0, the
-      ridge centred at λθ of THEORY §2);
+      ridge centred at λθ of docs/theory.md §2);
     * ``kd_loss``:   g = ∇f_B(x) − λ J(x)ᵀ∇g_B(Θ̄), the gradient of ``kd_loss`` (``kd_grad``);
     * ``corrected``: g = kd + λ J(x)ᵀ∇g(Θ̄) = ∇f_B(x) − λ J(x)ᵀ(∇g_B(Θ̄) − ∇g(Θ̄)) [− λαθ],
       unbiased (E g = ∇f(x)) because the correction is pulled back at the same x.
@@ -238,6 +238,12 @@ class DeepLinear(Problem):
         if loss == "squared":
             self._Sxx = A.T @ A / n
             self._Syx = Y.T @ A / n
+
+    def __repr__(self):
+        classes = f", classes={self.n_classes}" if self.n_classes is not None else ""
+        widths = "→".join(str(w) for w in self.dims)
+        return (f"{type(self).__name__}(n={self.n}, widths={widths}, loss={self.loss_type!r}{classes}, "
+                f"l2={self.l2:g})")
 
     # ------------------------------------------------------------- structure
     def _layers(self, X):
@@ -400,7 +406,7 @@ class DeepLinear(Problem):
 
         J(x)ᵀ[∇g_B(W(x)) − λ∇g_B(Θ̄)] + αx − λαθ, the λαθ term only for a same-architecture
         θ (0 for an end-to-end teacher map). It is ``kd_grad`` − λαθ; the parameter-space form
-        ∇f_B(x) − λ∇f_B(θ) differs from it by λ(J(θ) − J(x))ᵀ∇g_B(Θ̄) (THEORY.md §2).
+        ∇f_B(x) − λ∇f_B(θ) differs from it by λ(J(θ) − J(x))ᵀ∇g_B(Θ̄) (docs/theory.md §2).
         """
         theta = self._teacher(theta)
         lam = V.finite_float("lam", lam)
@@ -505,7 +511,10 @@ class DeepLinear(Problem):
         first term is dropped. The ridge adds (α/2)(‖x‖² − ‖x*‖²). Softmax: f(x) − f*.
         """
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-        return KS.suboptimality(self._record_refs, X, np)
+        return KS.in_row_blocks(lambda Xb: KS.suboptimality(self._record_refs, Xb, np), X, self.record_row_bytes())
+
+    def record_row_bytes(self):
+        return 8 * (2 * self.dim + self.d_out * self.d_in + (0 if self.loss_type == "squared" else 10 * self.n * self.d_out))
 
     # kernel spec -------------------------------------------------------------
     def _spec_structure(self):

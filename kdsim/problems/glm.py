@@ -2,7 +2,7 @@
 
 With z = a_iᵀx: ∇ℓ_i = (ψ'(z) − y_i) a_i and ∇²ℓ_i = ψ''(z) a_i a_iᵀ. The teacher's label
 is its mean prediction ψ'(a_iᵀθ); KD is then the same GLM on the mixed labels
-(1−λ)y_i + λψ'(a_iᵀθ), so ∇ℓ_i(x | θ, λ) = ∇ℓ_i(x) − λ∇ℓ_i(θ) exactly (THEORY.md §2).
+(1−λ)y_i + λψ'(a_iᵀθ), so ∇ℓ_i(x | θ, λ) = ∇ℓ_i(x) − λ∇ℓ_i(θ) exactly (docs/theory.md §2).
 There is no temperature: only τ = 1 is accepted.
 
 * ``LogisticRegression``: y ∈ {0, 1}, ψ(z) = log(1 + e^z) (stable softplus).
@@ -47,6 +47,9 @@ class GLM(Problem):
         super().__init__(A.shape[0], A.shape[1], l2)
         self.A, self.y, self.bias = A, y, bias
         self._all = np.arange(self.n)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(n={self.n}, d'={self.dim}, bias={self.bias}, l2={self.l2:g})"
 
     # family -------------------------------------------------------------------
     @staticmethod
@@ -215,7 +218,12 @@ class GLM(Problem):
             raise ValueError(f"X must have shape ({self.dim},) or (T, {self.dim}); got {X.shape}")
         X = np.atleast_2d(X)
         zs, g = self._at_optimum
-        return KS.glm_subopt(np, X - self._solution, self.A, self.link, g, self.l2, self._link_refs(zs))
+        refs = self._link_refs(zs)
+        return KS.in_row_blocks(lambda Eb: KS.glm_subopt(np, Eb, self.A, self.link, g, self.l2, refs),
+                                X - self._solution, self.record_row_bytes())
+
+    def record_row_bytes(self):
+        return 10 * self.n * 8
 
     # kernel spec -------------------------------------------------------------
     def _spec_structure(self):

@@ -15,7 +15,7 @@ class LeastSquares(Problem):
     """Least squares on data A (n, d) and targets b (n,), optional ridge ``l2``.
 
     KD with teacher θ is regression on the mixed labels (1−λ)b_i + λ a_iᵀθ, so
-    ∇f_i(x | θ, λ) = ∇f_i(x) − λ∇ℓ_i(θ) exactly (THEORY.md §2).
+    ∇f_i(x | θ, λ) = ∇f_i(x) − λ∇ℓ_i(θ) exactly (docs/theory.md §2).
     """
 
     name = "least_squares"
@@ -25,10 +25,18 @@ class LeastSquares(Problem):
     def __init__(self, A, b, l2=0.0):
         A = V.as_float_array("A", A, ndim=2)
         b = V.as_float_array("b", b, ndim=1)
+        with np.errstate(over="ignore"):
+            gram_ok = np.isfinite(np.einsum("ij,ij->", A, A)) and np.isfinite(b @ b)
+        if not gram_ok:
+            raise ValueError(f"A and b must be small enough for AᵀA and ‖b‖² to be finite in float64 "
+                             f"(largest |A| = {np.abs(A).max():.3g}, |b| = {np.abs(b).max():.3g}); rescale the data")
         if b.shape[0] != A.shape[0]:
             raise ValueError(f"b must have one entry per row of A ({A.shape[0]}); got {b.shape[0]}")
         super().__init__(A.shape[0], A.shape[1], l2)
         self.A, self.b = A, b
+
+    def __repr__(self):
+        return f"{type(self).__name__}(n={self.n}, d={self.dim}, l2={self.l2:g})"
 
     # data loss and gradients -------------------------------------------------
     def _losses(self, x, idx):

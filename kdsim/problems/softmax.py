@@ -230,7 +230,7 @@ class SoftmaxRegression(Problem):
     KD at temperature τ (Hinton's weighting):
         ℓ_i(X | Θ, λ) = (1−λ)·CE(e_{y_i}, softmax(X a_i)) + λ τ²·CE(softmax(Θ a_i/τ), softmax(X a_i/τ)),
     whose gradient is [(1−λ)(p_i − e_{y_i}) + λτ(p_i^τ − q_i^τ)] a_iᵀ, p^τ = softmax(X a/τ),
-    q^τ = softmax(Θ a/τ). At τ = 1 it equals ∇ℓ_i(X) − λ∇ℓ_i(Θ) exactly (THEORY.md §2);
+    q^τ = softmax(Θ a/τ). At τ = 1 it equals ∇ℓ_i(X) − λ∇ℓ_i(Θ) exactly (docs/theory.md §2);
     at τ ≠ 1 it does not.
 
     Distances use the class-centred weights (``canonical``). ``solution()`` is the
@@ -255,6 +255,10 @@ class SoftmaxRegression(Problem):
         self.bias = bias
         self._onehot = np.eye(K)[y]
         self._all = np.arange(self.n)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(n={self.n}, d'={self.n_features}, classes={self.n_classes}, "
+                f"bias={self.bias}, l2={self.l2:g})")
 
     # layout ----------------------------------------------------------------
     def weights(self, x):
@@ -335,7 +339,7 @@ class SoftmaxRegression(Problem):
 
     # constants ---------------------------------------------------------------
     def sample_smoothness(self):
-        """L_i = ½‖a_i‖² + α: a bound, from λ_max(diag p − ppᵀ) ≤ ½ for every p (THEORY §3).
+        """L_i = ½‖a_i‖² + α: a bound, from λ_max(diag p − ppᵀ) ≤ ½ for every p (docs/theory.md §3).
 
         The bound is attained only when p puts mass ½ on two classes; see
         ``local_sample_smoothness`` for the value at a given x.
@@ -468,7 +472,11 @@ class SoftmaxRegression(Problem):
             raise ValueError(f"X must have shape ({self.dim},) or (T, {self.dim}); got {X.shape}")
         p, logp, g = self._at_optimum
         E = np.atleast_2d(X) - self._solution
-        return KS.softmax_subopt(np, E, self.A, self.n_classes, p, logp, g, self.l2)
+        return KS.in_row_blocks(lambda Eb: KS.softmax_subopt(np, Eb, self.A, self.n_classes, p, logp, g, self.l2),
+                                E, self.record_row_bytes())
+
+    def record_row_bytes(self):
+        return 10 * self.n * self.n_classes * 8
 
     # kernel spec -------------------------------------------------------------
     def _spec_structure(self):

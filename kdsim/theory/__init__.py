@@ -1,11 +1,12 @@
-"""The theory of THEORY.md §3–§7 as code: constants, bounds, optimal weights, exact dynamics.
+"""The theory of docs/theory.md §3–§7 as code: constants, bounds, optimal weights, exact dynamics.
 
 * :func:`constants` (§3) → :class:`Constants` (μ, L, L_max, 𝓛(b), ω(b), σ²_*, the KD noise
   quadratic, ρ, ‖∇f(θ)‖, ‖θ − x*‖, with provenance); :func:`mu_path`, :func:`pl_path`.
 * :mod:`~kdsim.theory.bounds` (§4): :func:`t1`, :func:`t1_prime`, :func:`t2`,
   :func:`sgd_bound` → :class:`Bound` (``curve``, ``neighbourhood``, ``gamma_max``, ``status``).
 * :mod:`~kdsim.theory.lambdas` (§6): :func:`lambda_hat`, :func:`lambda_star_t1`,
-  :func:`lambda_star_t2`, :func:`lambda_star_published`, :func:`lambda_opt`.
+  :func:`lambda_star_t2`, :func:`lambda_star_published`, :func:`lambda_opt`; :func:`all_lambdas`
+  collects them (``lambda_opt`` when given a least-squares ``problem``).
 * :mod:`~kdsim.theory.exact_ls` (§5): :func:`exact_moments`, :func:`mse_sgd`,
   :func:`stationary_error`, :func:`largest_stable_step`, :func:`spectral_radius`.
 * :mod:`~kdsim.theory.deep_linear_flow` (§7): mode curves and predicted maps.
@@ -23,7 +24,7 @@ from .constants import constants as _constants_fn
 from .deep_linear_flow import (balanced_aligned_init, kd_mode_targets, mode_strength, predicted_map,
                                predicted_trajectory, whitened_instance)
 from .exact_ls import (ExactMoments, exact_moments, largest_stable_step, mse_sgd, spectral_radius, stationary_error,
-                       stationary_error_from)
+                       stationary_error_from, step_stability)
 from .lambdas import (all_lambdas, lambda_hat, lambda_opt, lambda_opt_from, lambda_star_published, lambda_star_t1,
                       lambda_star_t2)
 from .sampling import batch_inner, batch_outer, batch_sq_norm, inclusion_probabilities, omega
@@ -37,6 +38,6 @@ __all__ = [
     "exact_moments", "expected_smoothness", "inclusion_probabilities", "kd_mode_targets",
     "lambda_hat", "lambda_opt", "lambda_opt_from", "lambda_star_published", "lambda_star_t1", "lambda_star_t2",
     "largest_stable_step", "mode_strength", "mse_sgd", "mu_path", "omega", "pl_path",
-    "predicted_map", "predicted_trajectory", "sgd_bound", "spectral_radius", "stationary_error", "stationary_error_from",
+    "predicted_map", "predicted_trajectory", "sgd_bound", "spectral_radius", "stationary_error", "stationary_error_from", "step_stability",
     "t1", "t1_prime", "t2", "whitened_instance", "x_lambda",
 ]

@@ -1,4 +1,4 @@
-"""The bounds of THEORY.md §4 as small objects built from a :class:`~kdsim.theory.constants.Constants`.
+"""The bounds of docs/theory.md §4 as small objects built from a :class:`~kdsim.theory.constants.Constants`.
 
 Every bound has the form
 
@@ -7,7 +7,7 @@ Every bound has the form
 knows the quantity it bounds (``quantity`` in words, ``record`` as a record name),
 its assumptions (text), its step-size condition and γ_max, its stationary
 neighbourhood split into named terms (``neighbourhood_terms``), and its source
-("derived": every bound here was derived for kdsim, THEORY §4).
+("derived": every bound here was derived for kdsim, docs/theory.md §4).
 
 Outside its condition a bound is *not applicable*: ``applicable`` is False,
 ``status`` reads "not applicable: γ = … > γ_max = …", and :meth:`Bound.curve`

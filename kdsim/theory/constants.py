@@ -1,4 +1,4 @@
-"""The constants of THEORY.md §3, computed exactly wherever a formula exists.
+"""The constants of docs/theory.md §3, computed exactly wherever a formula exists.
 
 ``constants(problem, theta, batch_size)`` returns a frozen :class:`Constants` with
 
@@ -65,7 +65,7 @@ def _safe_ratio(num, den):
 
 @dataclass(frozen=True, eq=False)
 class Constants:
-    """Constants of THEORY.md §3 for one (problem, teacher, batch size); see the module docstring."""
+    """Constants of docs/theory.md §3 for one (problem, teacher, batch size); see the module docstring."""
 
     n: int
     dim: int
@@ -127,6 +127,11 @@ def expected_smoothness(n, batch_size, L, L_max):
     """𝓛(b) = n(b−1)/(b(n−1)) · L + (n−b)/(b(n−1)) · L_max (b-minibatches without replacement)."""
     n = V.int_in_range("n", n, 1)
     b = V.int_in_range("batch_size", batch_size, 1, n)
+    L = V.nonnegative_float("L", L)
+    L_max = V.nonnegative_float("L_max", L_max)
+    if L_max < L * (1 - 1e-12):
+        raise ValueError(f"L_max must be >= L (the largest per-sample constant bounds the mean's); "
+                         f"got L = {L}, L_max = {L_max}")
     if n == 1:
         return float(L)
     return n * (b - 1) / (b * (n - 1)) * float(L) + (n - b) / (b * (n - 1)) * float(L_max)
@@ -241,7 +246,7 @@ def teacher_rows(problem, theta, x_star, teacher_term="f", teacher_space="auto")
 def _parameter_teacher_note(problem):
     """A note when parameter-space ∇f_i(θ) differs from the engines' KD teacher term (deep linear)."""
     if callable(getattr(problem, "pullback", None)):
-        return ("teacher rows are the parameter-space ∇f_i(θ) of THEORY §3; the engines' KD teacher "
+        return ("teacher rows are the parameter-space ∇f_i(θ) of docs/theory.md §3; the engines' KD teacher "
                 "term for this problem is J(x)ᵀ∇g_i(Θ̄), pulled back at the student "
                 "(teacher_space='pullback' evaluates that at x*)")
     return ""
@@ -249,7 +254,7 @@ def _parameter_teacher_note(problem):
 
 # --------------------------------------------------------------- the builder
 def constants(problem, theta, batch_size=1, teacher_term="f", teacher_space="auto"):
-    """Constants of THEORY.md §3 for ``problem``, teacher ``theta`` and minibatch size ``batch_size``.
+    """Constants of docs/theory.md §3 for ``problem``, teacher ``theta`` and minibatch size ``batch_size``.
 
     Parameters
     ----------
@@ -333,7 +338,7 @@ def _iterates(problem, iterates):
 
 
 def mu_path(problem, iterates, per_iterate=False, min_dist2=1e-24):
-    """Empirical strong quasi-convexity constant along iterates (THEORY §3, "path estimate").
+    """Empirical strong quasi-convexity constant along iterates (docs/theory.md §3, "path estimate").
 
     μ_path = min_t 2 (f* − f(x_t) − ⟨∇f(x_t), x* − x_t⟩) / ‖x_t − x*‖²,
     computed as 2(⟨∇f(x_t), x_t − x*⟩ − (f(x_t) − f*)) / ‖x_t − x*‖² with the

@@ -1,4 +1,4 @@
-"""Gradient-flow closed form of a two-layer linear network (THEORY.md §7).
+"""Gradient-flow closed form of a two-layer linear network (docs/theory.md §7).
 
 Setting: whitened inputs ((1/n) Σ a_i a_iᵀ = I), squared loss
 f(W_1, W_2) = (1/n) Σ ½‖W_2W_1 a_i − y_i‖², so ∇_W f = W − Σ_yx for the end-to-end

@@ -1,4 +1,4 @@
-"""Exact first and second moments of SGD / KD / corrected KD on least squares (THEORY.md §5).
+"""Exact first and second moments of SGD / KD / corrected KD on least squares (docs/theory.md §5).
 
 No Monte Carlo: the expectations over minibatches (uniform b-subsets without
 replacement, P(i ∈ B) = b/n, P(i, j ∈ B) = b(b−1)/(n(n−1))) are finite sums.
@@ -17,7 +17,7 @@ centre z, e = x − z obeys
 The centre is the mean fixed point: x* for "sgd" and "corrected", x_λ = (1−λ)x* + λθ
 for "kd" (then ξ_i = (1 − λ) g_i: §5's form), and x* + H⁻¹(λ t̄_data) for "kd_loss"
 (= x_λ without ridge; with a ridge α > 0 this is x̃ solving ∇f(x̃) = λ∇ℓ(θ), the
-extra bias of THEORY §2, handled exactly). For "corrected",
+extra bias of docs/theory.md §2, handled exactly). For "corrected",
 ξ_i = (1 − λ) g_i − λ (Ã_i − H)(θ − x*) + λ ḡ: the noise is correlated with H_B,
 and the cross term below carries that correlation exactly.
 
@@ -53,6 +53,7 @@ from .. import _validate as V
 from ..estimators import get_estimator
 from ..plan import record_times
 from ..problems.least_squares import LeastSquares
+from .constants import expected_smoothness
 from .sampling import pair_weights
 
 #: largest d for which the d² × d² Kronecker form is built (stationary solve)
@@ -212,7 +213,7 @@ def _noise_rows(problem, theta, lam, estimator):
 
 @dataclass(frozen=True, eq=False)
 class ExactMoments:
-    """Exact moments at the record steps (THEORY §5) and the stationary values.
+    """Exact moments at the record steps (docs/theory.md §5) and the stationary values.
 
     Arrays ``dist2_opt`` = E‖x_t − x*‖², ``subopt`` = E[f(x_t) − f*],
     ``dist2_teacher`` = E‖x_t − θ‖², ``dist2_centre`` = E‖x_t − z‖² (z the mean fixed
@@ -357,6 +358,35 @@ def largest_stable_step(problem, batch_size=1, rtol=1e-10):
         else:
             hi = mid
     return lo
+
+
+#: estimators whose linear part is SGD's, x ← (I − γ(H_B + αI))x + noise: they share SGD's stability limit
+SGD_LINEAR_ESTIMATORS = ("sgd", "kd", "kd_loss", "corrected")
+
+
+def step_stability(problem, step, batch_size=1, estimator="kd"):
+    """Mean-square stability of a constant step on least squares, for the driver's warning and summaries.
+
+    Returns {} when no limit is known (other problems, SVRG), else ``{"limit": γ_c, "ratio": γ/γ_c,
+    "batch_size": b}`` with γ_c = ``largest_stable_step`` — or ``limit`` None when γ is below the
+    sufficient bound 2/𝓛(b) (E[H_B²] ⪯ 𝓛(b)H, so 𝒯(γ) contracts) and the bisection is not needed.
+    γ_c is cached on the problem per batch size.
+    """
+    if not isinstance(problem, LeastSquares) or get_estimator(estimator).name not in SGD_LINEAR_ESTIMATORS:
+        return {}
+    step = V.positive_float("step", step)
+    b = V.int_in_range("batch_size", batch_size, 1, problem.n)
+    L = float(np.linalg.eigvalsh(problem.A.T @ problem.A / problem.n)[-1]) + problem.l2
+    if step < 2.0 / expected_smoothness(problem.n, b, L, float(problem.sample_smoothness().max())):
+        return {"limit": None, "ratio": None, "batch_size": b}
+    cache = problem.__dict__.setdefault("_stable_step_cache", {})
+    if b not in cache:
+        try:
+            cache[b] = largest_stable_step(problem, b)
+        except ValueError:                        # H singular: no step is mean-square stable
+            cache[b] = 0.0
+    limit = cache[b]
+    return {"limit": float(limit), "ratio": float(step / limit) if limit > 0 else float("inf"), "batch_size": b}
 
 
 def mse_sgd(problem, step, batch_size=1):

@@ -1,4 +1,4 @@
-"""Optimal KD weights (THEORY.md §6), each tagged with its source.
+"""Optimal KD weights (docs/theory.md §6), each tagged with its source.
 
 With c0 = σ²_*, c1 = E⟨∇f_B(x*), ∇f_B(θ)⟩, c2 = E‖∇f_B(θ)‖² and B = ‖∇f(θ)‖ from a
 :class:`~kdsim.theory.constants.Constants` (σ²_*(λ,θ) = c0 − 2λc1 + λ²c2):
@@ -16,6 +16,8 @@ function                   value                                            sour
 =========================  ===============================================  ==============
 
 Each function carries a ``source`` attribute ("derived" or "as published").
+``all_lambdas(constants, γ)`` collects the first four; ``all_lambdas(constants, γ, problem)``
+adds ``lambda_opt`` when ``problem`` is least squares.
 A ratio whose denominator vanishes (e.g. c2 = 0: a teacher with no gradient noise
 and no bias) is NaN.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validate as V
+from ..problems.least_squares import LeastSquares
 from .constants import Constants
 from .exact_ls import _require_ls, mse_sgd
 
@@ -99,7 +102,7 @@ def lambda_star_published(constants, gamma):
 def lambda_opt(problem, theta, step, batch_size=1):
     """Exact optimal KD weight on least squares: λ_opt = MSE_SGD / (MSE_SGD + D²), D = ‖θ − x*‖.
 
-    It minimises the exact stationary error λ²D² + (1 − λ)² MSE_SGD(γ, b) (THEORY §5);
+    It minimises the exact stationary error λ²D² + (1 − λ)² MSE_SGD(γ, b) (docs/theory.md §5);
     its error MSE_SGD·D²/(MSE_SGD + D²) beats both λ = 0 and λ = 1.
     """
     p = _require_ls(problem)
@@ -114,10 +117,39 @@ def lambda_opt_from(teacher_distance2, mse):
     return _ratio(mse, mse + teacher_distance2)
 
 
-def all_lambdas(constants, gamma):
-    """{name: (value, source)} for λ̂, λ*_T1, λ*_T2, λ*_published at step γ."""
+def all_lambdas(constants, gamma, problem=None, theta=None, batch_size=None):
+    """Every theoretical KD weight at step γ: {name: (value, source)}.
+
+    Parameters
+    ----------
+    constants : Constants
+        From :func:`kdsim.theory.constants` (problem, teacher, batch size).
+    gamma : float
+        Step size γ > 0.
+    problem : LeastSquares, optional
+        With a least-squares problem the exact ``lambda_opt`` (§5) is added; with any other
+        problem, or none, it is left out (the exact optimum has a closed form on least
+        squares only), so ``all_lambdas(constants, gamma)`` keeps its four entries.
+    theta : array_like, optional
+        The teacher for ``lambda_opt`` (default: the one ``constants`` was computed for).
+    batch_size : int, optional
+        b for ``lambda_opt`` (default: ``constants.batch_size``, so that every entry refers
+        to the same minibatch size).
+
+    Returns
+    -------
+    dict
+        ``lambda_hat``, ``lambda_star_t1``, ``lambda_star_t2``, ``lambda_star_published`` and,
+        on least squares, ``lambda_opt``; each ``(value, source)`` with source "derived" or
+        "as published". ``lambda_opt`` is for the distillation gradient of f (estimator "kd")
+        and raises ValueError, like :func:`lambda_opt`, for a step that is not mean-square stable.
+    """
     out = {}
     for fn, args in ((lambda_hat, ()), (lambda_star_t1, (gamma,)), (lambda_star_t2, (gamma,)),
                      (lambda_star_published, (gamma,))):
         out[fn.__name__] = (fn(constants, *args), fn.source)
+    if problem is not None and isinstance(problem, LeastSquares):
+        theta = _c(constants).theta if theta is None else theta
+        b = constants.batch_size if batch_size is None else batch_size
+        out["lambda_opt"] = (lambda_opt(problem, theta, gamma, b), lambda_opt.source)
     return out

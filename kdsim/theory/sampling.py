@@ -1,4 +1,4 @@
-"""Exact minibatch expectations for sampling without replacement (THEORY.md §1).
+"""Exact minibatch expectations for sampling without replacement (docs/theory.md §1).
 
 A minibatch B of size b is a uniformly random b-subset of {0, …, n−1}. Every
 expectation kdsim needs is a finite sum over samples weighted by the inclusion

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _validate as V
+from . import _validate as V
 
 #: fraction of the available memory a run may use when no budget is given
 DEFAULT_MEMORY_FRACTION = 0.5
@@ -62,7 +62,12 @@ class ChunkPlan:
         return self.fixed_bytes + self.chunk_seeds * self.bytes_per_seed
 
 
-def plan_chunks(n_seeds, bytes_per_seed, *, fixed_bytes=0, budget=None, chunk_seeds=None):
+#: what a run that does not fit can change
+ADVICE_FULL = "Raise memory_budget, record less often, or pass reduce=True (mean and variance only)"
+ADVICE_REDUCED = "Raise memory_budget or run fewer seeds per call (each (λ, seed) keeps an 8-byte divergence step)"
+
+
+def plan_chunks(n_seeds, bytes_per_seed, *, fixed_bytes=0, budget=None, chunk_seeds=None, advice=ADVICE_FULL):
     """Split ``n_seeds`` into chunks whose working memory fits ``budget`` bytes.
 
     ``bytes_per_seed`` is the working memory one seed (all its λ) needs during a
@@ -91,14 +96,13 @@ def plan_chunks(n_seeds, bytes_per_seed, *, fixed_bytes=0, budget=None, chunk_se
     if chunk < 1:
         raise MemoryError(
             f"a run of {n_seeds} seeds needs {fixed_bytes} bytes of output plus {bytes_per_seed} bytes "
-            f"per seed in flight; memory_budget is {budget} bytes. Raise memory_budget, record less "
-            "often, or pass reduce=True (mean and variance only)")
+            f"per seed in flight; memory_budget is {budget} bytes. {advice}")
     return ChunkPlan(n_seeds, int(chunk), bytes_per_seed, fixed_bytes, budget)
 
 
 def chunk_bytes(n_lams, n_records, dim, itemsize, *, saved_iterates=False, n_quantities=3):
     """Working bytes per seed of one chunk: the kernel's records, flags, final and saved iterates."""
-    per_traj = n_quantities * n_records * 8 + 8 + dim * (itemsize + 8)
+    per_traj = n_quantities * n_records * 8 + 8 + dim * (itemsize + 8) + 4 * 8    # + stream numbers and keys
     if saved_iterates:
         per_traj += n_records * dim * 8
     return int(n_lams * per_traj)
