@@ -1,10 +1,22 @@
 """The ``kdsim`` command line: ``kdsim check [NAME ...|all]``, ``kdsim sweep | table | plot``.
 
-Exit codes: 0 every check passed, 1 a check failed, 2 bad usage (one-line error).
+Exit codes: 0 success (every check passed), 1 a check failed (or some sweep cells failed), 2 a
+fault on the user's side, 130 interrupted. Errors are one line on stderr; ``--debug`` re-raises
+them with the traceback.
+
+What counts as the user's side (:func:`user_fault`): a bad option or argument (argparse, and the
+ValueError / TypeError kdsim raises itself when it validates an argument), an OSError (a path that
+is a folder, missing, not writable, a read-only file system, a full disk), a missing optional
+package (ImportError, e.g. ``--backend cupy`` without CuPy) or no usable GPU, a run that the
+memory planner refuses (MemoryError from ``kdsim.memory``), a sweep usage error, a results folder
+held by another sweep, and a corrupted data file (``kdsim.datasets.DatasetChecksumError``).
+Anything else is a bug in kdsim: one line naming the exception, exit code 1, and the
+traceback with ``--debug``.
 """
 from __future__ import annotations
 
 import argparse
+import linecache
 import sys
 import time
 from pathlib import Path
@@ -18,12 +30,22 @@ class _UsageError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with kdsim's one-line errors (exit code 2) instead of the usage block."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
 _positive_int = V.positive_int_arg
+
+_DEBUG_HELP = "on an error, show the traceback (for reporting a bug)"
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="kdsim", description="Numerical validation of knowledge-distillation theory.")
+    parser = _Parser(prog="kdsim", description="Numerical validation of knowledge-distillation theory.")
     parser.add_argument("--version", action="version", version=f"kdsim {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chk = sub.add_parser("check", help="run theory checks (THEORY.md §8) and write tables and plots",
                          description="Run theory checks and write tables (CSV, Markdown, LaTeX) and plots.")
@@ -31,10 +53,13 @@ def _parser():
                      help="check names or claim numbers, or 'all' (default)")
     chk.add_argument("--list", action="store_true", help="list the checks and exit")
     chk.add_argument("--quick", action="store_true", help="reduced sizes (a couple of minutes)")
-    chk.add_argument("--seeds", type=_positive_int, default=None, help="seeds per Monte Carlo estimate")
-    chk.add_argument("--backend", default="auto", help="simulation backend (auto, numpy)")
+    chk.add_argument("--seeds", type=_positive_int, default=None,
+                     help="seeds per Monte Carlo estimate (each check has a minimum: see --list)")
+    chk.add_argument("--backend", default="auto", help="simulation backend (auto, numpy, numba, cupy)")
     chk.add_argument("--out", default="kdsim-results", help="results folder (default: ./kdsim-results)")
     sweeps_cli.add_parsers(sub)
+    for command in sub.choices.values():          # `kdsim COMMAND ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
 
 
@@ -57,7 +82,8 @@ def _run_check_command(args):
 
     if args.list:
         for number, name, statement in checks.describe():
-            print(f"{number:2d}  {name:22s} {statement}")
+            fewest, _ = checks.min_seeds(name)
+            print(f"{number:2d}  {name:22s} seeds ≥ {fewest:<3d} {statement}")
         return 0
     names = list(checks.CLAIMS) if "all" in args.names else []
     try:
@@ -66,7 +92,15 @@ def _run_check_command(args):
         raise _UsageError(str(exc)) from None
     if args.backend not in BACKENDS:
         raise _UsageError(f"unknown backend {args.backend!r}; valid values: {', '.join(BACKENDS)}")
+    if args.backend == "cupy":                    # say so now, not after the first checks have run
+        from .engines import cupy_gpu
+        cupy_gpu.require()
     names = list(dict.fromkeys(names))
+    if args.seeds is not None:                    # refuse before any check runs
+        for name in names:
+            fewest, why = checks.min_seeds(name)
+            if args.seeds < fewest:
+                raise _UsageError(f"--seeds must be at least {fewest} for check {name} ({why}); got {args.seeds}")
     out = _writable_dir(args.out)
 
     from .report import plots, tables
@@ -105,20 +139,81 @@ def _run_check_command(args):
 
 
 def main(argv=None):
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv                     # known even when parsing fails
     try:
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
         if args.command == "check":
             return _run_check_command(args)
-        if args.command in sweeps_cli.COMMANDS:
-            return sweeps_cli.run_command(args)
-    except (_UsageError, sweeps_cli.UsageError) as exc:
-        print(f"kdsim: error: {exc}", file=sys.stderr)
-        return 2
-    return 2
+        return sweeps_cli.run_command(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("kdsim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the policy of the module docstring
+        if debug:
+            raise
+        if user_fault(exc):
+            print(f"kdsim: error: {_one_line(_message(exc))}", file=sys.stderr)
+            return 2
+        print(f"kdsim: internal error (a bug in kdsim): {type(exc).__name__}: {_one_line(str(exc))} "
+              "— run with --debug for the traceback", file=sys.stderr)
+        return 1
+
+
+def _message(exc):
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _innermost(exc):
+    """(module name, source line) of the frame that raised ``exc``."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "", ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    return frame.f_globals.get("__name__", ""), linecache.getline(frame.f_code.co_filename, tb.tb_lineno).strip()
+
+
+def _raised_by_kdsim(exc, modules=("kdsim",)):
+    """True when a ``raise`` statement in kdsim (in one of ``modules``) raised ``exc`` on purpose,
+    as opposed to an exception from a library or from a wrong call inside kdsim."""
+    module, line = _innermost(exc)
+    return module.split(".")[0] == "kdsim" and module.startswith(modules) and line.startswith("raise")
+
+
+def user_fault(exc):
+    """True when ``exc`` is a fault on the user's side (see the module docstring), False for a bug."""
+    from .sweeps.registry import SweepUsageError
+
+    if isinstance(exc, (_UsageError, SweepUsageError, OSError)):
+        return True
+    if isinstance(exc, ImportError):
+        return not (exc.name or "").startswith("kdsim")       # a missing kdsim module is a bug
+    if isinstance(exc, MemoryError):
+        return _raised_by_kdsim(exc, ("kdsim.memory", "kdsim.engines.memory"))
+    datasets = sys.modules.get("kdsim.datasets")
+    if datasets is not None and isinstance(exc, datasets.DatasetChecksumError):
+        return True
+    if isinstance(exc, NotImplementedError):                  # a backend without kernels for a problem
+        return _raised_by_kdsim(exc, ("kdsim.engines",))
+    if isinstance(exc, RuntimeError):                         # CuPy present but no usable GPU
+        return _raised_by_kdsim(exc, ("kdsim.engines.cupy_gpu",))
+    if isinstance(exc, (ValueError, TypeError)):
+        return _raised_by_kdsim(exc)
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover

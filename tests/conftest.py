@@ -24,3 +24,62 @@ def ls_problem():
     A = rng.standard_normal((40, 4))
     b = A @ rng.standard_normal(4) + 0.5 * rng.standard_normal(40)
     return kdsim.LeastSquares(A, b)
+
+
+# ======================================================================================
+# Shared theory-check results (tests/test_checks.py, tests/test_check_claim*.py).
+# Each quick check runs once per session; perturbation tests re-judge its simulations
+# (kdsim.checks.base.reuse_simulations) instead of running them again.
+# ======================================================================================
+@pytest.fixture(scope="session")
+def check_runs():
+    """The simulations of the unperturbed checks of this session, by call (``reuse_simulations``)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def quick_check_result(check_runs):
+    """``quick_check_result(name, backend="numpy", **kwargs)``: ``check(quick=True, ...)``, run once per session.
+
+    The result is shared: read it, never change it. Call it before monkeypatching anything: the
+    first call of a session runs the check, and its simulations enter ``check_runs``.
+    """
+    from kdsim import checks
+    from kdsim.checks.base import reuse_simulations
+
+    results, calls = {}, {}
+
+    def get(name, backend="numpy", **kwargs):
+        key = (checks.resolve(name), backend, tuple(sorted(kwargs.items())))
+        if key not in results:
+            with reuse_simulations(check_runs):
+                results[key] = checks.get_check(key[0])(quick=True, backend=backend, **kwargs)
+            calls[id(results[key])] = key
+        return results[key]
+
+    get.call_of = calls
+    return get
+
+
+@pytest.fixture(scope="session")
+def rejudge(check_runs, quick_check_result):
+    """``rejudge(base)``: the check of ``base`` (a ``quick_check_result``) run again as the code now reads.
+
+    Its simulations are ``base``'s: by default every one must be (``LookupError`` otherwise), so a
+    perturbation of the theory side re-judges them and simulates nothing. With
+    ``new_simulations=True`` (a perturbation that changes what is simulated: other arguments of
+    ``simulate``) the calls that differ run, and are kept out of ``check_runs``. Do not use it to
+    perturb problems or engines: a simulation is looked up by its arguments, not by that code.
+    """
+    import collections
+
+    from kdsim import checks
+    from kdsim.checks.base import reuse_simulations
+
+    def run(base, new_simulations=False):
+        name, backend, kwargs = quick_check_result.call_of[id(base)]
+        runs = collections.ChainMap({}, check_runs) if new_simulations else check_runs
+        with reuse_simulations(runs, strict=not new_simulations):
+            return checks.get_check(name)(quick=True, backend=backend, **dict(kwargs))
+
+    return run

@@ -10,8 +10,8 @@ def _failed(result, text):
     return [r for r in result.rows if text in r["quantity"] and not r["passed"]]
 
 
-def test_passes_quick():
-    result = c5.check(quick=True)
+def test_passes_quick(quick_check_result):
+    result = quick_check_result("lambda_opt")
     assert result.rows and result.passed, result.table()
     frame = result.frame()
     assert np.isfinite(frame[["empirical", "ci_low", "ci_high", "theoretical", "tolerance"]].to_numpy()).all()
@@ -34,22 +34,24 @@ def test_empirical_optimum_matches_exact_quadratic():
     assert np.allclose(pred, run.dist2_opt[3, :, -1], rtol=1e-10, atol=1e-14)
 
 
-def test_fails_when_lambda_opt_is_off(monkeypatch):
+def test_fails_when_lambda_opt_is_off(monkeypatch, quick_check_result, rejudge):
+    base = quick_check_result("lambda_opt")
     orig = kdsim.theory.lambda_opt
     monkeypatch.setattr(kdsim.theory, "lambda_opt", lambda *a, **k: 0.9 * orig(*a, **k))
-    result = c5.check(quick=True)
+    result = rejudge(base)
     assert _failed(result, "vs γ→0 limit")
     assert _failed(result, "argmin of the λ-recursion")
     assert _failed(result, "empirical argmin")
     assert _failed(result, "λ_opt for θ = x*")
 
 
-def test_fails_when_lambda_opt_is_not_proportional_to_gamma(monkeypatch):
+def test_fails_when_lambda_opt_is_not_proportional_to_gamma(monkeypatch, quick_check_result, rejudge):
     # a γ-independent term in MSE_SGD (a floor) makes λ_opt/γ blow up as γ → 0
     from kdsim.theory import lambdas
+    base = quick_check_result("lambda_opt")
     orig = lambdas.mse_sgd
     monkeypatch.setattr(lambdas, "mse_sgd", lambda *a, **k: orig(*a, **k) + 1e-3)
-    result = c5.check(quick=True)
+    result = rejudge(base)
     rows = [r for r in result.rows if "vs γ→0 limit" in r["quantity"]]
     assert len(rows) == 3 and not rows[-1]["passed"]        # the smallest γ: the floor dominates
     assert len(_failed(result, "vs γ→0 limit")) >= 2

@@ -10,9 +10,9 @@ from kdsim.checks import claim06_bounds as c6
 NUMERIC = ["empirical", "ci_low", "ci_high", "theoretical", "ratio"]
 
 
-@pytest.fixture(scope="module")
-def quick_result():
-    return c6.check(quick=True)
+@pytest.fixture
+def quick_result(quick_check_result):
+    return quick_check_result("bounds")
 
 
 def test_quick_passes_on_every_bound(quick_result):
@@ -40,11 +40,14 @@ def test_bounds_outside_their_condition_are_notes_not_rows(quick_result):
     assert na, r.notes
     frame = r.frame()
     for note in na:
-        inst, rest = note.split(": ", 1)
-        label = rest.split(" not applicable")[0]
+        # the instance text may hold ": " itself (softmax: "(= α: global)"); the bound's label is after the last one
+        head, _ = note.split(" not applicable", 1)
+        inst, label = head.rsplit(": ", 1)
+        rest = note[len(inst) + 2:]
         gmax = float(rest.split("γ_max = ")[1].split(" ")[0])
         gamma = float(rest.split("γ = ")[-1].rstrip(")"))
         assert gamma > gmax
+        assert (frame["instance"] == inst).any(), inst          # the note names an instance of the table
         assert not frame[(frame["instance"] == inst) & frame["quantity"].str.startswith(label + ":")].shape[0]
 
 
@@ -66,7 +69,8 @@ def test_gamma_grid_is_inside_each_condition():
         assert all(gamma <= gmax[n.replace("′", "'")] * (1 + 1e-12) for n in names)
 
 
-def test_fails_when_t1_neighbourhood_shrinks(monkeypatch):
+def test_fails_when_t1_neighbourhood_shrinks(monkeypatch, quick_check_result, rejudge):
+    base = quick_check_result("bounds")
     orig = th.t1
 
     def shrunk(*a, **k):
@@ -75,7 +79,7 @@ def test_fails_when_t1_neighbourhood_shrinks(monkeypatch):
         return dataclasses.replace(b, neighbourhood=0.01 * b.neighbourhood, neighbourhood_terms=terms)
 
     monkeypatch.setattr(th, "t1", shrunk)
-    r = c6.check(quick=True, seeds=8)
+    r = rejudge(base)
     bad = [row for row in r.rows if not row["passed"]]
     assert bad and not r.passed
     assert all(row["quantity"].startswith("T1:") for row in bad)
@@ -83,8 +87,9 @@ def test_fails_when_t1_neighbourhood_shrinks(monkeypatch):
     assert any("Monte Carlo" in row["quantity"] and "max_" in row["quantity"] for row in bad)
 
 
-def test_fails_when_t1_prime_rate_is_too_fast(monkeypatch):
+def test_fails_when_t1_prime_rate_is_too_fast(monkeypatch, quick_check_result, rejudge):
     # 1 − 4γμ is faster than the true mean-square rate ρ(𝒯) ≈ 1 − 2γμ: the transient escapes the bound
+    base = quick_check_result("bounds")
     orig = th.t1_prime
 
     def fast(c, gamma, lam, x0=None):
@@ -92,7 +97,7 @@ def test_fails_when_t1_prime_rate_is_too_fast(monkeypatch):
         return dataclasses.replace(b, rate=1.0 - 4.0 * gamma * c.mu)
 
     monkeypatch.setattr(th, "t1_prime", fast)
-    r = c6.check(quick=True, seeds=8)
+    r = rejudge(base)
     bad = [row for row in r.rows if not row["passed"]]
     assert bad and all(row["quantity"].startswith("T1′:") for row in bad)
     assert any("exact" in row["quantity"] for row in bad) and any("Monte Carlo" in row["quantity"] for row in bad)

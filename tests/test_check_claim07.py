@@ -10,9 +10,9 @@ from kdsim.checks import claim07_rates as c7
 NUMERIC = ["empirical", "ci_low", "ci_high", "theoretical", "ratio"]
 
 
-@pytest.fixture(scope="module")
-def quick_result():
-    return c7.check(quick=True)
+@pytest.fixture
+def quick_result(quick_check_result):
+    return quick_check_result("rates")
 
 
 def test_quick_passes(quick_result):
@@ -44,16 +44,18 @@ def test_rates_figure_compares_fitted_and_theoretical(quick_result):
     assert len(exact) and np.all(np.abs(exact["empirical"] - exact["theoretical"]) < 1e-2)
 
 
-def test_fails_when_spectral_radius_is_off(monkeypatch):
+def test_fails_when_spectral_radius_is_off(monkeypatch, quick_check_result, rejudge):
     # ρ(𝒯) at a 20% larger step: the ≈ rows must fail
+    base = quick_check_result("rates")
     orig = th.spectral_radius
     monkeypatch.setattr(th, "spectral_radius", lambda p, step, b=1: orig(p, 1.2 * step, b))
-    r = c7.check(quick=True, seeds=8)
+    r = rejudge(base)
     bad = [row for row in r.rows if not row["passed"]]
     assert bad and all(row["relation"] == "≈" for row in bad)
 
 
-def test_fails_when_rates_or_neighbourhoods_are_too_optimistic(monkeypatch):
+def test_fails_when_rates_or_neighbourhoods_are_too_optimistic(monkeypatch, quick_check_result, rejudge):
+    base = quick_check_result("rates")
     orig_t1, orig_sgd = th.t1, th.sgd_bound
 
     def t1(c, gamma, lam, x0=None):             # rate 1 − 3γμ: faster than ρ(𝒯) ≈ 1 − 2γμ
@@ -65,7 +67,7 @@ def test_fails_when_rates_or_neighbourhoods_are_too_optimistic(monkeypatch):
 
     monkeypatch.setattr(th, "t1", t1)
     monkeypatch.setattr(th, "sgd_bound", sgd)
-    r = c7.check(quick=True, seeds=8)
+    r = rejudge(base)
     bad = [row for row in r.rows if not row["passed"]]
     assert any("≤ T1 rate" in row["quantity"] for row in bad)
     assert any("≤ SGD neighbourhood" in row["quantity"] for row in bad)
@@ -79,7 +81,7 @@ def test_an_unresolved_transient_fails_without_nan(monkeypatch):
         raise ValueError("fit_rate found fewer than three transient records; record more often")
 
     monkeypatch.setattr(kdsim.stats, "fit_rate", no_transient)
-    r = c7.check(quick=True, seeds=4)
+    r = c7.check(quick=True, seeds=8)
     frame = r.frame()
     assert np.isfinite(frame[NUMERIC].to_numpy()).all()
     fitted = frame[frame["quantity"].str.startswith("fitted factor")]

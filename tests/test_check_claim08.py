@@ -12,8 +12,8 @@ def _failed(result, text):
     return [r for r in result.rows if text in r["quantity"] and not r["passed"]]
 
 
-def test_passes_quick():
-    result = c8.check(quick=True)
+def test_passes_quick(quick_check_result):
+    result = quick_check_result("variance_reduction")
     assert result.rows and result.passed, result.table()
     frame = result.frame()
     assert np.isfinite(frame[["empirical", "ci_low", "ci_high", "theoretical", "tolerance"]].to_numpy()).all()
@@ -36,26 +36,29 @@ def test_independent_noise_matches_enumeration_of_all_minibatches():
     assert abs(value - exact) <= half
 
 
-def test_fails_when_lambda_hat_is_off(monkeypatch):
+def test_fails_when_lambda_hat_is_off(monkeypatch, quick_check_result, rejudge):
+    base = quick_check_result("variance_reduction")
     orig = kdsim.theory.lambda_hat
     monkeypatch.setattr(kdsim.theory, "lambda_hat", lambda c: 0.9 * orig(c))
-    result = c8.check(quick=True)
+    result = rejudge(base)
     assert len(_failed(result, "KD-noise quadratic")) > 0.8 * sum("KD-noise quadratic" in r["quantity"] for r in result.rows)
     assert _failed(result, "every sample") and _failed(result, "Monte Carlo")
 
 
-def test_fails_when_rho_is_off(monkeypatch):
+def test_fails_when_rho_is_off(monkeypatch, quick_check_result, rejudge):
+    base = quick_check_result("variance_reduction")
     orig = kdsim.theory.constants
     monkeypatch.setattr(kdsim.theory, "constants",
                         lambda *a, **k: dataclasses.replace(orig(*a, **k), rho=0.99 * orig(*a, **k).rho))
-    result = c8.check(quick=True)
+    result = rejudge(base)
     assert _failed(result, "perfect teacher")
     assert _failed(result, "every sample")
 
 
-def test_monotonicity_rows_can_fail(monkeypatch):
+def test_monotonicity_rows_can_fail(monkeypatch, quick_check_result, rejudge):
+    base = quick_check_result("variance_reduction")
     monkeypatch.setattr(c8, "R_SEQUENCE", tuple(reversed(c8.R_SEQUENCE)))
-    result = c8.check(quick=True)
+    result = rejudge(base)
     bad = _failed(result, "teacher worsens")
     assert len(bad) == len(c8.instances()) * len(c8.BATCHES) * (len(c8.R_SEQUENCE) - 1)
 

@@ -10,8 +10,8 @@ def _failed(result, text):
     return [r for r in result.rows if text in r["quantity"] and not r["passed"]]
 
 
-def test_passes_quick():
-    result = c9.check(quick=True)
+def test_passes_quick(quick_check_result):
+    result = quick_check_result("corrected_kd")
     assert result.rows and result.passed, result.table()
     frame = result.frame()
     assert np.isfinite(frame[["empirical", "ci_low", "ci_high", "theoretical", "tolerance"]].to_numpy()).all()
@@ -20,14 +20,15 @@ def test_passes_quick():
     assert len(floor) and (floor["ci_high"] < floor["theoretical"]).all()
 
 
-def test_fails_when_the_exact_theory_is_plain_kd(monkeypatch):
+def test_fails_when_the_exact_theory_is_plain_kd(monkeypatch, quick_check_result, rejudge):
     # the biased estimator's exact stationary value carries λ²D²: the plateau rows must fail
+    base = quick_check_result("corrected_kd")
     orig = kdsim.theory.exact_moments
     monkeypatch.setattr(kdsim.theory, "exact_moments",
                         lambda *a, **k: orig(*a, **{**k, "estimator": "kd"}))
-    result = c9.check(quick=True)
-    assert len(_failed(result, "vs exact stationary value")) == sum("vs exact stationary value" in r["quantity"]
-                                                                     for r in result.rows)
+    result = rejudge(base)
+    n = sum("vs exact stationary value" in r["quantity"] for r in result.rows)
+    assert n and len(_failed(result, "vs exact stationary value")) == n
 
 
 def test_fails_when_the_simulation_runs_plain_kd(monkeypatch):
@@ -38,15 +39,17 @@ def test_fails_when_the_simulation_runs_plain_kd(monkeypatch):
     result = c9.check(quick=True)
     floor = [r for r in result.rows if "bias floor" in r["quantity"] and not r["instance"].endswith("λ=1")]
     assert floor and not any(r["passed"] for r in floor)
-    assert len(_failed(result, "vs exact stationary value")) == sum("vs exact stationary value" in r["quantity"]
-                                                                     for r in result.rows)
+    n = sum("vs exact stationary value" in r["quantity"] for r in result.rows)
+    assert n and len(_failed(result, "vs exact stationary value")) == n
 
 
-def test_fails_when_the_small_gamma_limit_is_off(monkeypatch):
+def test_fails_when_the_small_gamma_limit_is_off(monkeypatch, quick_check_result, rejudge):
+    base = quick_check_result("corrected_kd")
     orig = c9.lyapunov_trace
     monkeypatch.setattr(c9, "lyapunov_trace", lambda *a, **k: 1.05 * orig(*a, **k))
-    result = c9.check(quick=True)
-    assert len(_failed(result, "Lyapunov")) == sum("Lyapunov" in r["quantity"] for r in result.rows)
+    result = rejudge(base)
+    n = sum("Lyapunov" in r["quantity"] for r in result.rows)
+    assert n and len(_failed(result, "Lyapunov")) == n
 
 
 @pytest.mark.slow

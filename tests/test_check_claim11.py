@@ -14,8 +14,8 @@ def _failed(result):
     return [r for r in result.rows if not r["passed"]]
 
 
-def test_claim11_passes_quick():
-    result = c11.check(quick=True)
+def test_claim11_passes_quick(quick_check_result):
+    result = quick_check_result("digits")
     assert result.rows and not _failed(result), result.table()
     frame = result.frame()
     assert not frame[["empirical", "ci_low", "ci_high", "theoretical", "ratio"]].isna().any().any()
@@ -26,18 +26,21 @@ def test_claim11_passes_quick():
     assert len(methods) == 3
 
 
-def test_claim11_fails_without_the_kd_loss_bias(monkeypatch):
+def test_claim11_fails_without_the_kd_loss_bias(monkeypatch, quick_check_result, rejudge):
     # x̃ replaced by x* (no bias): the residual, the bias lower bound and bias + noise rows must fail
+    base = quick_check_result("digits")
     monkeypatch.setattr(th, "x_lambda", lambda problem, theta, lam, **k: problem.solution())
-    result = c11.check(quick=True, seeds=8)
+    result = rejudge(base)
     bad = [r["quantity"] for r in _failed(result)]
     assert any("residual" in q for q in bad)
     assert any("f(x̃) − f* + γσ̃²/4" in q for q in bad)
     assert all(q.startswith("(b)") for q in bad)
 
 
-def test_claim11_fails_when_kd_runs_another_lambda(monkeypatch):
+def test_claim11_fails_when_kd_runs_another_lambda(monkeypatch, quick_check_result, rejudge):
     # the (1 − λ)² factor is specific to λ: KD run at λ = 0.4 while the theory says λ = 0.7
+    # (only that run is new: the SGD, kd_loss and λ-grid runs are reused)
+    base = quick_check_result("digits")
     orig = c11.simulate
 
     def other_lambda(problem, theta, lams, *a, **k):
@@ -46,18 +49,19 @@ def test_claim11_fails_when_kd_runs_another_lambda(monkeypatch):
         return orig(problem, theta, lams, *a, **k)
 
     monkeypatch.setattr(c11, "simulate", other_lambda)
-    result = c11.check(quick=True, seeds=8)
+    result = rejudge(base, new_simulations=True)
     bad = [r["quantity"] for r in _failed(result)]
     assert any("ratio KD/SGD" in q for q in bad)
     assert any("KD λ=0.7 plateau" in q for q in bad)
 
 
-def test_claim11_fails_when_the_noise_theory_is_off(monkeypatch):
+def test_claim11_fails_when_the_noise_theory_is_off(monkeypatch, quick_check_result, rejudge):
     # a KD noise σ²_*(λ, θ) 100× too small must fail the first-order KD plateau row
     from kdsim.theory.constants import Constants
+    base = quick_check_result("digits")
     orig = Constants.sigma2_kd
     monkeypatch.setattr(Constants, "sigma2_kd", lambda self, lam: 0.01 * orig(self, lam))
-    result = c11.check(quick=True, seeds=8)
+    result = rejudge(base)
     bad = [r["quantity"] for r in _failed(result)]
     assert any("KD λ=0.7 plateau" in q and "first order" in q for q in bad)
 

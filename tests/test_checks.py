@@ -23,8 +23,8 @@ def _assert_passes(result):
 
 
 @pytest.mark.parametrize("name", list(checks.CLAIMS))
-def test_check_passes_quick(name):
-    _assert_passes(checks.get_check(name)(quick=True))
+def test_check_passes_quick(name, quick_check_result):
+    _assert_passes(quick_check_result(name))
 
 
 @pytest.mark.slow
@@ -44,12 +44,15 @@ def test_claim1_fails_when_the_identity_is_broken(monkeypatch):
 
 def test_claim2_fails_with_an_imperfect_teacher(monkeypatch):
     # a teacher 1e-3 away from x* leaves a λ²D² floor far above 1e-20
+    # (the simulation itself changes, so it runs again: on the first, least-squares instance only)
     from kdsim.checks import claim02_optimal_teacher as c2
     orig = kdsim.simulate
+    first = c2.instances()[:1]
 
     def shifted(problem, theta, *a, **k):
         return orig(problem, np.asarray(theta) + 1e-3, *a, **k)
 
+    monkeypatch.setattr(c2, "instances", lambda: first)
     monkeypatch.setattr(c2, "simulate", shifted)
     result = c2.check(quick=True, seeds=4)
     assert not result.passed
@@ -61,7 +64,8 @@ def test_claim3_fails_when_lambda_is_not_one(monkeypatch):
     orig = kdsim.simulate
     monkeypatch.setattr(c3, "simulate", lambda p, th, lams, *a, **k: orig(p, th, [0.99], *a, **k))
     result = c3.check(quick=True, seeds=4)
-    assert not any(r["passed"] for r in result.rows if "E‖x_T − θ‖²" in r["quantity"])
+    rows = [r for r in result.rows if "E‖x_T − θ‖²" in r["quantity"]]
+    assert len(rows) == len(c3.instances(True)) and not any(r["passed"] for r in rows)
 
 
 def test_cli_version_and_list(capsys):
@@ -84,9 +88,16 @@ def test_cli_bad_input_exit_2(argv, message, capsys, tmp_path):
 
 
 def test_cli_negative_seeds_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["check", "1", "--seeds", "-5"])
-    assert exc.value.code == 2 and "positive integer" in capsys.readouterr().err
+    assert main(["check", "1", "--seeds", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "positive integer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_refuses_seeds_below_a_checks_minimum_before_running(capsys):
+    assert main(["check", "4", "11", "--quick", "--seeds", "4"]) == 2
+    captured = capsys.readouterr()
+    assert "running" not in captured.out                  # refused before the first check ran
+    assert "--seeds must be at least 8 for check digits" in captured.err
 
 
 def test_cli_unwritable_out_exit_2(tmp_path, capsys):
@@ -118,3 +129,23 @@ def test_theory_check_script_runs():
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "PASS" in proc.stdout and "empirical" in proc.stdout
+
+
+@pytest.mark.parametrize("name", list(checks.CLAIMS))
+def test_checks_refuse_too_few_seeds(name):
+    # each check states the fewest seeds its intervals need, and refuses fewer before simulating
+    from kdsim.checks import get_check, min_seeds
+    fewest, why = min_seeds(name)
+    assert fewest >= 1 and why
+    if fewest > 1:
+        with pytest.raises(ValueError, match=f"seeds must be an integer >= {fewest}"):
+            get_check(name)(quick=True, seeds=fewest - 1)
+    with pytest.raises(ValueError, match="seeds must be an integer"):
+        get_check(name)(quick=True, seeds=1.5)
+
+
+def test_check_script_refuses_too_few_seeds(capsys):
+    from kdsim.checks import script_main
+    with pytest.raises(SystemExit) as exc:
+        script_main("bounds", ["--quick", "--seeds", "1"])
+    assert exc.value.code == 2 and "--seeds must be at least 2" in capsys.readouterr().err

@@ -95,7 +95,7 @@ def test_fit_rate_recovers_geometric_decay_above_a_plateau():
 
 
 def test_quadratic_in_lambda_exact_for_least_squares():
-    # THEORY §5.1: with common random numbers ‖x_t(λ) − x*‖² is a quadratic in λ per seed
+    # docs/theory.md §5.1: with common random numbers ‖x_t(λ) − x*‖² is a quadratic in λ per seed
     import kdsim
     from kdsim.problems import synthetic
     p = synthetic.least_squares(50, 4, seed=1)
@@ -123,3 +123,46 @@ def test_lambda_opt_from_grid_finds_the_parabola_minimum():
 
 def test_tightness():
     np.testing.assert_array_equal(stats.tightness([2.0, 1.0, 1.0], [1.0, 2.0, 0.0]), [2.0, 0.5, np.inf])
+
+
+def test_reuse_simulations_serves_identical_calls_only():
+    # simulate, then judge: inside reuse_simulations an identical call returns the stored run
+    import collections
+    import inspect
+
+    import kdsim
+    from kdsim.checks import base
+    from kdsim.problems import synthetic
+    p = synthetic.least_squares(30, 3, seed=0)
+    theta = p.solution() + 0.2
+    args = (p, theta, [0.0, 0.5], 0.05, 20)
+
+    def sim(*a, **k):
+        return base.simulate(*a, **{"record_every": 5, "backend": "numpy", **k})
+
+    assert inspect.signature(base.simulate) == inspect.signature(kdsim.simulate)
+    assert sim(*args, 3) is not sim(*args, 3)                              # outside the block: no reuse
+    with base.reuse_simulations() as runs:
+        first = sim(*args, 3)
+        again = base.simulate(synthetic.least_squares(30, 3, seed=0), theta.copy(), (0.0, 0.5), step=0.05,
+                              steps=20, seeds=3, batch_size=1, record_every=5, backend="numpy")   # spelt differently
+        assert again is first and len(runs) == 1
+        assert not first.dist2_opt.flags.writeable and not first.x_final.flags.writeable
+        for other in (dict(seeds=4), dict(seeds=3, record_every=4), dict(seeds=3, x0=theta),
+                      dict(seeds=3, estimator="corrected"), dict(seeds=3, batch_size=2)):
+            assert sim(*args, **other) is not first
+        assert sim(synthetic.least_squares(30, 3, seed=1), *args[1:], 3) is not first
+        assert sim(p, theta, [0.0, 0.6], 0.05, 20, 3) is not first
+        assert len(runs) == 8
+    fresh = kdsim.simulate(*args, 3, record_every=5, backend="numpy")
+    for name in ("dist2_opt", "subopt", "dist2_teacher", "x_final", "diverged_step"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(fresh, name))
+    with base.reuse_simulations(runs, strict=True):
+        assert sim(*args, 3) is first
+        with pytest.raises(LookupError, match="not among the stored"):
+            sim(*args, 5)
+    layered = collections.ChainMap({}, runs)
+    with base.reuse_simulations(layered):
+        assert sim(*args, 3) is first
+        sim(*args, 5)
+    assert len(layered.maps[0]) == 1 and len(runs) == 8                   # new runs kept apart

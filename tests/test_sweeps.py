@@ -526,3 +526,15 @@ def test_failing_cell_is_reported_and_the_others_are_stored(tmp_path, capsys):
     assert sweeps_cli.run_command(parser.parse_args(["sweep", str(path), "--out", str(tmp_path), "--no-progress"])) == 1
     err = capsys.readouterr().err
     assert "1 of 2 cells already stored" in err and "1 of 2 cells failed" in err
+
+
+def test_sweeps_run_stays_a_function_after_its_module_is_imported():
+    # the execution module is kdsim.sweeps.execute, so importing it (as `kdsim sweep` does) cannot
+    # replace the package's `run` function with a module
+    import importlib
+
+    import kdsim.sweeps as sweeps
+    importlib.import_module("kdsim.sweeps.execute")
+    importlib.import_module("kdsim.sweeps.cli")
+    assert callable(sweeps.run) and sweeps.run.__module__ == "kdsim.sweeps.execute"
+    assert callable(sweeps.run_cells) and sweeps.StoreLocked.__name__ == "StoreLocked"

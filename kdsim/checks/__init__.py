@@ -51,15 +51,24 @@ def describe():
     return out
 
 
+def min_seeds(name):
+    """(fewest seeds the check accepts, why) of a claim."""
+    module = importlib.import_module(CLAIMS[resolve(name)][1])
+    return module.MIN_SEEDS, module.MIN_SEEDS_REASON
+
+
 def script_main(name, argv=None):
     """Entry point of a ``theory_checks/`` script: run one check, print its table, return the exit code."""
     import argparse
 
     parser = argparse.ArgumentParser(description=f"THEORY.md §8 claim {CLAIMS[resolve(name)][0]}")
     parser.add_argument("--quick", action="store_true", help="reduced size")
-    parser.add_argument("--seeds", type=int, default=None)
+    fewest, why = min_seeds(name)
+    parser.add_argument("--seeds", type=int, default=None, help=f"at least {fewest} ({why})")
     parser.add_argument("--backend", default="numpy")
     args = parser.parse_args(argv)
+    if args.seeds is not None and args.seeds < fewest:
+        parser.error(f"--seeds must be at least {fewest} for this check ({why}); got {args.seeds}")
     result = get_check(name)(quick=args.quick, seeds=args.seeds, backend=args.backend)
     print(result.statement)
     print(result.table())
@@ -67,4 +76,5 @@ def script_main(name, argv=None):
     return 0 if result.passed else 1
 
 
-__all__ = ["CLAIMS", "COLUMNS", "CheckResult", "describe", "get_check", "make_row", "resolve", "script_main"]
+__all__ = ["CLAIMS", "COLUMNS", "CheckResult", "describe", "get_check", "make_row", "min_seeds", "resolve",
+           "script_main"]

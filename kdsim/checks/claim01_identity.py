@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..problems import synthetic
-from .base import CheckResult, Timer, make_row
+from .base import CheckResult, Timer, check_seeds, make_row
 
 CLAIM, NAME = 1, "identity"
 LAMS = (0.0, 0.3, 0.7, 1.0, 1.5)
@@ -64,8 +64,14 @@ def deep_linear_function_space_gap(problem, x, theta_map, lam, idx, rng, eps=1e-
     return relative_gap(np.array(lhs), np.array(rhs))
 
 
+#: the fewest seeds the check accepts, and why
+MIN_SEEDS = 1
+MIN_SEEDS_REASON = "deterministic: seeds are not used"
+
+
 def check(quick=False, seeds=None, backend="numpy", level=0.99):
     """Run claim 1 (deterministic: ``seeds`` and ``backend`` are not used)."""
+    check_seeds(seeds, MIN_SEEDS, MIN_SEEDS_REASON)
     rng = np.random.default_rng(0)
     res = CheckResult(CLAIM, NAME, __doc__.strip().splitlines()[0])
     row = res.rows.append

@@ -15,8 +15,7 @@ import numpy as np
 
 from .. import stats, theory
 from ..problems import LeastSquares, synthetic
-from ..simulate import simulate
-from .base import CheckResult, Timer, make_row
+from .base import CheckResult, Timer, check_seeds, make_row, simulate
 
 CLAIM, NAME = 2, "optimal_teacher"
 TARGET = 1e-20
@@ -36,8 +35,14 @@ def steps_to_target(c, gamma, dist0):
     return int(np.ceil(np.log(max(dist0, TARGET) / (TARGET / 10)) / -np.log1p(-gamma * c.mu)))
 
 
+#: the fewest seeds the check accepts, and why
+MIN_SEEDS = 2
+MIN_SEEDS_REASON = "Student-t intervals across seeds need two"
+
+
 def check(quick=False, seeds=None, backend="numpy", level=0.99):
     """Run claim 2; returns a CheckResult (see the module docstring for the claim)."""
+    check_seeds(seeds, MIN_SEEDS, MIN_SEEDS_REASON)
     seeds = seeds or (16 if quick else 128)
     res = CheckResult(CLAIM, NAME, __doc__.strip().splitlines()[0])
     with Timer(res):

@@ -12,8 +12,7 @@ import numpy as np
 
 from .. import stats, teachers
 from ..problems import synthetic
-from ..simulate import simulate
-from .base import CheckResult, Timer, make_row
+from .base import CheckResult, Timer, check_seeds, make_row, simulate
 
 CLAIM, NAME = 3, "teacher_fixed_point"
 
@@ -31,8 +30,14 @@ def instances(quick):
     ]
 
 
+#: the fewest seeds the check accepts, and why
+MIN_SEEDS = 2
+MIN_SEEDS_REASON = "Student-t intervals and the spread across seeds need two"
+
+
 def check(quick=False, seeds=None, backend="numpy", level=0.99):
     """Run claim 3; returns a CheckResult (see the module docstring for the claim)."""
+    check_seeds(seeds, MIN_SEEDS, MIN_SEEDS_REASON)
     seeds = seeds or (16 if quick else 64)
     res = CheckResult(CLAIM, NAME, __doc__.strip().splitlines()[0])
     with Timer(res):

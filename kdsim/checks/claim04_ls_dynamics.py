@@ -41,8 +41,7 @@ from scipy import stats as _st
 
 from .. import datasets, stats, teachers, theory
 from ..problems import LeastSquares, synthetic
-from ..simulate import simulate
-from .base import CheckResult, Timer, make_row
+from .base import CheckResult, Timer, check_seeds, make_row, simulate
 
 CLAIM, NAME = 4, "ls_dynamics"
 LAMS = (0.0, 0.4, 0.8)
@@ -98,13 +97,6 @@ def mu_of(problem):
     return float(np.linalg.eigvalsh(problem.hessian(problem.solution()))[0])
 
 
-def check_seeds(seeds):
-    """``seeds`` of a Monte Carlo check: None (the check's default) or an integer ≥ 2 (intervals need two)."""
-    if seeds is not None and (isinstance(seeds, bool) or int(seeds) != seeds or seeds < 2):
-        raise ValueError(f"seeds must be an integer >= 2 (confidence intervals need two seeds); got {seeds!r}")
-    return seeds
-
-
 def record_every(steps):
     return max(1, steps // N_RECORDS)
 
@@ -131,9 +123,14 @@ def instances(quick):
     return out
 
 
+#: the fewest seeds the check accepts, and why
+MIN_SEEDS = 2
+MIN_SEEDS_REASON = "Student-t intervals across seeds need two"
+
+
 def check(quick=False, seeds=None, backend="numpy", level=0.99):
     """Run claim 4; returns a CheckResult (see the module docstring for the claim)."""
-    check_seeds(seeds)
+    check_seeds(seeds, MIN_SEEDS, MIN_SEEDS_REASON)
     res = CheckResult(CLAIM, NAME, __doc__.strip().splitlines()[0])
     with Timer(res):
         specs = instances(quick)

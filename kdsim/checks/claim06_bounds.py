@@ -54,8 +54,7 @@ import pandas as pd
 
 from .. import stats, teachers, theory
 from ..problems import LeastSquares, synthetic
-from ..simulate import simulate
-from .base import CheckResult, Timer, make_row
+from .base import CheckResult, Timer, check_seeds, make_row, simulate
 
 CLAIM, NAME = 6, "bounds"
 #: run length in units of 1/(γμ)
@@ -229,8 +228,14 @@ def tightness_interval(neighbourhood, plateau):
     return float(est), float(lo), float(hi)
 
 
+#: the fewest seeds the check accepts, and why
+MIN_SEEDS = 2
+MIN_SEEDS_REASON = "Student-t intervals across seeds need two"
+
+
 def check(quick=False, seeds=None, backend="numpy", level=0.99):
     """Run claim 6; returns a CheckResult (see the module docstring for the claim)."""
+    check_seeds(seeds, MIN_SEEDS, MIN_SEEDS_REASON)
     seeds = seeds or (16 if quick else 128)
     res = CheckResult(CLAIM, NAME, __doc__.strip().splitlines()[0])
     scatter = []

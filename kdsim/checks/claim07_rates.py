@@ -41,8 +41,7 @@ import pandas as pd
 
 from .. import stats, teachers, theory
 from ..problems import LeastSquares, synthetic
-from ..simulate import simulate
-from .base import CheckResult, Timer, make_row
+from .base import CheckResult, Timer, check_seeds, make_row, simulate
 from .claim06_bounds import BOUND_TEXT, Setting, away_start, centre_series, gamma_grid, run_length
 
 CLAIM, NAME = 7, "rates"
@@ -93,8 +92,14 @@ def settings(quick):
     return out
 
 
+#: the fewest seeds the check accepts, and why
+MIN_SEEDS = 8
+MIN_SEEDS_REASON = "the seed-bootstrap interval of the fitted rate undercovers with fewer"
+
+
 def check(quick=False, seeds=None, backend="numpy", level=0.99):
     """Run claim 7; returns a CheckResult (see the module docstring for the claim)."""
+    check_seeds(seeds, MIN_SEEDS, MIN_SEEDS_REASON)
     seeds = seeds or (16 if quick else 128)
     res = CheckResult(CLAIM, NAME, __doc__.strip().splitlines()[0])
     scatter = []

@@ -34,7 +34,7 @@ import numpy as np
 from .. import teachers, theory
 from ..problems import LeastSquares, synthetic
 from ..rng import minibatch_indices
-from .base import CheckResult, Timer, make_row
+from .base import CheckResult, Timer, check_seeds, make_row
 from .claim04_ls_dynamics import diabetes_problem, mean_half_width, t_quantile
 
 CLAIM, NAME = 8, "variance_reduction"
@@ -80,9 +80,15 @@ def independent_noise(p, theta, lam, b, n_batches, level_q):
     return float(m), float(h)
 
 
+#: the fewest seeds the check accepts, and why
+MIN_SEEDS = 2
+MIN_SEEDS_REASON = "seeds counts Monte Carlo minibatches; Student-t intervals need two"
+
+
 def check(quick=False, seeds=None, backend="numpy", level=0.99):
     """Run claim 8 (exact and minibatch Monte Carlo, no simulation: ``backend`` is not used;
     ``seeds`` sets the number of Monte Carlo minibatches, default 20000, 4000 when quick)."""
+    check_seeds(seeds, MIN_SEEDS, MIN_SEEDS_REASON)
     n_batches = seeds or (4000 if quick else 20000)
     res = CheckResult(CLAIM, NAME, __doc__.strip().splitlines()[0])
     with Timer(res):

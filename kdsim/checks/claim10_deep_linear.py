@@ -40,9 +40,8 @@ import numpy as np
 
 from .. import stats, teachers
 from .. import theory as th
-from ..simulate import simulate
 from ..theory.deep_linear_flow import aligned_modes
-from .base import CheckResult, Timer, make_row
+from .base import CheckResult, Timer, check_seeds, make_row, simulate
 
 CLAIM, NAME = 10, "deep_linear"
 
@@ -104,8 +103,14 @@ def mode_trajectory(problem, teacher_map, lam, gamma, segment, U, Vt, x0, backen
     return np.arange(N_RECORDS + 1) * segment, np.array(C)
 
 
+#: the fewest seeds the check accepts, and why
+MIN_SEEDS = 2
+MIN_SEEDS_REASON = "Student-t intervals across seeds need two"
+
+
 def check(quick=False, seeds=None, backend="numpy", level=0.99):
     """Run claim 10; returns a CheckResult (see the module docstring for the claim)."""
+    check_seeds(seeds, MIN_SEEDS, MIN_SEEDS_REASON)
     gamma = 4e-3 if quick else 2e-3
     seeds = seeds or (16 if quick else 64)
     res = CheckResult(CLAIM, NAME, __doc__.strip().splitlines()[0])

@@ -46,9 +46,8 @@ import numpy as np
 from .. import datasets, stats
 from .. import theory as th
 from ..problems.softmax import SoftmaxRegression
-from ..simulate import simulate
 from ..theory.sampling import batch_sq_norm
-from .base import CheckResult, Timer, make_row
+from .base import CheckResult, Timer, check_seeds, make_row, simulate
 
 CLAIM, NAME = 11, "digits"
 
@@ -88,8 +87,14 @@ def _sizes(quick, seeds, n_data):
     return cfg
 
 
+#: the fewest seeds the check accepts, and why
+MIN_SEEDS = 8
+MIN_SEEDS_REASON = "the paired seed-bootstrap interval of KD/SGD undercovers with fewer"
+
+
 def check(quick=False, seeds=None, backend="numpy", level=0.99):
     """Run claim 11; returns a CheckResult (see the module docstring for the claim)."""
+    check_seeds(seeds, MIN_SEEDS, MIN_SEEDS_REASON)
     res = CheckResult(CLAIM, NAME, __doc__.strip().splitlines()[0])
     with Timer(res):
         cfg_data = QUICK if quick else FULL

@@ -9,7 +9,8 @@
 * :mod:`~kdsim.sweeps.registry`: the named problem families and teacher kinds a spec can use;
 * :mod:`~kdsim.sweeps.task`: one cell = ``kdsim.simulate`` reduced to summaries, theory beside them;
 * :mod:`~kdsim.sweeps.store`: one atomic, validated parquet part per cell;
-* :mod:`~kdsim.sweeps.run`: in-process, LocalCluster or remote-scheduler execution, progress, dry run;
+* :mod:`~kdsim.sweeps.execute`: in-process, LocalCluster or remote-scheduler execution, progress, dry run
+  (its ``run`` is ``kdsim.sweeps.run``);
 * :mod:`~kdsim.sweeps.report`: bound-vs-empirical tables and figures from a store;
 * :mod:`~kdsim.sweeps.cli`: ``kdsim sweep | table | plot``.
 """
@@ -20,16 +21,17 @@ from .registry import PROBLEMS, TEACHERS, Builder, Param, SpecError, SweepUsageE
 #: public name -> submodule; imported on first use so that ``kdsim.sweeps.cli`` (wired into the
 #: ``kdsim`` command) loads no more than the registry until a sweep command runs
 _LAZY = {
-    "RunReport": "run", "SweepError": "run", "dry_run": "run", "run": "run",
+    "RunReport": "execute", "SweepError": "execute", "dry_run": "execute", "run": "execute",
+    "run_cells": "execute", "StoreLocked": "store", "StoreWriteError": "store",
     "Cell": "spec", "Sweep": "spec", "load_spec": "spec",
     "Store": "store", "StoreError": "store", "StoreWarning": "store", "load": "store",
     "plot": "report", "table": "report",
 }
-_SUBMODULES = ("cli", "registry", "report", "run", "spec", "store", "task")
+_SUBMODULES = ("cli", "execute", "registry", "report", "spec", "store", "task")
 
-__all__ = ["Builder", "Cell", "PROBLEMS", "Param", "RunReport", "SpecError", "Store", "StoreError", "StoreWarning",
-           "Sweep", "SweepError", "SweepUsageError", "TEACHERS", "dry_run", "load", "load_spec", "plot",
-           "register_problem", "register_teacher", "report", "run", "table"]
+__all__ = ["Builder", "Cell", "PROBLEMS", "Param", "RunReport", "SpecError", "Store", "StoreError", "StoreLocked",
+           "StoreWarning", "StoreWriteError", "Sweep", "SweepError", "SweepUsageError", "TEACHERS", "dry_run", "load",
+           "load_spec", "plot", "register_problem", "register_teacher", "report", "run", "run_cells", "table"]
 
 
 def __getattr__(name):

@@ -1,15 +1,17 @@
 """``kdsim sweep | table | plot``: the sweep subcommands, wired into ``kdsim.cli``.
 
 ``add_parsers(subparsers)`` adds the three subcommands to the main parser;
-``run_command(args)`` runs one and returns the exit code: 0 success, 1 some cells failed
-or the store holds corrupt parts, 130 interrupted (finished cells are kept; re-running
-resumes). Usage errors (a bad spec, a bad option) raise :class:`UsageError`, a
-ValueError, which the main program prints as one line with exit code 2.
+``run_command(args)`` runs one and returns the exit code: 0 success (or nothing to do),
+1 some cells failed or the store holds corrupt parts, 130 interrupted (finished cells are
+kept; re-running resumes). Usage errors (a bad spec, a bad option, a results folder that
+another sweep holds or that cannot be written) raise :class:`UsageError` (a ValueError) or
+an OSError, which the main program prints as one line with exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .. import _validate as V
 from .registry import SweepUsageError as UsageError
@@ -74,7 +76,7 @@ def _err(text):
 
 
 def _sweep(args):
-    from .run import SweepError, dry_run, run
+    from .execute import SweepError, dry_run, run_cells
     from .store import StoreError
 
     if args.calibrate and not args.dry_run:
@@ -85,8 +87,8 @@ def _sweep(args):
         print(dry_run(args.spec, out=args.out, workers=args.workers, calibrate_throughput=args.calibrate))
         return 0
     try:
-        frame = run(args.spec, out=args.out, workers=args.workers, scheduler=args.scheduler,
-                    progress=not args.no_progress, recompute=args.recompute)
+        rep = run_cells(args.spec, out=args.out, workers=args.workers, scheduler=args.scheduler,
+                        progress=not args.no_progress, recompute=args.recompute)
     except KeyboardInterrupt:
         _err("interrupted; finished cells are stored, run the same command again to resume")
         return 130
@@ -96,27 +98,43 @@ def _sweep(args):
     except StoreError as exc:
         _err(f"error: {exc}")
         return 1
-    rep = frame.attrs["run"]
-    fixed = f", {len(rep['recomputed'])} corrupt part(s) recomputed" if rep["recomputed"] else ""
-    print(f"sweep {rep['name']!r}: {rep['total']} cells — {rep['skipped']} already stored, {rep['written']} computed"
-          f"{fixed} in {rep['seconds']:.1f} s; results in {rep['out']} ({len(frame)} rows). "
-          f"Next: kdsim table {rep['out']}")
+    if rep.written == 0 and rep.skipped == rep.total:
+        where = " (read-only)" if rep.read_only else ""
+        print(f"sweep {rep.name!r}: all {rep.total} cells are stored in {rep.out}{where}; nothing to do. "
+              f"Next: kdsim table {rep.out}")
+        return 0
+    fixed = f", {len(rep.recomputed)} corrupt part(s) recomputed" if rep.recomputed else ""
+    print(f"sweep {rep.name!r}: {rep.total} cells — {rep.skipped} already stored, {rep.written} computed"
+          f"{fixed} in {rep.seconds:.1f} s; results in {rep.out}. Next: kdsim table {rep.out}")
     return 0
+
+
+def _output_file(path):
+    """Check ``--output`` before any work: a file in an existing folder, not a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"--output {path} is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise UsageError(f"--output {path}: folder {str(out.parent)!r} does not exist")
+    return out
 
 
 def _table(args):
     from .report import render_table, table
     from .store import StoreError
 
+    output = _output_file(args.output) if args.output else None
     try:
         frame = table(args.source, kind=args.kind, out=args.out)
     except StoreError as exc:
         _err(f"error: {exc}")
         return 1
     text = render_table(frame, args.format)
-    if args.output:
-        from pathlib import Path
-        Path(args.output).write_text(text)
+    if output is not None:
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write --output {args.output} ({exc.strerror or exc})") from None
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(text)

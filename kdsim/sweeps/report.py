@@ -22,6 +22,7 @@ convergence curves per cell with the T1 bound (``kdsim.report.plots.convergence_
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -214,8 +215,7 @@ def plot(spec_or_dir, out=None, figures=None, max_figures=24):
     from ..report import plots
 
     store, sweep, frame = _open(spec_or_dir, out)
-    fig_dir = Path(figures) if figures is not None else store.root / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = _writable(Path(figures) if figures is not None else store.root / "figures")
     labels = _labels(sweep)
     paths = []
     keys = _group_keys(frame)
@@ -235,6 +235,19 @@ def plot(spec_or_dir, out=None, figures=None, max_figures=24):
         paths.append(_convergence(plots, g, fig_dir / f"convergence_cell{int(idx):04d}_{g['cell_hash'].iloc[0]}.png",
                                   labels.get(int(idx), "")))
     return paths
+
+
+def _writable(folder):
+    """``folder``, created if needed, once a file could be written in it (checked before any drawing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".kdsim-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SweepUsageError(f"cannot write figures to {str(folder)!r} ({exc.strerror or exc}); "
+                              "give a writable folder with --figures DIR") from None
+    return folder
 
 
 def _plateau_vs_gamma(g, path, title):

@@ -45,7 +45,10 @@ import copy
 import hashlib
 import itertools
 import json
+import math
+import operator
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,13 +147,22 @@ def make_cell(index, config, label=""):
     return Cell(index=index, config=config, hash=config_hash(config), label=label)
 
 
+def plain_name(name):
+    """True when ``name`` can be a folder name of its own (no separators, not "." or "..")."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and name.isprintable()
+            and not any(ch in name for ch in "/\\\0"))
+
+
 @dataclass
 class Sweep:
-    """A validated sweep: normalised spec (JSON-serialisable), cells and axes."""
+    """A validated sweep: normalised spec (JSON-serialisable), cells and axes.
+
+    ``cells`` is a sequence (:class:`Cells` for a spec: built on demand from the axes, so a
+    grid of millions of cells costs no memory until its cells are asked for)."""
 
     name: str
     spec: dict                      # normalised spec, defaults filled in
-    cells: list
+    cells: Sequence
     axes: dict                      # axis name -> number of values (> 1 only)
     source: str = ""                # the TOML text when read from TOML
     path: str | None = None         # the spec file, when read from one
@@ -158,16 +170,178 @@ class Sweep:
     @property
     def out(self):
         """Default results folder (``[sweep] out`` or kdsim-sweeps/<name>)."""
-        return Path(self.spec["sweep"]["out"] or Path("kdsim-sweeps") / self.name)
+        if self.spec["sweep"]["out"]:
+            return Path(self.spec["sweep"]["out"])
+        if not plain_name(self.name):
+            raise SpecError(f"[sweep] name {self.name!r} is not a plain folder name, so it cannot name the results "
+                            "folder kdsim-sweeps/<name>; rename the sweep, or give --out (or [sweep] out)")
+        return Path("kdsim-sweeps") / self.name
 
     @property
     def hash(self):
-        return config_hash({"cells": [c.hash for c in self.cells]})
+        """Identity of the cells: the normalised spec with the kdsim version and store schema that expand it."""
+        cells = self.cells
+        version = getattr(cells, "version", __version__)
+        schema = getattr(cells, "schema", STORE_SCHEMA)
+        return config_hash({"spec": self.spec, "kdsim_version": version, "store_schema": schema})
 
     def describe_axes(self):
         if not self.axes:
             return "a single cell"
         return " × ".join(f"{k} {v}" for k, v in self.axes.items())
+
+
+# ------------------------------------------------------- cells on demand
+def _position(index, length):
+    index = operator.index(index)
+    if index < 0:
+        index += length
+    if not 0 <= index < length:
+        raise IndexError(f"cell index {index} out of range for {length} cells")
+    return index
+
+
+class _Product(Sequence):
+    """The Cartesian product of lists, indexed without being stored (the last list varies
+    fastest, as in itertools.product)."""
+
+    def __init__(self, lists):
+        self.lists = list(lists)            # sequences (lists, or _Builders), indexed, never copied
+        self._len = math.prod(len(v) for v in self.lists)
+
+    def __len__(self):
+        return self._len
+
+    def __getitem__(self, index):
+        index = _position(index, self._len)
+        out = []
+        for values in reversed(self.lists):
+            index, k = divmod(index, len(values))
+            out.append(values[k])
+        return tuple(reversed(out))
+
+
+class _Builders(Sequence):
+    """The (name, params) of every problem (or teacher) of a spec: each table's product, in order."""
+
+    def __init__(self, tables, key):
+        self.tables = [(t[key], list(t["params"]), _Product(list(t["params"].values()))) for t in tables]
+        self._len = sum(len(prod) for _, _, prod in self.tables)
+
+    def __len__(self):
+        return self._len
+
+    def __getitem__(self, index):
+        index = _position(index, self._len)
+        for name, keys, prod in self.tables:
+            if index < len(prod):
+                return name, dict(zip(keys, prod[index]))
+            index -= len(prod)
+        raise AssertionError("unreachable")
+
+    def varying(self):
+        """Parameter names whose value differs between entries (they go into the cell labels)."""
+        keys = {k for _, names, _ in self.tables for k in names}
+        seen = {k: set() for k in keys}
+        for _, names, prod in self.tables:
+            values = dict(zip(names, prod.lists))
+            for k in keys:
+                seen[k].update(map(repr, values.get(k, [None])))
+        return {k for k, v in seen.items() if len(v) > 1}
+
+
+class Cells(Sequence):
+    """The cells of a normalised spec, built on demand from its axes by index.
+
+    Cell ``i`` is the ``i``-th element of the Cartesian product of the axes (problem,
+    teacher, step, batch size, estimator, seeds, steps, record_every; the last varies
+    fastest). Only the axes' values are held, so ``len`` is a product and a cell costs
+    nothing until it is asked for. ``version`` and ``schema`` go into every configuration
+    (and so into every hash): a store re-expands its cells with the ones it was written with.
+    """
+
+    def __init__(self, norm, version=__version__, schema=STORE_SCHEMA):
+        self.version, self.schema = version, schema
+        self.sweep, grid = norm["sweep"], norm["grid"]
+        self.lams = list(grid["lams"])
+        self.problems = _Builders(norm["problems"], "family")
+        self.teachers = _Builders(norm["teachers"], "kind")
+        self.step_key = "step" if grid["step"] != [None] else "step_fraction"
+        self.axes_values = {
+            "problem": self.problems, "teacher": self.teachers, self.step_key: grid[self.step_key],
+            "batch_size": grid["batch_size"], "estimator": grid["estimator"], "seeds": grid["seeds"],
+            "steps": grid["steps"], "record_every": grid["record_every"],
+        }
+        self.axes = {k: len(v) for k, v in self.axes_values.items() if len(v) > 1}
+        self._product = _Product(self.axes_values.values())
+        self._label_problem = len(norm["problems"]) > 1
+        self._varying_problem = self.problems.varying()
+        self._varying_teacher = self.teachers.varying()
+
+    def __len__(self):
+        return len(self._product)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.cell(i) for i in range(len(self))[index]]
+        return self.cell(_position(index, len(self)))
+
+    def __iter__(self):
+        for index in range(len(self)):
+            yield self.cell(index)
+
+    def cell(self, index, full=True):
+        """Cell ``index``; ``full=False`` leaves its hash and label empty (for cost sums, which need
+        neither and would spend most of their time on them)."""
+        prob, teach, gamma, b, est, seeds, steps, every = self._product[index]
+        if every is None:
+            every = max(1, steps // 100)
+        sweep, step_key = self.sweep, self.step_key
+        config = {
+            "kdsim_version": self.version, "store_schema": self.schema,
+            "problem": {"family": prob[0], "params": dict(prob[1])},
+            "teacher": {"kind": teach[0], "params": dict(teach[1])},
+            "lams": list(self.lams),
+            "gamma": gamma if step_key == "step" else None,
+            "gamma_fraction": gamma if step_key == "step_fraction" else None,
+            "batch_size": b, "estimator": est, "seeds": seeds, "steps": steps, "record_every": every,
+            "backend": sweep["backend"],
+            "summaries": {"level": sweep["level"], "tail_fraction": sweep["tail_fraction"],
+                          "rate_boot": sweep["rate_boot"]},
+        }
+        config["seed"] = (sweep["master_seed"] if sweep["cell_seeds"] == "common"
+                          else _derived_seed(config, sweep["master_seed"]))
+        if not full:
+            return Cell(index=index, config=config)
+        return Cell(index=index, config=config, hash=config_hash(config),
+                    label=self._label(prob, teach, gamma, b, est, seeds, steps, every))
+
+    def _label(self, prob, teach, gamma, b, est, seeds, steps, every):
+        parts = []
+        if self._label_problem or self._varying_problem:
+            inner = _short(prob[1], self._varying_problem)
+            parts.append(f"{prob[0]}({inner})" if inner else prob[0])
+        if len(self.teachers) > 1:
+            inner = _short(teach[1], self._varying_teacher)
+            parts.append(f"{teach[0]}({inner})" if inner else teach[0])
+        gtxt = f"γ={gamma:.4g}" if self.step_key == "step" else f"γ={gamma:g}/𝓛"
+        for name, text in ((self.step_key, gtxt), ("batch_size", f"b={b}"), ("estimator", est),
+                           ("seeds", f"seeds={seeds}"), ("steps", f"T={steps}"), ("record_every", f"every={every}")):
+            if name in self.axes:
+                parts.append(text)
+        return " · ".join(parts) or "single cell"
+
+    def representatives(self, axes):
+        """(cell, weight) for each combination of the named axes' values, every other axis at its
+        first value, ``weight`` the number of cells sharing the combination. A sum over cells of a
+        quantity that reads only those axes is the weighted sum over these; one cell is held at a time."""
+        names = list(self.axes_values)
+        sizes = [len(v) for v in self.axes_values.values()]
+        chosen = [k for k, name in enumerate(names) if name in axes]
+        strides = [math.prod(sizes[k + 1:]) for k in range(len(sizes))]
+        weight = len(self) // math.prod(sizes[k] for k in chosen)
+        for combo in itertools.product(*(range(sizes[k]) for k in chosen)):
+            yield self.cell(sum(pos * strides[k] for k, pos in zip(chosen, combo)), full=False), weight
 
 
 # ------------------------------------------------------------------- loading
@@ -222,8 +396,8 @@ def load_spec(spec):
     _cross_checks(problems, grid)
 
     norm = {"sweep": sweep, "problems": problems, "teachers": teachers, "grid": grid}
-    cells, axes = _cells(norm)
-    return Sweep(name=sweep["name"], spec=norm, cells=cells, axes=axes, source=source, path=path)
+    cells = Cells(norm)
+    return Sweep(name=sweep["name"], spec=norm, cells=cells, axes=cells.axes, source=source, path=path)
 
 
 def _unknown(where, table, valid):
@@ -349,7 +523,7 @@ def _grid_section(table):
 
 def _expand(params):
     keys = list(params)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))]
+    return (dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys)))
 
 
 def _cross_checks(problems, grid):
@@ -372,56 +546,6 @@ def _cross_checks(problems, grid):
 def _short(params, varying):
     inner = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items() if k in varying)
     return inner
-
-
-def _cells(norm):
-    sweep, grid = norm["sweep"], norm["grid"]
-    problems = [(p["family"], params) for p in norm["problems"] for params in _expand(p["params"])]
-    teachers = [(t["kind"], params) for t in norm["teachers"] for params in _expand(t["params"])]
-    step_key = "step" if grid["step"] != [None] else "step_fraction"
-    axes_values = {
-        "problem": problems, "teacher": teachers, step_key: grid[step_key], "batch_size": grid["batch_size"],
-        "estimator": grid["estimator"], "seeds": grid["seeds"], "steps": grid["steps"],
-        "record_every": grid["record_every"],
-    }
-    axes = {k: len(v) for k, v in axes_values.items() if len(v) > 1}
-    varying_problem = {k for k in set().union(*(p for _, p in problems))
-                       if len({repr(p.get(k)) for _, p in problems}) > 1}
-    varying_teacher = {k for k in set().union(*(p for _, p in teachers))
-                       if len({repr(p.get(k)) for _, p in teachers}) > 1}
-    cells = []
-    combos = itertools.product(*axes_values.values())
-    for index, (prob, teach, gamma, b, est, seeds, steps, every) in enumerate(combos):
-        if every is None:
-            every = max(1, steps // 100)
-        config = {
-            "kdsim_version": __version__, "store_schema": STORE_SCHEMA,
-            "problem": {"family": prob[0], "params": dict(prob[1])},
-            "teacher": {"kind": teach[0], "params": dict(teach[1])},
-            "lams": list(grid["lams"]),
-            "gamma": gamma if step_key == "step" else None,
-            "gamma_fraction": gamma if step_key == "step_fraction" else None,
-            "batch_size": b, "estimator": est, "seeds": seeds, "steps": steps, "record_every": every,
-            "backend": sweep["backend"],
-            "summaries": {"level": sweep["level"], "tail_fraction": sweep["tail_fraction"],
-                          "rate_boot": sweep["rate_boot"]},
-        }
-        config["seed"] = (sweep["master_seed"] if sweep["cell_seeds"] == "common"
-                          else _derived_seed(config, sweep["master_seed"]))
-        parts = []
-        if len(norm["problems"]) > 1 or varying_problem:
-            inner = _short(prob[1], varying_problem)
-            parts.append(f"{prob[0]}({inner})" if inner else prob[0])
-        if len(teachers) > 1:
-            inner = _short(teach[1], varying_teacher)
-            parts.append(f"{teach[0]}({inner})" if inner else teach[0])
-        gtxt = f"γ={gamma:.4g}" if step_key == "step" else f"γ={gamma:g}/𝓛"
-        for name, text in ((step_key, gtxt), ("batch_size", f"b={b}"), ("estimator", est),
-                           ("seeds", f"seeds={seeds}"), ("steps", f"T={steps}"), ("record_every", f"every={every}")):
-            if name in axes:
-                parts.append(text)
-        cells.append(make_cell(index, config, " · ".join(parts) or "single cell"))
-    return cells, axes
 
 
 def _derived_seed(config, master_seed):

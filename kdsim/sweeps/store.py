@@ -2,9 +2,15 @@
 
 Layout of a results folder ``OUT``::
 
-    OUT/sweep.json                  manifest: the normalised spec, its TOML source, the cells
+    OUT/sweep.json                  manifest: the normalised spec, its TOML source, the cell count
+    OUT/sweep.lock                  advisory lock (flock) held by the one ``kdsim sweep`` writing OUT
     OUT/parts/<cell hash>.parquet   one part per finished cell (one row per (λ, record))
     OUT/corrupt/                    parts that failed validation, moved aside before recomputing
+
+The manifest holds the spec, not the cells: they are re-expanded from it (``spec.Cells``)
+with the kdsim version and store schema it records, and a few recorded cell hashes check
+that the expansion still gives the same cells. Manifests of the earlier layout, which list
+every cell, are still read.
 
 ``OUT/parts`` is a plain parquet dataset (``pandas.read_parquet(OUT / "parts")`` reads it;
 temporary files start with a dot and are ignored by dataset readers). Every part carries,
@@ -24,6 +30,8 @@ the next run; :func:`load` refuses to read it.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import time
@@ -32,19 +40,41 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None
+
 import pandas as pd
 
 from .._version import __version__
 from ..results import config_hash
 from .registry import SweepUsageError
-from .spec import STORE_SCHEMA, Sweep, load_spec, make_cell
+from .spec import STORE_SCHEMA, Cells, Sweep, load_spec, make_cell
 
 META_KEY = b"kdsim.sweep"
 MANIFEST = "sweep.json"
+LOCK = "sweep.lock"
+#: cells whose hashes the manifest records, to check that re-expanding its spec gives the same cells
+MANIFEST_SAMPLES = 3
+#: errors that mean "this folder cannot be written" rather than a fault of kdsim
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class StoreError(RuntimeError):
     """A results folder cannot be read as asked (corrupt parts, an unreadable manifest)."""
+
+
+class StoreLocked(SweepUsageError):
+    """Another process holds the results folder's lock (``holder``: its pid, or None if unknown)."""
+
+    def __init__(self, message, holder=None):
+        super().__init__(message)
+        self.holder = holder
+
+
+class StoreWriteError(OSError):
+    """The results folder cannot be written (read-only, permissions, disk full); finished parts are kept."""
 
 
 class StoreWarning(UserWarning):
@@ -118,19 +148,29 @@ class Store:
 
     # ----------------------------------------------------------- manifest
     def prepare(self, sweep):
-        """Create the folders and write the manifest; return the hashes of stale parts (not in this sweep)."""
+        """Create the folders and write the manifest (when it changed)."""
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SweepUsageError(f"results folder {str(self.root)!r} cannot be created ({exc.strerror or exc})") from None
+        cells = sweep.cells
+        n = len(cells)
+        samples = sorted({*range(min(MANIFEST_SAMPLES, n)), n - 1}) if n else []
         manifest = {
-            "kdsim_version": __version__, "store_schema": STORE_SCHEMA, "name": sweep.name,
-            "sweep_hash": sweep.hash, "spec": sweep.spec, "source": sweep.source, "spec_path": sweep.path,
-            "cells": [{"index": c.index, "hash": c.hash, "label": c.label, "config": c.config} for c in sweep.cells],
+            "kdsim_version": getattr(cells, "version", __version__),
+            "store_schema": getattr(cells, "schema", STORE_SCHEMA), "name": sweep.name, "sweep_hash": sweep.hash, "spec": sweep.spec, "source": sweep.source,
+            "spec_path": sweep.path, "n_cells": n, "axes": sweep.axes,
+            "sample_cells": [{"index": k, "hash": cells[k].hash} for k in samples],
         }
-        atomic_write_bytes(self.root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        wanted = {c.hash for c in sweep.cells}
-        return sorted(h for h in self.part_hashes() if h not in wanted)
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        path = self.root / MANIFEST
+        try:
+            if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        with self.writing("the manifest"):
+            atomic_write_bytes(path, data)
 
     def manifest(self):
         path = self.root / MANIFEST
@@ -143,24 +183,111 @@ class Store:
             raise StoreError(f"{path} is unreadable ({exc}); re-run the sweep to rewrite it") from None
 
     def sweep(self):
-        """The Sweep recorded in the manifest (re-validated from its normalised spec)."""
+        """The Sweep recorded in the manifest: its cells re-expanded from the recorded spec, with the
+        kdsim version and schema that wrote it (or, in an old manifest, the listed cells)."""
         m = self.manifest()
-        cells = [make_cell(c["index"], c["config"], c["label"]) for c in m["cells"]]
-        bad = [c for c, rec in zip(cells, m["cells"]) if c.hash != rec["hash"]]
-        if bad:
-            raise StoreError(f"{self.root / MANIFEST}: cell {bad[0].index} does not hash to its recorded hash "
-                             "(edited or written by another kdsim version); re-run the sweep")
-        return Sweep(name=m["name"], spec=m["spec"], cells=cells, axes={}, source=m.get("source", ""),
+        where = self.root / MANIFEST
+        if "cells" in m:                                   # old layout: every cell listed
+            cells = [make_cell(c["index"], c["config"], c["label"]) for c in m["cells"]]
+            bad = [c for c, rec in zip(cells, m["cells"]) if c.hash != rec["hash"]]
+            if bad:
+                raise StoreError(f"{where}: cell {bad[0].index} does not hash to its recorded hash "
+                                 "(edited or written by another kdsim version); re-run the sweep")
+            return Sweep(name=m["name"], spec=m["spec"], cells=cells, axes={}, source=m.get("source", ""),
+                         path=m.get("spec_path"))
+        needed = ("name", "spec", "n_cells", "kdsim_version", "store_schema", "sample_cells")
+        missing = [k for k in needed if k not in m]
+        if missing:
+            raise StoreError(f"{where} lacks {', '.join(missing)} (not written by kdsim, or edited); re-run the sweep")
+        try:
+            cells = Cells(m["spec"], version=m["kdsim_version"], schema=m["store_schema"])
+            same = len(cells) == m["n_cells"] and all(cells[s["index"]].hash == s["hash"] for s in m["sample_cells"])
+        except (KeyError, TypeError, ValueError, IndexError):
+            same = False
+        if not same and m["kdsim_version"] != __version__:
+            raise StoreError(f"{where} was written by kdsim {m['kdsim_version']}, whose cells this kdsim "
+                             f"({__version__}) does not rebuild identically; read it with that version, "
+                             "or re-run the sweep")
+        if not same:
+            raise StoreError(f"{where}: its spec does not rebuild identically the cells it records (edited?); "
+                             "re-run the sweep to rewrite it")
+        return Sweep(name=m["name"], spec=m["spec"], cells=cells, axes=cells.axes, source=m.get("source", ""),
                      path=m.get("spec_path"))
+
+    # ------------------------------------------------------ lock, writes
+    def writable(self):
+        """True unless the folder (or its parts folder) exists and cannot be written."""
+        return all(os.access(d, os.W_OK) for d in (self.root, self.parts) if d.exists())
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's advisory lock (flock on OUT/sweep.lock) while a sweep writes it.
+
+        Yields True while held; yields False without locking when the folder exists but is
+        read-only (nothing can be written, so there is nothing to guard). Raises StoreLocked,
+        naming the holder's pid, when another process holds it. The kernel drops the lock when
+        its holder exits or is killed.
+        """
+        if self.root.is_dir() and not self.writable():
+            yield False
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno not in READ_ONLY_ERRNOS or not self.root.is_dir():
+                raise SweepUsageError(f"results folder {str(self.root)!r} cannot be created "
+                                      f"({exc.strerror or exc})") from None
+            fd = None                                      # e.g. a lock file left read-only
+        if fd is None:
+            yield False
+            return
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = _read_pid(fd)
+                    raise StoreLocked(f"results folder {str(self.root)!r} is being written by another kdsim sweep "
+                                      f"(pid {holder if holder is not None else 'unknown'}); wait for it to finish "
+                                      "or give another --out", holder) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield True
+        finally:
+            os.close(fd)                                   # closing releases the flock
+
+    @contextlib.contextmanager
+    def writing(self, what):
+        """Turn an OSError while writing ``what`` into a one-line StoreWriteError."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, StoreWriteError):
+                raise
+            raise StoreWriteError(f"cannot write {what} in results folder {str(self.root)!r} "
+                                  f"({exc.strerror or exc}); finished parts are kept: make the folder writable "
+                                  "(or free space) and re-run the same command to resume") from None
 
     # -------------------------------------------------------------- parts
     def part_path(self, cell_hash):
         return self.parts / f"{cell_hash}.parquet"
 
     def part_hashes(self):
-        if not self.parts.is_dir():
-            return []
-        return sorted(p.stem for p in self.parts.glob("*.parquet") if not p.name.startswith("."))
+        return sorted(self._part_names())
+
+    def count_parts(self):
+        """Number of part files (streamed: no list of names is built)."""
+        return sum(1 for _ in self._part_names())
+
+    def _part_names(self):
+        try:
+            with os.scandir(self.parts) as entries:
+                for e in entries:
+                    if e.name.endswith(".parquet") and not e.name.startswith("."):
+                        yield e.name[: -len(".parquet")]
+        except (FileNotFoundError, NotADirectoryError):
+            return
 
     def write_part(self, cell, frame, info, sweep):
         """Write one cell's frame with its metadata, atomically; return the path."""
@@ -180,7 +307,8 @@ class Store:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
         path = self.part_path(cell.hash)
-        atomic_write(path, lambda fh: pq.write_table(table, fh, **_checksum_write_kw(pq)))
+        with self.writing(f"part {path.name}"):
+            atomic_write(path, lambda fh: pq.write_table(table, fh, **_checksum_write_kw(pq)))
         return path
 
     def check_part(self, cell, read=True):
@@ -234,13 +362,30 @@ class Store:
     def quarantine(self, cell_hash, reason):
         """Move a failing part aside to OUT/corrupt (with the reason beside it); return the new path."""
         src = self.part_path(cell_hash)
-        self.corrupt_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:6]}"
         dst = self.corrupt_dir / f"{cell_hash}.{stamp}.parquet"
-        os.replace(src, dst)
-        dst.with_suffix(".reason.txt").write_text(reason + "\n")
+        with self.writing(f"{self.corrupt_dir.name}/"):
+            self.corrupt_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            dst.with_suffix(".reason.txt").write_text(reason + "\n")
         _fsync_dir(self.parts)
         return dst
+
+
+def _read_pid(fd, wait=0.5):
+    """The pid a lock holder wrote in the lock file; a holder that has only just taken the lock
+    may not have written it yet, so look again for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            return None
+        if text.isdigit():
+            return int(text)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
 
 
 def _checksum_write_kw(pq):
