@@ -5,9 +5,13 @@ from .problems import (  # noqa: E402
     GLM, DeepLinear, LeastSquares, LogisticRegression, PoissonRegression, Problem, SoftmaxRegression,
 )
 from .results import SimResult, SimSummary  # noqa: E402
-from . import datasets, teachers, theory  # noqa: E402,F401
-from .simulate import simulate  # noqa: E402
+from . import datasets, stats, teachers, theory  # noqa: E402,F401
+from .simulate import StabilityWarning, simulate  # noqa: E402
+from .api import (  # noqa: E402
+    LambdaCurve, PairedComparison, lambda_curve, paired_comparison, plot_lambda_curve,
+)
 
 __all__ = ["__version__", "LeastSquares", "SoftmaxRegression", "GLM", "LogisticRegression",
-           "PoissonRegression", "DeepLinear", "Problem", "SimResult", "SimSummary", "simulate",
-           "datasets", "teachers", "theory"]
+           "PoissonRegression", "DeepLinear", "Problem", "SimResult", "SimSummary", "StabilityWarning", "simulate",
+           "LambdaCurve", "PairedComparison", "lambda_curve", "paired_comparison", "plot_lambda_curve",
+           "datasets", "stats", "teachers", "theory"]

@@ -31,6 +31,35 @@ def mean_ci(values, axis=0, level=0.99):
     return mean, mean - half, mean + half, count
 
 
+def t_interval(mean, var, count, level=0.99):
+    """Student-t interval from moments: (low, high, sem), elementwise.
+
+    Parameters
+    ----------
+    mean, var : array_like
+        Sample means and variances (ddof=1) over independent seeds.
+    count : array_like
+        Number of seeds behind each mean (broadcast against ``mean``).
+    level : float
+        Two-sided confidence level in (0, 1).
+
+    Returns
+    -------
+    low, high, sem : ndarray
+        The interval mean ± t_{count−1} · sem with sem = sqrt(var / count). With fewer
+        than two seeds there is no variance estimate: all three are NaN.
+    """
+    level = _level(level)
+    m = np.asarray(mean, dtype=np.float64)
+    v = np.asarray(var, dtype=np.float64)
+    c = np.broadcast_to(np.asarray(count, dtype=np.float64), np.broadcast_shapes(m.shape, np.shape(count)))
+    enough = c > 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sem = np.where(enough, np.sqrt(v / np.where(enough, c, 1.0)), np.nan)
+        half = _st.t.ppf(0.5 + level / 2, np.where(enough, c - 1, 1.0)) * sem
+    return m - half, m + half, sem
+
+
 def log_linear_rate(steps, values, floor=0.0):
     """Per-step factor ρ of a geometric decay: least-squares slope of log(values) on steps.
 
@@ -167,7 +196,7 @@ def quadratic_in_lambda(lams, values):
     """Per-seed coefficients (c0, c1, c2) of v(λ) = c0 + c1 λ + c2 λ² from values at three λ.
 
     Exact for least squares under common random numbers, where x_t(λ) is affine in λ
-    (THEORY.md §5.1), so ‖x_t(λ) − x*‖² is a quadratic. ``values``: (3, seeds).
+    (docs/theory.md §5.1), so ‖x_t(λ) − x*‖² is a quadratic. ``values``: (3, seeds).
     """
     lams = np.asarray(lams, dtype=np.float64)
     if lams.shape != (3,) or len(np.unique(lams)) != 3:

@@ -1,7 +1,8 @@
 """Teachers: a parameter θ (or, for deep linear networks, an end-to-end map) and how it was made.
 
-Every constructor returns a ``Teacher(theta, kind, provenance)``; ``provenance``
-records the parameters so that a table can say which teacher a row used.
+Every constructor returns a ``Teacher(theta, kind, provenance, distance)``; ``provenance``
+records the parameters so that a table can say which teacher a row used, and ``distance``
+is ‖θ − x*‖ measured when the teacher was made.
 Distances are measured in the problem's canonical space (``problem.canonical``):
 class-centred weights for softmax, end-to-end maps for deep linear networks.
 """
@@ -15,13 +16,33 @@ from . import _validate as V
 from .problems.base import Problem
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Teacher:
-    """A teacher θ with a record of how it was made."""
+    """A teacher θ with a record of how it was made.
+
+    Attributes
+    ----------
+    theta : ndarray
+        The teacher (student parameters; deep linear: an end-to-end map).
+    kind : str
+        The constructor that made it ("optimum", "at_distance", "top_k", …).
+    provenance : dict
+        The constructor's defining parameters.
+    distance : float or None
+        ‖θ − x*‖ in the problem's canonical space, measured when the constructor made it
+        (None when it was built by hand, or x* could not be computed);
+        ``distance_to_optimum(problem)`` measures it for any problem.
+    """
 
     theta: np.ndarray
     kind: str
     provenance: dict = field(default_factory=dict)
+    distance: float | None = None
+
+    def __repr__(self):
+        args = "".join(f", {k}={v!r}" for k, v in self.provenance.items() if k != "note")
+        dist = "" if self.distance is None else f", distance={self.distance:.4g}"
+        return f"Teacher(kind={self.kind!r}{args}{dist}, theta=<array of shape {np.shape(self.theta)}>)"
 
     def distance_to_optimum(self, problem):
         """‖θ − x*‖ in the problem's canonical space."""
@@ -40,6 +61,16 @@ def _problem(problem):
     return problem
 
 
+def _made(problem, theta, kind, provenance):
+    """A Teacher with its distance to x* measured now (None when x* cannot be computed)."""
+    t = Teacher(theta, kind, provenance)
+    try:
+        dist = t.distance_to_optimum(problem)
+    except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError):   # e.g. separable data: no finite x*
+        return t
+    return Teacher(theta, kind, provenance, dist)
+
+
 def _is_deep_linear(problem):
     return hasattr(problem, "end_to_end") and hasattr(problem, "solution_map")
 
@@ -47,7 +78,7 @@ def _is_deep_linear(problem):
 def optimum(problem):
     """θ = x*, the perfect teacher."""
     p = _problem(problem)
-    return Teacher(p.solution(), "optimum", {})
+    return _made(p, p.solution(), "optimum", {})
 
 
 def at_distance(problem, r, seed=0):
@@ -63,10 +94,10 @@ def at_distance(problem, r, seed=0):
     if _is_deep_linear(p):
         M = p.solution_map()
         U = rng.standard_normal(M.shape)
-        return Teacher(M + r * U / np.linalg.norm(U), "at_distance", {"r": r, "seed": seed})
+        return _made(p, M + r * U / np.linalg.norm(U), "at_distance", {"r": r, "seed": seed})
     u = p.canonical(rng.standard_normal(p.dim))
     theta = p.solution() + r * u / np.linalg.norm(u)
-    return Teacher(theta, "at_distance", {"r": r, "seed": seed})
+    return _made(p, theta, "at_distance", {"r": r, "seed": seed})
 
 
 def early_stopped(problem, steps, step, batch_size=1, seed=0, x0=None):
@@ -78,7 +109,7 @@ def early_stopped(problem, steps, step, batch_size=1, seed=0, x0=None):
                    batch_size=batch_size, estimator="sgd", record_every=steps, seed=seed, x0=x0)
     if res.diverged.any():
         raise ValueError(f"step={step} makes SGD diverge; the early-stopped teacher needs a stable step")
-    return Teacher(res.x_final[0, 0].copy(), "early_stopped",
+    return _made(p, res.x_final[0, 0].copy(), "early_stopped",
                    {"steps": int(steps), "step": float(step), "batch_size": int(batch_size), "seed": int(seed)})
 
 
@@ -91,7 +122,7 @@ def top_k(problem, theta, k):
     if k < flat.size:
         drop = np.argsort(np.abs(flat), kind="stable")[: flat.size - k]
         flat[drop] = 0.0
-    return Teacher(flat.reshape(theta.shape), "top_k", {"k": k})
+    return _made(p, flat.reshape(theta.shape), "top_k", {"k": k})
 
 
 def quantized(problem, theta, bits):
@@ -101,10 +132,10 @@ def quantized(problem, theta, bits):
     bits = V.int_in_range("bits", bits, 1, 32)
     lo, hi = float(theta.min()), float(theta.max())
     if hi == lo:
-        return Teacher(theta.copy(), "quantized", {"bits": bits})
+        return _made(p, theta.copy(), "quantized", {"bits": bits})
     levels = 2 ** bits - 1
     q = np.round((theta - lo) / (hi - lo) * levels) / levels * (hi - lo) + lo
-    return Teacher(q, "quantized", {"bits": bits})
+    return _made(p, q, "quantized", {"bits": bits})
 
 
 def rank_truncated(problem, rank):
@@ -115,7 +146,7 @@ def rank_truncated(problem, rank):
     M = p.solution_map()
     rank = V.int_in_range("rank", rank, 0, min(M.shape))
     U, s, Vt = np.linalg.svd(M, full_matrices=False)
-    return Teacher((U[:, :rank] * s[:rank]) @ Vt[:rank], "rank_truncated", {"rank": rank})
+    return _made(p, (U[:, :rank] * s[:rank]) @ Vt[:rank], "rank_truncated", {"rank": rank})
 
 
 def other_architecture(problem, hidden):
@@ -127,4 +158,4 @@ def other_architecture(problem, hidden):
     if not _is_deep_linear(p):
         raise TypeError("other_architecture needs a DeepLinear problem")
     other = p.with_hidden(hidden)
-    return Teacher(other.solution_map(), "other_architecture", {"hidden": tuple(int(h) for h in hidden)})
+    return _made(p, other.solution_map(), "other_architecture", {"hidden": tuple(int(h) for h in hidden)})
