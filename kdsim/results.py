@@ -389,9 +389,14 @@ class SimSummary(_RunInfo):
         return out
 
     def to_frame(self):
-        """One row per (λ, record): count and mean and variance of each record."""
+        """One row per (λ, record): count and mean and variance of each record.
+
+        A λ none of whose seeds survived has no rows (``divergence_summary`` names it); a
+        variance needs two seeds and is NaN with one.
+        """
         L, R = len(self.lams), len(self.steps)
-        return pd.DataFrame({"lam": np.repeat(self.lams, R), "step": np.tile(self.steps, L),
-                             "count": np.repeat(self.count, R),
-                             **{f"{n}_mean": self.means[n].ravel() for n in RECORDS},
-                             **{f"{n}_var": self.variances[n].ravel() for n in RECORDS}})
+        frame = pd.DataFrame({"lam": np.repeat(self.lams, R), "step": np.tile(self.steps, L),
+                              "count": np.repeat(self.count, R),
+                              **{f"{n}_mean": self.means[n].ravel() for n in RECORDS},
+                              **{f"{n}_var": self.variances[n].ravel() for n in RECORDS}})
+        return frame[frame["count"] > 0].reset_index(drop=True)

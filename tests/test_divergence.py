@@ -113,3 +113,15 @@ def test_growth_rule_on_records():
     assert np.isnan(res["dist2_opt"][0, 0, 3:]).all() and np.isfinite(res["dist2_opt"][0, 0, :3]).all()
     assert np.isnan(res["subopt"][0, 1, 2:]).all() and np.isnan(res["x_final"][0, :3]).all()
     assert np.isfinite(res["x_final"][0, 3]).all()
+
+
+def test_reduced_frame_has_no_nan_rows_when_every_seed_of_a_lambda_diverges():
+    p = synthetic.least_squares(n=50, d=3, seed=0)
+    th = p.solution() + 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kdsim.StabilityWarning)
+        red = kdsim.simulate(p, th, [0.0, 1e200], 0.05, 30, 6, record_every=10, reduce=True)
+    assert red.count.tolist() == [6, 0]                       # λ = 1e200 diverges on every seed
+    frame = red.to_frame()
+    assert set(frame["lam"]) == {0.0} and not frame[[c for c in frame if c.endswith("_mean")]].isna().any().any()
+    assert any("6 of 6" in line for line in red.divergence_summary())
