@@ -44,3 +44,29 @@ def test_convergence_plot_and_tables(tmp_path):
     assert pd.read_csv(paths["csv"]).passed.all()
     tables.write_summary([res], tmp_path)
     assert "PASS" in (tmp_path / "summary.md").read_text()
+
+
+def test_check_title_in_words():
+    res = CheckResult(2, "optimal_teacher", "Claim 2 (THEORY.md §8): the optimal teacher gives full variance reduction.")
+    assert plots.check_title(res) == "Claim 2: the optimal teacher gives full variance reduction"
+    curve = pd.DataFrame({"instance": "i", "method": "KD", "step": [0, 1], "quantity": "q", "mean": [1.0, 0.5],
+                          "ci_low": [1.0, 0.4], "ci_high": [1.0, 0.6]})
+    curve.attrs["title"] = "Claim 2: KD converges to x*, SGD stalls (n=200, d=5)"
+    res.curves.append(curve)
+    assert plots.check_title(res) == curve.attrs["title"]
+
+
+def test_render_writes_the_requested_format(tmp_path):
+    lam = np.linspace(0, 1, 5)
+    data = pd.DataFrame({"instance": "i", "lam": lam, "mean": 1 + lam, "ci_low": 0.9 + lam, "ci_high": 1.1 + lam})
+    path = plots.render({"kind": "lambda_sweep", "name": "s", "data": data, "title": "t"}, tmp_path, fmt="svg")
+    assert path.name == "s.svg" and path.read_bytes()[:5] == b"<?xml"
+    with pytest.raises(ValueError, match="format"):
+        plots.render({"kind": "lambda_sweep", "name": "s", "data": data, "title": "t"}, tmp_path, fmt="gif")
+
+
+def test_markdown_notes_are_grouped(tmp_path):
+    notes = [f"cell {k}: T2 not applicable, γ_max = 0.03 (γ = 0.1)" for k in range(5)] + ["one of a kind"]
+    res = CheckResult(6, "bounds", "statement", rows=[make_row(6, "i", "q", 1.0, 2.0, "≤")], notes=notes)
+    md = tables.write_tables(res, tmp_path)["md"].read_text()
+    assert md.count("not applicable") == 1 and "5 instances: cell 0 | cell 1" in md and "- one of a kind" in md

@@ -76,18 +76,41 @@ def check(quick=False, seeds=None, backend="numpy", level=0.99):
                                          ci_low=sgd.ci_low, ci_high=sgd.ci_high))
             res.rows.append(make_row(CLAIM, tag, "SGD plateau E‖x_∞ − x*‖² ≥ 1e6 · KD's final upper CI",
                                      sgd.mean, 1e6 * max(hi, 1e-300), "≥", ci_low=sgd.ci_low, ci_high=sgd.ci_high))
-            res.curves.append(_curves(run, label, bound))
+            res.curves.append(_curves(run, label, bound, b, gamma, p.canonical(xs)))
     return res
 
 
-def _curves(run, label, bound):
+#: the figure's title
+TITLE = ("Claim 2: with the optimal teacher (θ = x*, λ = 1) KD converges linearly to x*, down to float64 "
+         "round-off, while SGD stalls at its plateau")
+
+
+def roundoff_floor(point):
+    """Σ_j ulp(point_j)²: the squared distance to ``point`` of an iterate one float64 spacing away in
+    every coordinate, the level at which a curve converging to ``point`` meets round-off."""
+    point = np.asarray(point, dtype=np.float64)
+    return float(np.sum(np.spacing(np.maximum(np.abs(point), np.finfo(np.float64).tiny)) ** 2))
+
+
+def floor_attrs(point, what="x*"):
+    """The ``floor`` a curve frame carries for ``report.plots``: the round-off level of ``point``."""
+    return {"value": roundoff_floor(point), "short": "float64 round-off",
+            "label": f"float64 round-off: one ulp from {what} in every coordinate"}
+
+
+def _curves(run, label, bound, b, gamma, xs):
     import pandas as pd
+    inst = f"{label.split(', b=')[0]}, b={b}, γ = 1/(2L_max) = {gamma:.3g}"
     frames = []
-    for k, name in ((0, "SGD (λ = 0)"), (1, "KD θ = x*, λ = 1")):
+    for k, series in ((0, "SGD (λ = 0)"), (1, "KD, θ = x*, λ = 1")):
         mean, lo, hi, _ = stats.mean_ci(run.dist2_opt[k], axis=0)
-        frames.append(pd.DataFrame({"instance": label, "method": name, "step": run.steps,
-                                    "quantity": "‖x_t − x*‖²", "mean": mean, "ci_low": lo, "ci_high": hi}))
+        frames.append(pd.DataFrame({"instance": inst, "series": series, "method": "Monte Carlo", "kind": "mc",
+                                    "step": run.steps, "quantity": "‖x_t − x*‖²", "mean": mean, "ci_low": lo,
+                                    "ci_high": hi}))
     curve = bound.curve(run.steps)
-    frames.append(pd.DataFrame({"instance": label, "method": "T1′ bound (λ = 1)", "step": run.steps,
-                                "quantity": "‖x_t − x*‖²", "mean": curve, "ci_low": curve, "ci_high": curve}))
-    return pd.concat(frames, ignore_index=True)
+    frames.append(pd.DataFrame({"instance": inst, "series": "KD, θ = x*, λ = 1", "method": r"T1′ bound $(1-\gamma\mu)^t\,\|x_0-x^*\|^2$",
+                                "kind": "bound", "step": run.steps, "quantity": "‖x_t − x*‖²", "mean": curve,
+                                "ci_low": curve, "ci_high": curve}))
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs.update(title=TITLE, floor=floor_attrs(xs))
+    return out

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import stats, teachers
-from ..problems import synthetic
+from ..problems import LeastSquares, synthetic
 from .base import CheckResult, Timer, check_seeds, make_row, simulate
+from .claim02_optimal_teacher import floor_attrs
 
 CLAIM, NAME = 3, "teacher_fixed_point"
 
@@ -50,12 +51,20 @@ def check(quick=False, seeds=None, backend="numpy", level=0.99):
                                      ci_low=lo, ci_high=hi))
             spread = float(np.max(np.std(run.x_final[0], axis=0)))
             res.rows.append(make_row(CLAIM, label, "stationary spread max_j std_seeds(x_T,j)", spread, 1e-10, "≤"))
-            res.curves.append(_curve(run, label))
+            res.curves.append(_curve(run, label, p, teacher.theta, step, b))
     return res
 
 
-def _curve(run, label):
+TITLE = "Claim 3: with λ = 1 KD converges to any teacher θ of the student's class, down to float64 round-off"
+
+
+def _curve(run, label, p, theta, step, b):
     import pandas as pd
     mean, lo, hi, _ = stats.mean_ci(run.dist2_teacher[0], axis=0)
-    return pd.DataFrame({"instance": label, "method": "KD λ = 1", "step": run.steps,
-                         "quantity": "‖x_t − θ‖²", "mean": mean, "ci_low": lo, "ci_high": hi})
+    base = label.split(", b=")[0]
+    size = f"n={p.n}, d={p.dim}" if isinstance(p, LeastSquares) else f"n={p.n}, {p.dim} parameters"
+    inst = f"{base} ({size}), b={b}, γ={step:g}"
+    out = pd.DataFrame({"instance": inst, "method": "KD, λ = 1", "kind": "mc", "step": run.steps,
+                        "quantity": "‖x_t − θ‖²", "mean": mean, "ci_low": lo, "ci_high": hi})
+    out.attrs.update(title=TITLE, floor=floor_attrs(p.canonical(theta), "θ"))
+    return out

@@ -164,8 +164,10 @@ def _heatmap(res, p, b):
     res.rows.append(make_row(CLAIM, f"least squares n=200 d=5 κ=10, b={b}, {table.size}-cell (γ, D) grid",
                              "cells where λ_opt does not rise with γ or fall with D", bad, 0.0, "≤"))
     res.figures.append({"kind": "heatmap", "name": "claim05_lambda_opt_heatmap", "data": frame,
-                        "title": f"exact λ_opt, least squares n=200 d=5 κ=10, b={b}",
-                        "x": "γ", "y": "‖θ − x*‖", "value": "λ_opt"})
+                        "title": f"Claim 5: the exact optimal weight λ_opt rises with the step γ and falls with the "
+                                 f"teacher's distance (least squares n=200, d=5, κ=10, b={b})",
+                        "x": "γ", "y": "‖θ − x*‖", "value": "λ_opt", "xlabel": "step size γ",
+                        "ylabel": "teacher distance ‖θ − x*‖", "value_label": r"exact $\lambda_{\mathrm{opt}}$"})
 
 
 def _empirical_rows(res, spec, n_specs, seeds, backend, level):
@@ -256,5 +258,12 @@ def _sweep_figure(res, p, theta, g, b, coefs, lam_opt, opt, mse, D2, label, leve
     ], ignore_index=True)
     slug = "synthetic" if label.startswith("least squares") else "diabetes"
     res.figures.append({"kind": "lambda_sweep", "name": f"claim05_lambda_sweep_{slug}_b{b}", "data": frame,
-                        "title": f"{label}, b={b}, γ={g:.3g}", "markers": shown,
-                        "optimum": (opt.lam, opt.ci_low, opt.ci_high), "ylabel": "E‖x_∞ − x*‖² (plateau)"})
+                        "title": f"Claim 5: stationary error against the KD weight λ; {label}, b={b}, γ={g:.3g}",
+                        "markers": {MARKER_TEXT.get(k, k): v for k, v in shown.items()},
+                        "optimum": (opt.lam, opt.ci_low, opt.ci_high), "ylabel": "plateau E‖x_∞ − x*‖²"})
+
+
+#: how the figures write the optimal weights (mathtext)
+MARKER_TEXT = {"λ̂": r"$\hat\lambda$", "λ*_T1": r"$\lambda^*_{\mathrm{T1}}$", "λ*_T2": r"$\lambda^*_{\mathrm{T2}}$",
+               "λ*_published": r"$\lambda^*_{\mathrm{published}}$", "λ_opt": r"$\lambda_{\mathrm{opt}}$",
+               "exact λ_opt": r"exact $\lambda_{\mathrm{opt}}$"}
