@@ -7,9 +7,17 @@ same functions.
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+from typing import TYPE_CHECKING
 
-from .base import COLUMNS, CheckResult, make_row
+# base (numpy, pandas, the engines) is imported on first use of these names, so that
+# `kdsim check --list` and `kdsim check --help` start fast (PEP 562)
+_FROM_BASE = ("COLUMNS", "CheckResult", "make_row")
+
+if TYPE_CHECKING:   # what static tools (type checkers, mkdocstrings) see
+    from .base import COLUMNS, CheckResult, make_row  # noqa: F401
 
 #: name -> (claim number, module); the order is THEORY.md §8's
 CLAIMS = {
@@ -42,19 +50,33 @@ def get_check(name):
     return importlib.import_module(CLAIMS[resolve(name)][1]).check
 
 
+def _facts(module):
+    """(docstring, MIN_SEEDS, MIN_SEEDS_REASON) of a check module, read from its source with ast
+    (without importing it and its numerics); imported when the source is not at hand or the
+    values are not literals."""
+    try:
+        tree = ast.parse(importlib.util.find_spec(module).loader.get_source(module))
+        values = {target.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  for target in node.targets
+                  if isinstance(target, ast.Name) and target.id in ("MIN_SEEDS", "MIN_SEEDS_REASON")}
+        return ast.get_docstring(tree, clean=False), values["MIN_SEEDS"], values["MIN_SEEDS_REASON"]
+    except (AttributeError, ImportError, KeyError, SyntaxError, TypeError, ValueError):
+        mod = importlib.import_module(module)
+        return mod.__doc__, mod.MIN_SEEDS, mod.MIN_SEEDS_REASON
+
+
 def describe():
     """(number, name, one-line statement) of every registered check."""
     out = []
     for name, (number, module) in CLAIMS.items():
-        doc = importlib.import_module(module).__doc__.strip().splitlines()[0]
+        doc = _facts(module)[0].strip().splitlines()[0]
         out.append((number, name, doc.split(":", 1)[-1].strip()))
     return out
 
 
 def min_seeds(name):
     """(fewest seeds the check accepts, why) of a claim."""
-    module = importlib.import_module(CLAIMS[resolve(name)][1])
-    return module.MIN_SEEDS, module.MIN_SEEDS_REASON
+    return _facts(CLAIMS[resolve(name)][1])[1:]
 
 
 def script_main(name, argv=None):
@@ -74,6 +96,26 @@ def script_main(name, argv=None):
     print(result.table())
     print(result.verdict())
     return 0 if result.passed else 1
+
+
+def __getattr__(name):
+    if name in _FROM_BASE:
+        value = getattr(importlib.import_module(".base", __name__), name)
+    elif name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    else:                                   # a submodule (kdsim.checks.base, a claim module)
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = ["CLAIMS", "COLUMNS", "CheckResult", "describe", "get_check", "make_row", "min_seeds", "resolve",

@@ -166,8 +166,23 @@ def _freeze(result):
     return result
 
 
+#: callback(event, result) around each simulation of a check ("start" with None, "done" with the result);
+#: progress reporting only (``kdsim check``), see ``report_simulations``
+_OBSERVER = contextvars.ContextVar("kdsim_checks_observer", default=None)
+
+
 @functools.wraps(_simulate)
 def simulate(*args, **kwargs):
+    observe = _OBSERVER.get()
+    if observe is None:
+        return _simulate_or_reuse(*args, **kwargs)
+    observe("start", None)
+    result = _simulate_or_reuse(*args, **kwargs)
+    observe("done", result)
+    return result
+
+
+def _simulate_or_reuse(*args, **kwargs):
     active = _RUNS.get()
     if active is None:
         return _simulate(*args, **kwargs)
@@ -204,3 +219,15 @@ def reuse_simulations(runs=None, strict=False):
         yield runs
     finally:
         _RUNS.reset(token)
+
+
+@contextlib.contextmanager
+def report_simulations(callback):
+    """Within the block, call ``callback("start", None)`` before and ``callback("done", result)``
+    after each simulation a check runs (reused ones included). It only observes: the
+    simulations and their results are the same as without it."""
+    token = _OBSERVER.set(callback)
+    try:
+        yield
+    finally:
+        _OBSERVER.reset(token)

@@ -13,13 +13,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import _validate as V
 from .registry import SweepUsageError as UsageError
 
 COMMANDS = ("sweep", "table", "plot")
 
 
-_positive_int = V.positive_int_arg
+def _positive_int(text):
+    """argparse type: an integer >= 1 (kdsim._validate loads numpy: imported when the option is given,
+    so that ``kdsim --help`` stays fast)."""
+    from .._validate import positive_int_arg
+    return positive_int_arg(text)
 
 
 def add_parsers(subparsers):
@@ -38,17 +41,20 @@ def add_parsers(subparsers):
     sw.add_argument("--scheduler", default=None, metavar="ADDRESS",
                     help="submit to a running Dask scheduler, e.g. tcp://host:8786 (kdsim installed on every worker)")
     sw.add_argument("--recompute", action="store_true", help="recompute every cell, ignoring stored parts")
-    sw.add_argument("--no-progress", action="store_true", help="no progress lines")
+    sw.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
+                    help="no progress lines (the result line and errors still print)")
 
     tb = subparsers.add_parser(
         "table", help="bound-vs-empirical tables from a sweep's store",
         description="Print a table from a sweep's results: bounds (per cell, λ and bound), lambdas (best λ on the "
-                    "grid vs λ̂, λ*_T1, λ*_T2, λ*_published, λ_opt) or cells.")
-    tb.add_argument("source", metavar="SPEC_OR_DIR", help="a sweep spec or a results folder")
-    tb.add_argument("--out", default=None, help="results folder when SPEC_OR_DIR is a spec")
+                    "grid vs λ̂, λ*_T1, λ*_T2, λ*_published, λ_opt) or cells. The one output option is "
+                    "--output FILE. --out DIR (the results folder of a spec) is deprecated: it read like the "
+                    "output file; pass the results folder itself as SPEC_OR_DIR.")
+    tb.add_argument("source", metavar="SPEC_OR_DIR", help="a sweep spec or its results folder")
+    tb.add_argument("--out", default=None, help=argparse.SUPPRESS)   # deprecated: see the description
     tb.add_argument("--kind", default="bounds", choices=("bounds", "lambdas", "cells"), help="which table (default bounds)")
     tb.add_argument("--format", default="md", choices=("md", "csv"), help="Markdown (default) or CSV")
-    tb.add_argument("--output", default=None, metavar="FILE", help="write to FILE instead of standard output")
+    tb.add_argument("--output", default=None, metavar="FILE", help="write the table to FILE instead of standard output")
 
     pl = subparsers.add_parser(
         "plot", help="figures from a sweep's store",
@@ -57,6 +63,8 @@ def add_parsers(subparsers):
     pl.add_argument("--out", default=None, help="results folder when SPEC_OR_DIR is a spec")
     pl.add_argument("--figures", default=None, metavar="DIR", help="figure folder (default: <results>/figures)")
     pl.add_argument("--max-figures", type=_positive_int, default=24, help="at most this many figures (default 24)")
+    pl.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure format (default png)")
+    pl.add_argument("--dpi", type=_positive_int, default=None, help="resolution of PNG figures (default 200)")
     return subparsers
 
 
@@ -123,6 +131,10 @@ def _table(args):
     from .report import render_table, table
     from .store import StoreError
 
+    if args.out is not None:
+        _err(f"warning: table --out is deprecated (it names a spec's results folder, not the output file): "
+             f"pass the folder as SPEC_OR_DIR (kdsim table {args.out}); to write the table to a file, "
+             "use --output FILE")
     output = _output_file(args.output) if args.output else None
     try:
         frame = table(args.source, kind=args.kind, out=args.out)
@@ -149,10 +161,13 @@ def _plot(args):
     from .store import StoreError
 
     try:
-        paths = plot(args.source, out=args.out, figures=args.figures, max_figures=args.max_figures)
+        paths = plot(args.source, out=args.out, figures=args.figures, max_figures=args.max_figures,
+                     fmt=args.format, dpi=args.dpi)
     except StoreError as exc:
         _err(f"error: {exc}")
         return 1
     for p in paths:
         print(p)
+    if paths.summary():
+        _err(f"note: {paths.summary()}")
     return 0

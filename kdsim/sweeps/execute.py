@@ -491,6 +491,8 @@ def _compute(store, sweep, report, new_executor, new_bar, recompute, on_cell_don
 #: Rough figures from one machine; --calibrate measures them on yours. numba: 1.6–2.7e-10
 #: in benchmarks/RESULTS.md (W1, W3, W4 on 2 cores), rounded up.
 ASSUMED_COST = {"numpy": (2e-4, 5e-8), "numba": (2e-6, 3e-10), "auto": (2e-6, 3e-10)}
+#: seconds to start a local Dask cluster and get its workers' first cells going (docs/sweeps.md)
+LOCAL_CLUSTER_START = 1.5
 #: assumed per-cell overhead (problem, teacher, theory constants, summaries), seconds
 CELL_OVERHEAD = 0.05
 
@@ -663,8 +665,13 @@ def dry_run(spec, out=None, workers=1, calibrate_throughput=False, memory_budget
         lines.append(f"{'…':>5}  ({n - 2 * DRY_RUN_EDGE} more cells)")
         lines += [_cell_line(c) for c in cells[n - DRY_RUN_EDGE:]]
     traj_steps, seconds = sums["trajectory_steps"], sums["seconds"]
+    on_workers = (f"≈ {_duration(seconds / workers + LOCAL_CLUSTER_START)} on {workers} workers, "
+                  f"{_duration(LOCAL_CLUSTER_START)} of it starting the local cluster (its processes import kdsim "
+                  f"and load its kernels): in-process is faster below ≈ "
+                  f"{_duration(LOCAL_CLUSTER_START * workers / (workers - 1))} of compute" if workers > 1
+                  else "run in-process")
     lines += ["", f"cost: {traj_steps:.4g} trajectory-steps (λ × seeds × steps summed over cells); "
-                  f"≈ {_duration(seconds)} of compute ({how}); ≈ {_duration(seconds / workers)} on {workers} worker(s)"]
+                  f"≈ {_duration(seconds)} of compute ({how}); {on_workers}"]
     m = cell_memory(largest)
     lines.append(f"memory per cell (largest, cell {largest.index}): records {_bytes(m['records'])} "
                  f"(3 × λ × seeds × records × 8 B), final iterates {_bytes(m['final_iterates'])}, "
