@@ -15,7 +15,7 @@ if TYPE_CHECKING:   # what static tools (type checkers, mkdocstrings) see; at ru
         GLM, DeepLinear, LeastSquares, LogisticRegression, PoissonRegression, Problem, SoftmaxRegression,
     )
     from .results import SimResult, SimSummary  # noqa: F401
-    from .simulate import StabilityWarning, simulate  # noqa: F401
+    from .simulate import DivergenceWarning, StabilityWarning, simulate  # noqa: F401
 
 #: public name -> submodule that defines it. Imported on first use (PEP 562): the package itself
 #: loads nothing heavy, so that `kdsim --version` and `kdsim --help` start without numba or scipy
@@ -23,13 +23,14 @@ _LAZY = {
     **dict.fromkeys(["GLM", "DeepLinear", "LeastSquares", "LogisticRegression", "PoissonRegression", "Problem",
                      "SoftmaxRegression"], "problems"),
     "SimResult": "results", "SimSummary": "results",
-    "StabilityWarning": "simulate", "simulate": "simulate",
+    "StabilityWarning": "simulate", "DivergenceWarning": "simulate", "simulate": "simulate",
     **dict.fromkeys(["LambdaCurve", "PairedComparison", "lambda_curve", "paired_comparison", "plot_lambda_curve"],
                     "api"),
 }
 
 __all__ = ["__version__", "LeastSquares", "SoftmaxRegression", "GLM", "LogisticRegression",
-           "PoissonRegression", "DeepLinear", "Problem", "SimResult", "SimSummary", "StabilityWarning", "simulate",
+           "PoissonRegression", "DeepLinear", "Problem", "SimResult", "SimSummary", "StabilityWarning",
+           "DivergenceWarning", "simulate",
            "LambdaCurve", "PairedComparison", "lambda_curve", "paired_comparison", "plot_lambda_curve",
            "datasets", "stats", "teachers", "theory"]
 

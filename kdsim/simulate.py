@@ -75,15 +75,30 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
     out = run_engine(problem, plan, engine, reduce=bool(reduce), memory_budget=memory_budget)
     if reduce:
         red = out.arrays
-        return SimSummary(lams=plan.lams, steps=plan.record_steps, means=red["mean"], variances=red["var"],
-                          count=red["count"], diverged_step=red["diverged_step"], config=config,
-                          timing=out.timing, stability=stability)
-    return SimResult(lams=plan.lams, steps=plan.record_steps, config=config, timing=out.timing,
-                     stability=stability, **out.arrays)
+        result = SimSummary(lams=plan.lams, steps=plan.record_steps, means=red["mean"], variances=red["var"],
+                            count=red["count"], diverged_step=red["diverged_step"], config=config,
+                            timing=out.timing, stability=stability)
+    else:
+        result = SimResult(lams=plan.lams, steps=plan.record_steps, config=config, timing=out.timing,
+                           stability=stability, **out.arrays)
+    diverged = result.diverged
+    if diverged.any():
+        limit = stability.get("limit")
+        known = (f"; the largest mean-square stable step is {limit:.6g}" if limit
+                 else "; reduce the step (no stability limit is known for this problem and estimator)")
+        warnings.warn(DivergenceWarning(
+            f"{int(diverged.sum())} of {diverged.size} trajectories diverged (first at step "
+            f"{int(result.diverged_step[diverged].min())}) with step {plan.step:.6g}{known}; their records are "
+            "left out of means (divergence_summary() per λ)"), stacklevel=2)
+    return result
 
 
 class StabilityWarning(UserWarning):
     """A run's step size is beyond the known stability limit (its trajectories will diverge)."""
+
+
+class DivergenceWarning(UserWarning):
+    """Some trajectories of a run diverged: how many, and the largest stable step when it is known."""
 
 
 def warmup(family="least_squares", dtype="float64", backend="numba"):

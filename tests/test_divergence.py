@@ -125,3 +125,15 @@ def test_reduced_frame_has_no_nan_rows_when_every_seed_of_a_lambda_diverges():
     frame = red.to_frame()
     assert set(frame["lam"]) == {0.0} and not frame[[c for c in frame if c.endswith("_mean")]].isna().any().any()
     assert any("6 of 6" in line for line in red.divergence_summary())
+
+
+def test_simulate_warns_with_the_count_and_the_limit_after_a_run_that_diverged(ls):
+    p, th, gc = ls
+    with pytest.warns(kdsim.DivergenceWarning, match=r"of 192 trajectories diverged .* largest mean-square stable "
+                                                      rf"step is {gc:.6g}"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", kdsim.StabilityWarning)
+            kdsim.simulate(p, th, [0.0, 0.5, 1.0], 1.3 * gc, 3000, 64, record_every=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kdsim.DivergenceWarning)       # a stable run says nothing
+        kdsim.simulate(p, th, [0.0, 0.5], 0.5 * gc, 200, 8, record_every=20)
