@@ -1,12 +1,12 @@
-"""Researcher-facing helpers on top of :func:`kdsim.simulate`: a λ curve beside the theory, and paired comparisons.
+"""Researcher-facing helpers on top of ``kdsim.simulate``: a λ curve beside the theory, and paired comparisons.
 
-* :func:`lambda_curve` runs ``simulate`` over a λ grid (common random numbers) and returns a
-  :class:`LambdaCurve`: a tidy frame with one row per λ (mean and interval of a record at the
+* ``lambda_curve`` runs ``simulate`` over a λ grid (common random numbers) and returns a
+  ``LambdaCurve``: a tidy frame with one row per λ (mean and interval of a record at the
   end of the run or on its plateau), the empirical optimum λ_emp with a paired bootstrap
   interval over seeds, and every theoretical weight of docs/theory.md §6 (λ̂, λ*_T1, λ*_T2,
   λ*_published, and the exact λ_opt of §5 on least squares).
-* :func:`plot_lambda_curve` draws it (``LambdaCurve.plot`` is the same).
-* :func:`paired_comparison` compares two λ of one run (e.g. KD against SGD, λ = 0) seed by
+* ``plot_lambda_curve`` draws it (``LambdaCurve.plot`` is the same).
+* ``paired_comparison`` compares two λ of one run (e.g. KD against SGD, λ = 0) seed by
   seed: the ratio and the difference of the means, with a paired bootstrap interval.
 
 Example
@@ -91,7 +91,7 @@ class LambdaCurve:
         run's batch size) and ``lambda_opt`` (exact on least squares; NaN with source
         "not applicable" elsewhere). A variant that cannot be evaluated (e.g. λ*_T1 with μ = 0)
         is NaN, with the reason in ``notes``.
-    record, at, level, step, batch_size, estimator : as passed to :func:`lambda_curve`
+    record, at, level, step, batch_size, estimator : as passed to ``lambda_curve``
     teacher : str or None
         ``Teacher.describe()`` when a Teacher was passed.
     notes : list of str
@@ -122,7 +122,7 @@ class LambdaCurve:
         return pd.DataFrame(rows, columns=["name", "label", "value", "source", "in_ci"])
 
     def plot(self, ax=None, logy=False):
-        """The curve with its band and the optimum markers (see :func:`plot_lambda_curve`)."""
+        """The curve with its band and the optimum markers (see ``plot_lambda_curve``)."""
         return plot_lambda_curve(self, ax=ax, logy=logy)
 
     def __repr__(self):
@@ -154,7 +154,7 @@ def lambda_curve(problem, theta, lams, step, steps, seeds, batch_size=1, estimat
         The λ grid (distinct values; at least three for the empirical optimum). All λ share
         each seed's minibatches (common random numbers), which pairs the comparison across λ.
     step, steps, seeds, batch_size, estimator, backend, seed
-        As for :func:`kdsim.simulate`.
+        As for ``kdsim.simulate``.
     record : str
         "dist2_opt" (‖x_t − x*‖², default; what the theory's weights minimise), "subopt" or
         "dist2_teacher".
@@ -172,7 +172,7 @@ def lambda_curve(problem, theta, lams, step, steps, seeds, batch_size=1, estimat
     n_boot : int
         Bootstrap resamples of the optimum's interval.
     **simulate_kwargs
-        Passed to :func:`kdsim.simulate` (``record_every``, ``x0``, ``dtype``, ``memory_budget``, …;
+        Passed to ``kdsim.simulate`` (``record_every``, ``x0``, ``dtype``, ``memory_budget``, …;
         not ``reduce``: per-seed values are needed).
 
     Returns
@@ -282,7 +282,7 @@ def _theory_lambdas(problem, config, theta, step, batch_size, estimator, record,
 
 
 def plot_lambda_curve(curve, ax=None, logy=False):
-    """Draw a :class:`LambdaCurve`: the mean with its interval band against λ, the empirical
+    """Draw a ``LambdaCurve``: the mean with its interval band against λ, the empirical
     optimum with its interval, and one vertical line per theoretical weight.
 
     Parameters

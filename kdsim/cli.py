@@ -4,7 +4,7 @@ Exit codes: 0 success (every check passed), 1 a check failed (or some sweep cell
 fault on the user's side, 130 interrupted. Errors are one line on stderr; ``--debug`` re-raises
 them with the traceback.
 
-What counts as the user's side (:func:`user_fault`): a bad option or argument (argparse, and the
+What counts as the user's side (``user_fault``): a bad option or argument (argparse, and the
 ValueError / TypeError kdsim raises itself when it validates an argument), an OSError (a path that
 is a folder, missing, not writable, a read-only file system, a full disk), a missing optional
 package (ImportError, e.g. ``--backend cupy`` without CuPy) or no usable GPU, a run that the
@@ -231,7 +231,7 @@ class _Progress:
     A tqdm bar when tqdm is installed and stderr is a terminal; otherwise plain lines, which read
     well in a log: one when a check starts and, inside a long check, at most one every
     ``every`` seconds as its simulations finish. ``quiet``: nothing. Results go through
-    :meth:`write`, which keeps them clear of the bar.
+    ``write``, which keeps them clear of the bar.
     """
 
     def __init__(self, names, quiet=False, stream=None, every=15.0):

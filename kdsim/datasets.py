@@ -2,8 +2,8 @@
 
 Both come from ``kdsim/_data/`` (installed with the package; see
 ``kdsim/_data/PROVENANCE.md`` for source, licence and checksums) and are read with
-:mod:`importlib.resources`. Every load checks the file's sha256 against
-``_SHA256``; a corrupted or replaced file raises :class:`DatasetChecksumError`.
+``importlib.resources``. Every load checks the file's sha256 against
+``_SHA256``; a corrupted or replaced file raises ``DatasetChecksumError``.
 scikit-learn is not imported here: the files were extracted from it once, by
 ``data/extract_from_sklearn.py``.
 
@@ -105,12 +105,12 @@ class Dataset:
 
 
 def available() -> tuple[str, ...]:
-    """Names accepted by :func:`load`."""
+    """Names accepted by ``load``."""
     return tuple(_FILES)
 
 
 def load(name, **kwargs) -> Dataset:
-    """Load a data set by name (one of :func:`available`); ``kwargs`` go to its loader."""
+    """Load a data set by name (one of ``available``); ``kwargs`` go to its loader."""
     V.choice("name", name, available())
     return _LOADERS[name](**kwargs)
 

@@ -8,17 +8,13 @@ shared by the student and the teacher:
 where T_B is the anchor's minibatch term, T its full-data mean, and the
 coefficients (a, c) depend on the KD weight λ:
 
-=============  ======  ======  ==============================  ===========
-name           a       c       anchor term T_B                 refresh
-=============  ======  ======  ==============================  ===========
-``sgd``        0       0       —                               —
-``kd``         λ       0       ∇f_B(θ)  (distillation gradient)  —
-``kd_loss``    λ       0       ∇ℓ_B(θ)  (data loss only: the    —
-                               literal KD loss, ridge on the
-                               student only)
-``corrected``  λ       λ       ∇f_B(θ)                          —
-``svrg``       λ       λ       ∇f_B(y), y = snapshot            every m steps
-=============  ======  ======  ==============================  ===========
+| name | a | c | anchor term T_B | refresh |
+|---|---|---|---|---|
+| ``sgd`` | 0 | 0 | — | — |
+| ``kd`` | λ | 0 | ∇f_B(θ) (distillation gradient) | — |
+| ``kd_loss`` | λ | 0 | ∇ℓ_B(θ) (data loss only: the literal KD loss, ridge on the student only) | — |
+| ``corrected`` | λ | λ | ∇f_B(θ) | — |
+| ``svrg`` | λ | λ | ∇f_B(y), y = snapshot | every m steps |
 
 SVRG is the λ = 1 row of the last line (partial weights λ < 1 are allowed).
 For problems whose KD identity is exact (least squares, softmax at τ = 1, the

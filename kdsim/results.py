@@ -203,7 +203,7 @@ class _RunInfo:
         ax : matplotlib Axes, optional
             Where to draw (default: a new figure).
         logy : bool
-            Log-scaled y axis (default True; see :func:`plot_curves` for bands that reach 0).
+            Log-scaled y axis (default True; see ``plot_curves`` for bands that reach 0).
         level : float
             Level of the Student-t band across seeds.
 

@@ -36,30 +36,55 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
 
     Parameters
     ----------
-    problem : a kdsim problem (``LeastSquares``, ``SoftmaxRegression``, …)
-    theta : teacher in the student's parameter space (deep linear: also an end-to-end map)
-    lams : KD weight λ or a sequence of them
-    step : constant step size γ > 0
-    steps : number of iterations
-    seeds : number of independent trajectories per λ
-    batch_size : minibatch size b in [1, n], drawn without replacement
-    estimator : "sgd", "kd", "kd_loss", "corrected" or "svrg" (see ``kdsim.estimators``)
-    record_every : record every k steps (0 and the last step always included)
-    backend : "auto" (numba when available and the problem exports a kernel spec, else numpy),
-        "numpy" (the readable reference), "numba" or "cupy"; every backend draws the same minibatches
-    seed : master seed of the counter-based index generator
-    x0 : start (default: ``problem.default_x0()``)
-    common_random_numbers : all λ share each seed's index stream (default True)
-    svrg_period : SVRG snapshot period m (default n // b)
-    dtype : iterate precision, "float64" or "float32" (float32 needs a compiled engine)
-    reduce : return only per-(λ, record) means and variances over seeds (``SimSummary``)
-    memory_budget : bytes the run may use (default half the available memory); every backend
-        runs seeds in chunks that fit, planned before anything is allocated
+    problem : Problem
+        A kdsim problem (``LeastSquares``, ``SoftmaxRegression``, …).
+    theta : array_like
+        The teacher in the student's parameter space (deep linear: also an end-to-end map).
+    lams : float or sequence of float
+        KD weight λ, or a grid of them.
+    step : float
+        Constant step size γ > 0.
+    steps : int
+        Number of iterations.
+    seeds : int
+        Number of independent trajectories per λ.
+    batch_size : int, default 1
+        Minibatch size b in [1, n], drawn without replacement.
+    estimator : {"sgd", "kd", "kd_loss", "corrected", "svrg"}, default "kd"
+        The control-variate estimator (``kdsim.estimators``).
+    record_every : int, default 1
+        Record every k steps (step 0 and the last step are always recorded).
+    backend : {"auto", "numpy", "numba", "cupy"}, default "auto"
+        "auto" is numba when it is available and the problem exports a kernel spec, else numpy
+        (the readable reference); every backend draws the same minibatches.
+    seed : int, default 0
+        Master seed of the counter-based index generator.
+    x0 : array_like, optional
+        Start (default ``problem.default_x0()``).
+    common_random_numbers : bool, default True
+        All λ share each seed's index stream.
+    svrg_period : int, optional
+        SVRG snapshot period m (default n // b).
+    dtype : {"float64", "float32"}, default "float64"
+        Iterate precision (float32 needs a compiled engine).
+    reduce : bool, default False
+        Return only per-(λ, record) means and variances over the seeds (``SimSummary``).
+    memory_budget : int, optional
+        Bytes the run may use (default half the available memory); every backend runs seeds in
+        chunks that fit, planned before anything is allocated.
 
     Returns
     -------
-    SimResult with arrays (λ, seed, record) of ‖x_t − x*‖², f(x_t) − f*, ‖x_t − θ‖²
-    (or a SimSummary when ``reduce``).
+    SimResult or SimSummary
+        Arrays (λ, seed, record) of ‖x_t − x*‖², f(x_t) − f*, ‖x_t − θ‖², or their moments
+        with ``reduce``.
+
+    Warns
+    -----
+    StabilityWarning
+        Before the run, when the step exceeds a known stability limit (least squares).
+    DivergenceWarning
+        After the run, when trajectories diverged: how many, and the limit when known.
     """
     if not isinstance(reduce, (bool, np.bool_)):
         raise TypeError(f"reduce must be True or False; got {reduce!r}")

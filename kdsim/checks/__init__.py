@@ -1,6 +1,6 @@
 """Theory checks: one module per claim of THEORY.md §8, each exposing ``check(...)``.
 
-Every check returns a :class:`CheckResult` whose rows put the empirical value (with a
+Every check returns a ``CheckResult`` whose rows put the empirical value (with a
 confidence interval when it is a Monte Carlo mean) beside the theoretical one.
 Scripts in ``theory_checks/``, the ``kdsim check`` command and the tests all call the
 same functions.

@@ -12,7 +12,7 @@ relation, tolerance, passed.
   both are 0 (a sign comparison such as "difference ≥ 0"), the empirical value itself.
 * Deterministic quantities have ci_low = ci_high = empirical.
 
-Simulate, then judge. A check runs its simulations through :func:`simulate` (``kdsim.simulate``)
+Simulate, then judge. A check runs its simulations through ``simulate`` (``kdsim.simulate``)
 and judges their records against theory. Inside ``with reuse_simulations(runs):`` every
 simulation is served from ``runs`` when the same call was made before (a simulation is a
 deterministic function of its arguments, and the key covers all of them), so running a check

@@ -1,8 +1,8 @@
 """Paper-ready figures from the curves and figure requests a check returns (no computation here).
 
-Every figure fits a page: at most :data:`MAX_COLUMNS` panels a row, :data:`PAGE_WIDTH` inches
+Every figure fits a page: at most ``MAX_COLUMNS`` panels a row, ``PAGE_WIDTH`` inches
 wide, legends outside the data (below the panels; a colour bar beside them for many series),
-maths set with matplotlib's mathtext (:func:`mathtext`), and written as PNG, PDF or SVG
+maths set with matplotlib's mathtext (``mathtext``), and written as PNG, PDF or SVG
 (``fmt``, ``dpi``). Each ``*_plot`` function writes a file; its ``*_figure`` twin returns the
 matplotlib Figure (for a notebook, or to adjust before saving).
 
@@ -13,7 +13,7 @@ method, step, quantity, mean, ci_low, ci_high and, optionally:
   (a Monte Carlo curve and the theory it is compared with, e.g. "λ = 0.4"); ``method`` then says
   what a curve is ("Monte Carlo", "exact recursion (§5)") and sets its line style. Without
   ``series`` each method is a colour of its own.
-* ``series_value``: a number per series (λ, γ); with more than :data:`MAX_LEGEND_SERIES` series
+* ``series_value``: a number per series (λ, γ); with more than ``MAX_LEGEND_SERIES`` series
   the colours come from a continuous colour map with a colour bar instead of a legend.
 * ``kind``: "mc" (solid, with its confidence band), "run" (solid: a deterministic run), "theory"
   (dashed) or "bound" (dash-dot);
@@ -315,7 +315,7 @@ def log_ticks(lo, hi, most=6):
 
 
 def _log_ticks(ax):
-    """Readable log-axis ticks (:func:`log_ticks`), labelled 10^k or m×10^k; minor ticks unlabelled."""
+    """Readable log-axis ticks (``log_ticks``), labelled 10^k or m×10^k; minor ticks unlabelled."""
     ticks = log_ticks(*ax.get_ylim())
     if ticks:
         ax.yaxis.set_major_locator(ticker.FixedLocator(ticks))
@@ -359,7 +359,7 @@ def check_title(result):
 # ---------------------------------------------------------------- figures
 def convergence_plot(curves, path, title=None, fmt=None, dpi=None):
     """Mean curves with confidence bands on a log scale, one panel per instance, in a grid
-    (:func:`convergence_figure`), written to ``path``.
+    (``convergence_figure``), written to ``path``.
 
     Parameters
     ----------
@@ -372,7 +372,7 @@ def convergence_plot(curves, path, title=None, fmt=None, dpi=None):
     fmt : {"png", "pdf", "svg"}, optional
         Default: the suffix of ``path`` (PNG when it has none).
     dpi : float, optional
-        Resolution of raster output (default :data:`DEFAULT_DPI`).
+        Resolution of raster output (default ``DEFAULT_DPI``).
 
     Returns
     -------
@@ -387,7 +387,7 @@ def convergence_plot(curves, path, title=None, fmt=None, dpi=None):
 
 
 def convergence_figure(curves, title=None):
-    """The figure of :func:`convergence_plot` (a matplotlib Figure, not saved)."""
+    """The figure of ``convergence_plot`` (a matplotlib Figure, not saved)."""
     meta, floors = {}, {}
     for c in curves:
         for key, value in getattr(c, "attrs", {}).items():
@@ -554,7 +554,7 @@ def lambda_sweep_plot(data, path, title, markers=None, optimum=None, ylabel="E�
 
 
 def lambda_sweep_figure(data, title, markers=None, optimum=None, ylabel="E‖x_T − x*‖²"):
-    """The figure of :func:`lambda_sweep_plot` (a matplotlib Figure, not saved)."""
+    """The figure of ``lambda_sweep_plot`` (a matplotlib Figure, not saved)."""
     methods = list(data["method"].unique()) if "method" in data else [None]
     with _style():
         fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 4.0), layout="constrained")
@@ -623,7 +623,7 @@ def heatmap_plot(data, path, title, x, y, value, xlabel=None, ylabel=None, value
 
 
 def heatmap_figure(data, title, x, y, value, xlabel=None, ylabel=None, value_label=None, annot_fmt=".2f"):
-    """The figure of :func:`heatmap_plot` (a matplotlib Figure, not saved)."""
+    """The figure of ``heatmap_plot`` (a matplotlib Figure, not saved)."""
     table = data.pivot(index=y, columns=x, values=value).sort_index(ascending=False)
     with _style(grid=False):
         fig, ax = plt.subplots(figsize=(min(PAGE_WIDTH, 1.6 + 0.75 * table.shape[1]),
@@ -649,7 +649,7 @@ def scatter_plot(data, path, title, xlabel="theoretical", ylabel="empirical", lo
 
 
 def scatter_figure(data, title, xlabel="theoretical", ylabel="empirical", log=True):
-    """The figure of :func:`scatter_plot` (a matplotlib Figure, not saved)."""
+    """The figure of ``scatter_plot`` (a matplotlib Figure, not saved)."""
     group = data["group"] if "group" in data else data["instance"]
     data = data.assign(_group=group, _marker=data["marker"] if "marker" in data else "")
     groups = list(dict.fromkeys(data["_group"]))

@@ -1,8 +1,8 @@
 """Tables of check results as CSV, Markdown and LaTeX, and the grouping of repeated notes.
 
 The LaTeX is pure ASCII and compiles with plain LaTeX (no package): every non-ASCII character a
-table can hold is written as a LaTeX macro (:func:`latex_escape`, :data:`LATEX_MATH`,
-:data:`LATEX_TEXT`); a character without one is an error that names it.
+table can hold is written as a LaTeX macro (``latex_escape``, ``LATEX_MATH``,
+``LATEX_TEXT``); a character without one is an error that names it.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ LATEX_SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", 
 
 
 class LatexEscapeError(ValueError):
-    """A character without a LaTeX macro in :data:`LATEX_MATH` or :data:`LATEX_TEXT`."""
+    """A character without a LaTeX macro in ``LATEX_MATH`` or ``LATEX_TEXT``."""
 
 
 def _unmapped(chars, text):
@@ -80,7 +80,7 @@ def latex_escape(text):
     symbols as ``\\ensuremath{…}`` macros (so the result works in text and in math mode), a
     combining accent on the character before it (λ̂ → ``\\ensuremath{\\hat{\\lambda}}``).
 
-    Raises :class:`LatexEscapeError` (a ValueError) for a character with no macro.
+    Raises ``LatexEscapeError`` (a ValueError) for a character with no macro.
     """
     text = str(text)
     out = []
@@ -260,8 +260,8 @@ def _markdown(frame):
 
 
 def write_tables(result, out_dir):
-    """Write one check's table as CSV, Markdown and LaTeX (pure ASCII, see :func:`to_latex`); return
-    the paths. The Markdown lists the check's notes, repeated ones grouped (:func:`group_notes`)."""
+    """Write one check's table as CSV, Markdown and LaTeX (pure ASCII, see ``to_latex``); return
+    the paths. The Markdown lists the check's notes, repeated ones grouped (``group_notes``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = result.frame()[COLUMNS]

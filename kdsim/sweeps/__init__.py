@@ -4,15 +4,15 @@
 >>> frame = sw.run("examples/sweeps/ls_small.toml", out="results/ls", workers=2)   # doctest: +SKIP
 >>> frame = sw.load("results/ls")                                                  # doctest: +SKIP
 
-* :mod:`~kdsim.sweeps.spec`: TOML → validated :class:`Sweep` → cells (Cartesian product), each
+* ``spec``: TOML → validated ``Sweep`` → cells (Cartesian product), each
   with its full configuration and hash;
-* :mod:`~kdsim.sweeps.registry`: the named problem families and teacher kinds a spec can use;
-* :mod:`~kdsim.sweeps.task`: one cell = ``kdsim.simulate`` reduced to summaries, theory beside them;
-* :mod:`~kdsim.sweeps.store`: one atomic, validated parquet part per cell;
-* :mod:`~kdsim.sweeps.execute`: in-process, LocalCluster or remote-scheduler execution, progress, dry run
+* ``registry``: the named problem families and teacher kinds a spec can use;
+* ``task``: one cell = ``kdsim.simulate`` reduced to summaries, theory beside them;
+* ``store``: one atomic, validated parquet part per cell;
+* ``execute``: in-process, LocalCluster or remote-scheduler execution, progress, dry run
   (its ``run`` is ``kdsim.sweeps.run``);
-* :mod:`~kdsim.sweeps.report`: bound-vs-empirical tables and figures from a store;
-* :mod:`~kdsim.sweeps.cli`: ``kdsim sweep | table | plot``.
+* ``report``: bound-vs-empirical tables and figures from a store;
+* ``cli``: ``kdsim sweep | table | plot``.
 """
 import importlib
 

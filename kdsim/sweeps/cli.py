@@ -4,7 +4,7 @@
 ``run_command(args)`` runs one and returns the exit code: 0 success (or nothing to do),
 1 some cells failed or the store holds corrupt parts, 130 interrupted (finished cells are
 kept; re-running resumes). Usage errors (a bad spec, a bad option, a results folder that
-another sweep holds or that cannot be written) raise :class:`UsageError` (a ValueError) or
+another sweep holds or that cannot be written) raise ``UsageError`` (a ValueError) or
 an OSError, which the main program prints as one line with exit code 2.
 """
 from __future__ import annotations

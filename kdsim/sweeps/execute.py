@@ -1,6 +1,6 @@
 """Running a sweep: cached, resumable, in-process or on a Dask cluster.
 
-:func:`run` validates the spec (nothing is computed or written for a bad spec), checks
+``run`` validates the spec (nothing is computed or written for a bad spec), checks
 which cells already have a valid part in the store (those are skipped; corrupt ones
 are reported, moved aside and recomputed), submits the remaining cells as independent
 tasks and writes each result from the driver as soon as it completes
@@ -308,18 +308,28 @@ def run(spec, client=None, out=None, workers=1, scheduler=None, progress=True, r
 
     Parameters
     ----------
-    spec : path to a TOML file, a TOML string, a dict or a Sweep
-    client : a distributed.Client to submit to (left open)
-    out : results folder (default: the spec's ``[sweep] out``, else kdsim-sweeps/<name>)
-    workers : 1 runs in-process; N > 1 starts a LocalCluster of N processes (1 thread each)
-    scheduler : address of a running Dask scheduler (tcp://host:8786)
-    progress : print progress lines (or a tqdm bar) to stderr
-    recompute : ignore stored parts and recompute every cell
-    on_cell_done : callback(cell, frame, info) after each part is written (it may raise,
-        e.g. KeyboardInterrupt: the parts written so far stay, a re-run resumes)
-    log : callable for messages (default: print to stderr)
-    memory_budget : bytes one cell may use (default: ``kdsim.memory.default_budget()``); a
-        spec with a cell that needs more is rejected before anything runs
+    spec : str, dict or Sweep
+        A path to a TOML file, a TOML string, a dict or a Sweep.
+    client : distributed.Client, optional
+        A client to submit to (left open).
+    out : str, optional
+        Results folder (default: the spec's ``[sweep] out``, else kdsim-sweeps/<name>).
+    workers : int, default 1
+        1 runs in-process; N > 1 starts a LocalCluster of N processes (1 thread each).
+    scheduler : str, optional
+        Address of a running Dask scheduler (tcp://host:8786).
+    progress : bool, default True
+        Print progress lines (or a tqdm bar) to stderr.
+    recompute : bool, default False
+        Ignore stored parts and recompute every cell.
+    on_cell_done : callable, optional
+        ``callback(cell, frame, info)`` after each part is written (it may raise, e.g.
+        KeyboardInterrupt: the parts written so far stay, a re-run resumes).
+    log : callable, optional
+        Receives messages (default: print to stderr).
+    memory_budget : int, optional
+        Bytes one cell may use (default ``kdsim.memory.default_budget()``); a spec with a cell
+        that needs more is rejected before anything runs.
 
     Returns
     -------
@@ -345,12 +355,12 @@ def run(spec, client=None, out=None, workers=1, scheduler=None, progress=True, r
 
 def run_cells(spec, client=None, out=None, workers=1, scheduler=None, progress=True, recompute=False,
               on_cell_done=None, log=None, memory_budget=None):
-    """Compute and store every cell of a sweep that has no valid part yet; return the :class:`RunReport`.
+    """Compute and store every cell of a sweep that has no valid part yet; return the ``RunReport``.
 
-    Same parameters as :func:`run`. Holds the results folder's lock for the whole run
-    (:class:`~kdsim.sweeps.store.StoreLocked` if another sweep writes it). A read-only folder
+    Same parameters as ``run``. Holds the results folder's lock for the whole run
+    (``StoreLocked`` if another sweep writes it). A read-only folder
     that already holds every cell is reported with ``read_only=True`` and nothing to do; one
-    that does not raises :class:`~kdsim.sweeps.store.StoreWriteError`, as does a folder that
+    that does not raises ``StoreWriteError``, as does a folder that
     stops being writable mid-run (the parts written so far are kept).
     """
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -593,7 +603,7 @@ def _cell_need(cell):
 
 
 def _scan(sweep, coef=None):
-    """One streaming pass over the cost-relevant cells (:data:`COST_AXES`): the sums over every cell
+    """One streaming pass over the cost-relevant cells (``COST_AXES``): the sums over every cell
     of trajectory-steps, modelled seconds (with ``coef``) and part bytes, and the cell that needs the
     most memory (``_cell_need``)."""
     traj_steps = seconds = part_bytes = 0

@@ -2,12 +2,12 @@
 
 A spec names a problem *family* (``[problem] family = "least_squares"``) and teacher
 *kinds* (``[[teachers]] kind = "at_distance"``); every other key of those tables is a
-parameter of the builder, validated against the declared :class:`Param` list before
+parameter of the builder, validated against the declared ``Param`` list before
 any work starts (type, range, unknown names). Builders are plain functions of the
 validated parameters, so a worker process rebuilds exactly the same problem from the
 cell's configuration.
 
-Add a family with :func:`register_problem`, a teacher kind with :func:`register_teacher`.
+Add a family with ``register_problem``, a teacher kind with ``register_teacher``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tables and figures from a sweep's store (no simulation, no theory: both are in the rows).
 
-Tables (:func:`table`, ``kdsim table``):
+Tables (``table``, ``kdsim table``):
 
 * ``bounds`` — one row per (cell, λ, bound) with a verdict: "holds" when the upper
   confidence limit stays below the bound at every record (up to a relative 1e-9 for
@@ -8,9 +8,9 @@ Tables (:func:`table`, ``kdsim table``):
   limit exceeds it at some record, "inconclusive" otherwise (more seeds decide); the
   worst ratios ``max_mean_over_bound`` (mean / bound) and ``max_upper_over_bound`` (upper CI /
   bound) over the records after a burn-in, t ≥ ``burn_in_step`` = the first record at or after
-  min(1/(γμ), T/2) (:func:`burn_in_step`; 10% of the run T when μ is unknown), since at t = 0
+  min(1/(γμ), T/2) (``burn_in_step``; 10% of the run T when μ is unknown), since at t = 0
   every bound is an equality and the worst ratio over all records would always be ~1; the
-  plateau of the bounded quantity with its interval and ``converged`` (:func:`plateau_converged`:
+  plateau of the bounded quantity with its interval and ``converged`` (``plateau_converged``:
   the fitted transient has decayed below the plateau's CI half-width where the plateau window
   starts; False flags a plateau still in its transient) beside the bound's neighbourhood and
   their ratio, the fitted per-step factor with its interval beside the bound's rate; or the
@@ -21,7 +21,7 @@ Tables (:func:`table`, ``kdsim table``):
 * ``cells`` — one row per cell: γ, γ relative to the T1 condition and to the largest
   stable step, diverged trajectories, notes.
 
-Figures (:func:`plot`, ``kdsim plot``; PNG, PDF or SVG): plateau against γ per λ with the T1
+Figures (``plot``, ``kdsim plot``; PNG, PDF or SVG): plateau against γ per λ with the T1
 neighbourhood and the exact least-squares plateau; the λ sweep per γ
 (``kdsim.report.plots.lambda_sweep_plot``) with λ̂, λ*_T1, λ*_T2, λ*_published, λ_opt;
 convergence curves per cell with the T1 bound (``kdsim.report.plots.convergence_plot``). Titles
@@ -284,8 +284,8 @@ FIGURE_KINDS = ("plateau_vs_gamma", "lambda_sweep", "convergence")
 
 
 class FigureList(list):
-    """The paths of the figures :func:`plot` wrote, with ``skipped``: (kind, file name) of the
-    figures that ``max_figures`` left out, and :meth:`summary`, one line that says so."""
+    """The paths of the figures ``plot`` wrote, with ``skipped``: (kind, file name) of the
+    figures that ``max_figures`` left out, and ``summary``, one line that says so."""
 
     def __init__(self, paths=(), skipped=(), max_figures=None):
         super().__init__(paths)
@@ -352,7 +352,7 @@ def plot(spec_or_dir, out=None, figures=None, max_figures=24, fmt="png", dpi=Non
     per cell (a colour bar over λ instead of a legend when there are more than
     ``kdsim.report.plots.MAX_LEGEND_SERIES`` λ). With more figures than ``max_figures`` the
     kinds take turns (every kind gets figures) and the result's ``skipped`` lists the rest
-    (:class:`FigureList`; its ``summary()`` is the line to print). ``fmt``: png, pdf or svg;
+    (``FigureList``; its ``summary()`` is the line to print). ``fmt``: png, pdf or svg;
     ``dpi``: resolution of PNG output.
     """
     import matplotlib

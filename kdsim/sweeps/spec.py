@@ -1,4 +1,4 @@
-"""Sweep specs: TOML → validated :class:`Sweep` → Cartesian product of :class:`Cell`.
+"""Sweep specs: TOML → validated ``Sweep`` → Cartesian product of ``Cell``.
 
 A spec has four parts (every key is listed in ``SPEC_KEYS``; an unknown key is an
 error that names it and lists the valid ones)::
@@ -36,8 +36,8 @@ error that names it and lists the valid ones)::
 Every value in [problem], [[teachers]] and [grid] (except ``lams``) may be a scalar
 or a list; lists are axes of the Cartesian product. λ is not an axis: the whole λ
 grid of a cell runs in one ``simulate`` call with common random numbers.
-Validation happens in :func:`load_spec`, before any work: bad specs raise
-:class:`SpecError` (a ValueError) naming the section and key.
+Validation happens in ``load_spec``, before any work: bad specs raise
+``SpecError`` (a ValueError) naming the section and key.
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def plain_name(name):
 class Sweep:
     """A validated sweep: normalised spec (JSON-serialisable), cells and axes.
 
-    ``cells`` is a sequence (:class:`Cells` for a spec: built on demand from the axes, so a
+    ``cells`` is a sequence (``Cells`` for a spec: built on demand from the axes, so a
     grid of millions of cells costs no memory until its cells are asked for)."""
 
     name: str
@@ -371,9 +371,9 @@ def _parse_toml(text, where):
 
 
 def load_spec(spec):
-    """Parse and validate a spec (path, TOML string, dict or Sweep) into a :class:`Sweep`.
+    """Parse and validate a spec (path, TOML string, dict or Sweep) into a ``Sweep``.
 
-    Raises :class:`SpecError` before any work for an unknown key (named, with the
+    Raises ``SpecError`` before any work for an unknown key (named, with the
     valid keys), an empty grid axis, a non-positive step / steps / seeds / batch size,
     a value of the wrong type, an unknown problem family, teacher kind, estimator or
     backend, a batch size above n, or record_every above steps.

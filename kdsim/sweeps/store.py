@@ -26,7 +26,7 @@ A part is *valid* when it opens as parquet, its metadata names the expected hash
 version, ``config_hash(config)`` reproduces that hash, its row count equals the recorded
 one and every row carries the cell's hash. Anything else (a truncated or unreadable file,
 a wrong hash, a wrong row count) is reported, moved to ``OUT/corrupt`` and recomputed by
-the next run; :func:`load` refuses to read it.
+the next run; ``load`` refuses to read it.
 """
 from __future__ import annotations
 
@@ -419,8 +419,8 @@ def load(out, spec=None, missing="warn"):
     """Read a sweep's results as one long DataFrame (validated; see the module docstring).
 
     ``out``: a results folder (or a Store). ``spec``: read the cells of this spec (default:
-    the cells in the folder's manifest). Corrupt parts raise :class:`StoreError` (never
-    read); cells without a part are left out, with a :class:`StoreWarning` when
+    the cells in the folder's manifest). Corrupt parts raise ``StoreError`` (never
+    read); cells without a part are left out, with a ``StoreWarning`` when
     ``missing="warn"``, silently when "ignore", or a StoreError when "raise".
     ``frame.attrs["missing"]`` lists their hashes.
     """

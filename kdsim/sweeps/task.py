@@ -1,6 +1,6 @@
 """One sweep cell: build → simulate → reduce to summaries, with the theory beside them.
 
-:func:`compute_cell` is the task a Dask worker (or the driver, in-process) runs. It is
+``compute_cell`` is the task a Dask worker (or the driver, in-process) runs. It is
 a module-level function of a JSON-serialisable configuration only, so a worker on
 another machine rebuilds exactly the same problem and teacher (kdsim must be
 installed there). It returns a long frame with one row per (λ, record) and a small

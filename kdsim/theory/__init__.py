@@ -1,16 +1,16 @@
 """The theory of docs/theory.md §3–§7 as code: constants, bounds, optimal weights, exact dynamics.
 
-* :func:`constants` (§3) → :class:`Constants` (μ, L, L_max, 𝓛(b), ω(b), σ²_*, the KD noise
-  quadratic, ρ, ‖∇f(θ)‖, ‖θ − x*‖, with provenance); :func:`mu_path`, :func:`pl_path`.
-* :mod:`~kdsim.theory.bounds` (§4): :func:`t1`, :func:`t1_prime`, :func:`t2`,
-  :func:`sgd_bound` → :class:`Bound` (``curve``, ``neighbourhood``, ``gamma_max``, ``status``).
-* :mod:`~kdsim.theory.lambdas` (§6): :func:`lambda_hat`, :func:`lambda_star_t1`,
-  :func:`lambda_star_t2`, :func:`lambda_star_published`, :func:`lambda_opt`; :func:`all_lambdas`
+* ``constants`` (§3) → ``Constants`` (μ, L, L_max, 𝓛(b), ω(b), σ²_*, the KD noise
+  quadratic, ρ, ‖∇f(θ)‖, ‖θ − x*‖, with provenance); ``mu_path``, ``pl_path``.
+* ``bounds`` (§4): ``t1``, ``t1_prime``, ``t2``,
+  ``sgd_bound`` → ``Bound`` (``curve``, ``neighbourhood``, ``gamma_max``, ``status``).
+* ``lambdas`` (§6): ``lambda_hat``, ``lambda_star_t1``,
+  ``lambda_star_t2``, ``lambda_star_published``, ``lambda_opt``; ``all_lambdas``
   collects them (``lambda_opt`` when given a least-squares ``problem``).
-* :mod:`~kdsim.theory.exact_ls` (§5): :func:`exact_moments`, :func:`mse_sgd`,
-  :func:`stationary_error`, :func:`largest_stable_step`, :func:`spectral_radius`.
-* :mod:`~kdsim.theory.deep_linear_flow` (§7): mode curves and predicted maps.
-* :mod:`~kdsim.theory.sampling`: the ω(b) identity and exact minibatch expectations.
+* ``exact_ls`` (§5): ``exact_moments``, ``mse_sgd``,
+  ``stationary_error``, ``largest_stable_step``, ``spectral_radius``.
+* ``deep_linear_flow`` (§7): mode curves and predicted maps.
+* ``sampling``: the ω(b) identity and exact minibatch expectations.
 
 Note: the name ``kdsim.theory.constants`` is the *function*; import the module's other
 names with ``from kdsim.theory.constants import Constants`` (the import system finds the

@@ -1,4 +1,4 @@
-"""The bounds of docs/theory.md §4 as small objects built from a :class:`~kdsim.theory.constants.Constants`.
+"""The bounds of docs/theory.md §4 as small objects built from a ``Constants``.
 
 Every bound has the form
 
@@ -10,8 +10,8 @@ neighbourhood split into named terms (``neighbourhood_terms``), and its source
 ("derived": every bound here was derived for kdsim, docs/theory.md §4).
 
 Outside its condition a bound is *not applicable*: ``applicable`` is False,
-``status`` reads "not applicable: γ = … > γ_max = …", and :meth:`Bound.curve`
-raises :class:`NotApplicableError` (a ValueError) with that text, so that a check
+``status`` reads "not applicable: γ = … > γ_max = …", and ``Bound.curve``
+raises ``NotApplicableError`` (a ValueError) with that text, so that a check
 can report it with γ_max. A bound also becomes not applicable when μ ≤ 0 (no strong
 quasi-convexity / PL constant).
 

@@ -1,6 +1,6 @@
 """The constants of docs/theory.md §3, computed exactly wherever a formula exists.
 
-``constants(problem, theta, batch_size)`` returns a frozen :class:`Constants` with
+``constants(problem, theta, batch_size)`` returns a frozen ``Constants`` with
 
 * μ, L, L_max, the per-sample L_i, the expected smoothness 𝓛(b) and ω(b);
 * the noise at the optimum σ²_* = E‖∇f_B(x*)‖² and the KD noise
@@ -12,7 +12,7 @@
   or "path estimate" — and ``notes`` in words.
 
 Sampling expectations are the exact finite-sum ω(b) formulas of
-:mod:`kdsim.theory.sampling` (never Monte Carlo); "exact" for them means exact
+``kdsim.theory.sampling`` (never Monte Carlo); "exact" for them means exact
 given x* (which problems compute to high accuracy).
 
 How μ and L are obtained
@@ -28,7 +28,7 @@ How μ and L are obtained
   λ_max(∇²f_i(x*)) (local) and, when the problem has them,
   ``problem.sample_smoothness()`` is kept beside them as ``L_i_bound`` (marked
   with the problem's ``smoothness_kind``, "bound" for softmax's ½‖a_i‖²).
-* :func:`mu_path` and :func:`pl_path` give the empirical values along observed
+* ``mu_path`` and ``pl_path`` give the empirical values along observed
   iterates ("path estimate").
 
 Teacher gradients
@@ -258,11 +258,20 @@ def constants(problem, theta, batch_size=1, teacher_term="f", teacher_space="aut
 
     Parameters
     ----------
-    problem : a kdsim problem
-    theta : teacher (student parameters; deep linear: also an end-to-end map)
-    batch_size : b in [1, n], minibatches drawn without replacement
-    teacher_term : "f" (∇f_i(θ), the distillation gradient; default) or "data" (∇ℓ_i(θ), "kd_loss")
-    teacher_space : "auto", "parameter" or "pullback" (see :func:`teacher_rows`)
+    problem : Problem
+        A kdsim problem.
+    theta : array_like
+        The teacher (student parameters; deep linear: also an end-to-end map).
+    batch_size : int, default 1
+        b in [1, n]; minibatches are drawn without replacement.
+    teacher_term : {"f", "data"}, default "f"
+        ∇f_i(θ) (the distillation gradient) or ∇ℓ_i(θ) (estimator "kd_loss").
+    teacher_space : {"auto", "parameter", "pullback"}, default "auto"
+        See ``teacher_rows``.
+
+    Returns
+    -------
+    Constants
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a kdsim problem; got {type(problem).__name__}")

@@ -15,10 +15,10 @@ KD with weight λ and an end-to-end teacher Θ̄ replaces Σ_yx by (1 − λ)Σ_
 shares the singular vectors, Θ̄ = U diag(s_teacher) Vᵀ, mode k's target is
 s_k(λ) = (1 − λ)s_k + λ s_k(teacher).
 
-Helpers build such an instance (:func:`whitened_instance`), its aligned balanced
-initialisation in the :class:`kdsim.problems.deep_linear.DeepLinear` parameter layout
-(:func:`balanced_aligned_init`) and the predicted end-to-end map over time
-(:func:`predicted_map`, :func:`predicted_trajectory`).
+Helpers build such an instance (``whitened_instance``), its aligned balanced
+initialisation in the ``kdsim.problems.deep_linear.DeepLinear`` parameter layout
+(``balanced_aligned_init``) and the predicted end-to-end map over time
+(``predicted_map``, ``predicted_trajectory``).
 """
 from __future__ import annotations
 

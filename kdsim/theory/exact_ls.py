@@ -29,7 +29,7 @@ With m_t = E e_t and M_t = E e_t e_tᵀ (B independent of e_t), ξ̄ = (1/n) Σ 
     C_t     = E[H_B m_t ξ_Bᵀ],   Q = E[ξ_B ξ_Bᵀ].
 
 Every E[X_B · Y_B] of minibatch means equals w_d Σ_i X_i·Y_i + w_a (Σ_i X_i)·(Σ_j Y_j)
-with w_d = (p1 − p2)/b², w_a = p2/b² (:func:`kdsim.theory.sampling.pair_weights`), and
+with w_d = (p1 − p2)/b², w_a = p2/b² (``kdsim.theory.sampling.pair_weights``), and
 Σ_i Ã_i M Ã_i = Aᵀ diag(q) A + αn(H_d M + M H_d) + nα² M, q_i = a_iᵀ M a_i, H_d = AᵀA/n:
 O(n d²) per step with BLAS, no loop over samples. ξ̄ = ḡ = ∇f(x*) ≈ 0 is kept (not
 assumed zero) so that the recursion is the exact expectation of the finite-precision
@@ -261,7 +261,7 @@ def _quantities(ops, m, M, v_opt, v_teacher):
 def exact_moments(problem, theta, lam, step, steps, batch_size=1, record_every=1, estimator="kd", x0=None):
     """Exact E‖x_t − x*‖², E[f(x_t) − f*], E‖x_t − θ‖² and E x_t for least squares.
 
-    Parameters mirror :func:`kdsim.simulate` (one λ). ``estimator`` is "sgd", "kd",
+    Parameters mirror ``kdsim.simulate`` (one λ). ``estimator`` is "sgd", "kd",
     "kd_loss" or "corrected" ("svrg" is not covered: its snapshot makes the state
     non-Markov in (m, M)). With a ridge, "kd_loss" (literal KD loss, ridge on the
     student only) is handled exactly: its mean fixed point x̃ solves ∇f(x̃) = λ∇ℓ(θ).

@@ -1,19 +1,15 @@
 """Optimal KD weights (docs/theory.md §6), each tagged with its source.
 
 With c0 = σ²_*, c1 = E⟨∇f_B(x*), ∇f_B(θ)⟩, c2 = E‖∇f_B(θ)‖² and B = ‖∇f(θ)‖ from a
-:class:`~kdsim.theory.constants.Constants` (σ²_*(λ,θ) = c0 − 2λc1 + λ²c2):
+``Constants`` (σ²_*(λ,θ) = c0 − 2λc1 + λ²c2):
 
-=========================  ===============================================  ==============
-function                   value                                            source
-=========================  ===============================================  ==============
-``lambda_hat``             c1 / c2 (minimises σ²_*(λ,θ) alone)               derived
-``lambda_star_t1(γ)``      γ c1 / (γ c2 + B²/μ) (minimises T1's              derived
-                           neighbourhood (4γ/μ)σ²_*(λ,θ) + (4λ²/μ²)B²)
-``lambda_star_t2(γ)``      2Lγ c1 / (2Lγ c2 + B²) (minimises T2's            derived
-                           neighbourhood (2Lγ/μ)σ²_*(λ,θ) + (λ²/μ)B²)
-``lambda_star_published``  c1 / (c2 + B²/γ)                                  as published
-``lambda_opt``             MSE_SGD / (MSE_SGD + D²), least squares, exact    derived
-=========================  ===============================================  ==============
+| function | value | source |
+|---|---|---|
+| ``lambda_hat`` | c1 / c2 (minimises σ²_*(λ,θ) alone) | derived |
+| ``lambda_star_t1(γ)`` | γ c1 / (γ c2 + B²/μ) (minimises T1's neighbourhood (4γ/μ)σ²_*(λ,θ) + (4λ²/μ²)B²) | derived |
+| ``lambda_star_t2(γ)`` | 2Lγ c1 / (2Lγ c2 + B²) (minimises T2's neighbourhood (2Lγ/μ)σ²_*(λ,θ) + (λ²/μ)B²) | derived |
+| ``lambda_star_published`` | c1 / (c2 + B²/γ) | as published |
+| ``lambda_opt`` | MSE_SGD / (MSE_SGD + D²), least squares, exact | derived |
 
 Each function carries a ``source`` attribute ("derived" or "as published").
 ``all_lambdas(constants, γ)`` collects the first four; ``all_lambdas(constants, γ, problem)``
@@ -123,7 +119,7 @@ def all_lambdas(constants, gamma, problem=None, theta=None, batch_size=None):
     Parameters
     ----------
     constants : Constants
-        From :func:`kdsim.theory.constants` (problem, teacher, batch size).
+        From ``kdsim.theory.constants`` (problem, teacher, batch size).
     gamma : float
         Step size γ > 0.
     problem : LeastSquares, optional
@@ -142,7 +138,7 @@ def all_lambdas(constants, gamma, problem=None, theta=None, batch_size=None):
         ``lambda_hat``, ``lambda_star_t1``, ``lambda_star_t2``, ``lambda_star_published`` and,
         on least squares, ``lambda_opt``; each ``(value, source)`` with source "derived" or
         "as published". ``lambda_opt`` is for the distillation gradient of f (estimator "kd")
-        and raises ValueError, like :func:`lambda_opt`, for a step that is not mean-square stable.
+        and raises ValueError, like ``lambda_opt``, for a step that is not mean-square stable.
     """
     out = {}
     for fn, args in ((lambda_hat, ()), (lambda_star_t1, (gamma,)), (lambda_star_t2, (gamma,)),
