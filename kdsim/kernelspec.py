@@ -87,7 +87,7 @@ class KernelSpec:
     @property
     def offsets(self):
         """Start of each layer in the flat parameter vector, and the end (dim)."""
-        return tuple(int(v) for v in np.concatenate([[0], np.cumsum([r * c for r, c in self.shapes])]))
+        return _offsets(self.shapes)
 
     @property
     def dim(self):
@@ -135,11 +135,6 @@ class RecordRefs:
     x_star: object
     theta: object
     refs: dict
-
-
-def one_hot(labels, n_classes):
-    """(n, K) one-hot targets of integer labels."""
-    return np.eye(n_classes)[np.asarray(labels)]
 
 
 # ----------------------------------------------------------------- links
@@ -346,9 +341,14 @@ def suboptimality(refs, X, xp=np):
 ROW_BLOCK_BYTES = 1 << 26
 
 
+def rows_per_block(row_bytes):
+    """Rows whose temporaries (``row_bytes`` each) fit ``ROW_BLOCK_BYTES`` (at least one)."""
+    return max(1, ROW_BLOCK_BYTES // max(1, int(row_bytes)))
+
+
 def in_row_blocks(fn, X, row_bytes, xp=np):
     """fn over rows of X in blocks whose temporaries (``row_bytes`` per row) fit ``ROW_BLOCK_BYTES``."""
-    block = max(1, ROW_BLOCK_BYTES // max(1, int(row_bytes)))
+    block = rows_per_block(row_bytes)
     if X.shape[0] <= block:
         return fn(X)
     return xp.concatenate([fn(X[r0:r0 + block]) for r0 in range(0, X.shape[0], block)])
@@ -356,8 +356,7 @@ def in_row_blocks(fn, X, row_bytes, xp=np):
 
 def block_bytes(row_bytes, rows):
     """Temporaries of ``in_row_blocks`` over at most ``rows`` rows: one block, or all rows if fewer."""
-    block = max(1, ROW_BLOCK_BYTES // max(1, int(row_bytes)))
-    return int(min(block, max(1, rows)) * row_bytes)
+    return int(min(rows_per_block(row_bytes), max(1, rows)) * row_bytes)
 
 
 def record_values(refs, X, xp=np, row_bytes=0):

@@ -109,8 +109,9 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
     diverged = result.diverged
     if diverged.any():
         limit = stability.get("limit")
-        known = (f"; the largest mean-square stable step is {limit:.6g}" if limit
-                 else "; reduce the step (no stability limit is known for this problem and estimator)")
+        known = (f"; the largest mean-square stable step is {limit:.6g}" if limit is not None
+                 else "; reduce the step" if not stability
+                 else " below least squares' mean-square stability limit (the growth rule flagged them)")
         warnings.warn(DivergenceWarning(
             f"{int(diverged.sum())} of {diverged.size} trajectories diverged (first at step "
             f"{int(result.diverged_step[diverged].min())}) with step {plan.step:.6g}{known}; their records are "

@@ -309,7 +309,7 @@ def test_chunked_equals_unchunked(case, families):
     assert last_timing()["chunks"] == 1
     eng = driver.prepare(p, plan, batched)
     fixed = eng.fixed_bytes + memory.output_bytes(3, 23, plan.n_records, p.dim)
-    budget = fixed + 5 * eng.bytes_per_seed                           # room for 5 seeds a chunk
+    budget = fixed + 5 * driver.bytes_per_seed(eng, plan)              # room for 5 seeds a chunk
     parts = run_arrays(batched, p, plan, memory_budget=budget)
     timing = last_timing()
     assert timing["chunks"] == 5 and timing["chunk_seeds"] == 5

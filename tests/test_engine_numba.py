@@ -363,7 +363,7 @@ def test_chunked_equals_unchunked_exactly(layered):
         # a memory budget that only fits two seeds per chunk gives the same numbers too
         runner = driver.prepare(prob, plan, numba_cpu)
         fixed = runner.fixed_bytes + memplan.output_bytes(3, 7, len(plan.record_steps), prob.dim)
-        small = run_arrays(numba_cpu, prob, plan, memory_budget=fixed + 2 * runner.bytes_per_seed)
+        small = run_arrays(numba_cpu, prob, plan, memory_budget=fixed + 2 * driver.bytes_per_seed(runner, plan))
         assert last_timing()["chunk_seeds"] == 2
         for k in whole:
             np.testing.assert_array_equal(small[k], whole[k])

@@ -113,7 +113,7 @@ class _Engine:
         self.kappa = dev(kappa.reshape(self.L, 1, self.dim), wd)
         # records (float64)
         self.refs = spec.record_refs(xp)
-        self.row_block = max(1, KS.ROW_BLOCK_BYTES // (10 * spec.n * spec.d_out * 8))   # SVRG's full gradients
+        self.row_block = KS.rows_per_block(10 * spec.n * spec.d_out * 8)          # SVRG's full gradients
         if self.affine:
             nv = 2 if self.teacher else 1
             lab = np.column_stack([spec.Y[:, 0], rt[:, 0]]) if self.teacher else spec.Y[:, :1]
@@ -149,7 +149,7 @@ class _Engine:
         self.fixed_bytes = int(A64.nbytes * (2 if wd != np.float64 else 1) + 3 * n * K * w
                                + (dim * dim * f8 if self.kind == "least_squares" else 0)
                                + KS.block_bytes(spec.record_row_bytes, L * self.S)        # records in row blocks
-                               + KS.block_bytes(10 * n * K * f8, L * self.S))             # SVRG's full gradients
+                               + (KS.block_bytes(10 * n * K * f8, L * self.S) if self.snapshot else 0))
 
     def _dev(self, arr, dtype):
         return self.xp.asarray(np.ascontiguousarray(np.asarray(arr, dtype=np.float64), dtype=dtype))

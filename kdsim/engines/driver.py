@@ -22,9 +22,12 @@ round differently).
 Divergence is decided here for every engine alike. A trajectory has diverged at the first
 step where its engine's guard fired (‖x‖² beyond ``kdsim.plan.guard_limit``, or not finite)
 or at the first record that is not finite or whose ‖x_t − x*‖² exceeds ``GROWTH_LIMIT`` times its
-scale max(‖x_0 − x*‖², ‖x_0 − θ‖², ‖x*‖², ‖θ − x*‖²) (canonical coordinates; a stable run's
-plateau stays far below it except within a hair of the stability limit). Its records from
-that step on are NaN and its final iterate is NaN.
+scale: the largest of ‖x*‖², max(1, λ²)·‖θ − x*‖² (the offset of KD's fixed point) and the
+trajectory's own ‖x_t − x*‖² and ‖x_t − θ‖² at its first two records (its start, and the noise
+it gathered over one record interval), in canonical coordinates. A stable run's plateau stays far
+below it; a run beyond its stability limit grows geometrically past it. Records from that step on are NaN
+and the final iterate is NaN. ``coefficients`` (the affine form's λ-quadratics) uses only the
+engines' guard.
 """
 from __future__ import annotations
 
@@ -88,19 +91,27 @@ class Divergence:
         self.growth_limit = np.inf if growth_limit is None else float(growth_limit)
         x_star = problem.canonical(problem.solution())
         theta = problem.canonical_teacher(plan.theta)
-        self.scale = max(float(x_star @ x_star), float(np.sum((theta - x_star) ** 2)), np.finfo(float).tiny)
+        D2 = float(np.sum((theta - x_star) ** 2))
+        # per λ: the teacher's offset of KD's fixed point (λ²D² on least squares) joins the scale
+        with np.errstate(over="ignore"):
+            lam2 = np.maximum(1.0, np.asarray(plan.lams, dtype=float) ** 2)
+        self.scale = np.maximum(max(float(x_star @ x_star), np.finfo(float).tiny), lam2 * D2)      # (L,)
         self.rec_steps = np.asarray(plan.record_steps)
+        # the trajectory's first two records (its start, and its noise after one record interval)
+        self.window = 2
 
     def apply(self, res):
         div = res["diverged_step"]
         d2o = res["dist2_opt"]
         with np.errstate(invalid="ignore", over="ignore"):
-            if (d2o.max(initial=0.0) <= self.growth_limit * self.scale and np.isfinite(res["subopt"].sum())
+            if (d2o.max(initial=0.0) <= self.growth_limit * self.scale.min() and np.isfinite(res["subopt"].sum())
                     and np.isfinite(res["dist2_teacher"].sum())):
                 return                                   # every record finite and within the limit (fast path)
         alive = (div[:, :, None] < 0) | (self.rec_steps < div[:, :, None])
-        scale = np.maximum(np.fmax(d2o[:, :, 0], res["dist2_teacher"][:, :, 0]), self.scale)
         with np.errstate(invalid="ignore", over="ignore"):
+            early = np.fmax(np.nanmax(np.fmax(d2o[:, :, :self.window], res["dist2_teacher"][:, :, :self.window]),
+                                      axis=2, initial=0.0), 0.0)
+            scale = np.maximum(early, self.scale[:, None])                                          # (L, S)
             bad = ~np.isfinite(d2o) | (d2o > self.growth_limit * scale[:, :, None])
         for name in RECORDS[1:]:
             bad |= ~np.isfinite(res[name])
@@ -116,11 +127,16 @@ class Divergence:
         res["x_final"][div >= 0] = np.nan
 
 
+def bytes_per_seed(runner, plan):
+    """Working bytes of one seed in a chunk: the engine's, and the divergence rule's boolean masks."""
+    return runner.bytes_per_seed + 4 * plan.n_lams * plan.n_records
+
+
 def chunk_plan(runner, plan, *, reduce=False, memory_budget=None, chunk_seeds=None):
     """The run's memory plan: the driver's outputs and the engine's fixed bytes, the engine's bytes per seed."""
     fixed = runner.fixed_bytes + memory.output_bytes(plan.n_lams, plan.n_seeds, plan.n_records,
                                                      len(plan.x0), reduce=reduce)
-    return memory.plan_chunks(plan.n_seeds, runner.bytes_per_seed, fixed_bytes=fixed,
+    return memory.plan_chunks(plan.n_seeds, bytes_per_seed(runner, plan), fixed_bytes=fixed,
                               budget=_budget(runner, memory_budget), chunk_seeds=chunk_seeds,
                               advice=memory.ADVICE_REDUCED if reduce else memory.ADVICE_FULL)
 

@@ -120,7 +120,10 @@ class _Runner:
 
     @property
     def bytes_per_seed(self):
-        return memory.chunk_bytes(self.L, self.R, self.dim, self.wd.itemsize, saved_iterates=self.saved_iterates)
+        per = memory.chunk_bytes(self.L, self.R, self.dim, self.wd.itemsize, saved_iterates=self.saved_iterates)
+        if getattr(self, "affine", False):        # the pair (u, v) per seed, and one row of x(λ) = u + λv
+            per += 2 * self.dim * self.wd.itemsize + self.dim * 8
+        return per
 
     def keys_of(self, seeds):
         """(L, len(seeds)) stream keys of the plan's seeds with local indices ``seeds``."""
@@ -253,9 +256,11 @@ class _LeastSquaresRunner(_Runner):
         x = np.empty((self.L, s1 - s0, self.dim))                     # x(λ) = u + λv, built in place
         with np.errstate(over="ignore", invalid="ignore"):
             for k, a in enumerate(self.coef[:, 0]):
-                x[k] = ufin
                 if a != 0.0:
-                    x[k] += a * vfin
+                    np.multiply(vfin, a, out=x[k])
+                    x[k] += ufin
+                else:
+                    x[k] = ufin
         x[div >= 0] = np.nan
         return {**dict(zip(RECORDS, outs)), "diverged_step": div, "x_final": x}, unsafe
 
@@ -288,7 +293,7 @@ class _LayeredRunner(_Runner):
         self.inv_n = wd.type(1.0 / spec.n)
         self.x0 = c(plan.x0, dtype=wd)
         self.refs = spec.record_refs(np)
-        self.row_block = max(1, KS.ROW_BLOCK_BYTES // spec.record_row_bytes)
+        self.row_block = KS.rows_per_block(spec.record_row_bytes)
         self.fixed_bytes += KS.block_bytes(spec.record_row_bytes, self.L * self.S * self.R)
 
     def _args(self, keys, a, c, saved, div, xfin):

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..estimators import direction
 from ..kernelspec import block_bytes
-from ..plan import DIVERGENCE_LIMIT, RECORDS
+from ..plan import DIVERGENCE_LIMIT, RECORDS, resolve_dtype
 from ..rng import minibatch_indices
 from .driver import Timer
 
@@ -28,7 +28,7 @@ TAKES = "problem"
 
 def prepare(problem, plan, dtype=None):
     """A runner of the plan on the problem's own numpy code (float64 only)."""
-    if (dtype or plan.dtype) != "float64":
+    if resolve_dtype(dtype, plan).name != "float64":
         raise ValueError("dtype='float32' needs a compiled engine (backend='numba'); "
                          "the numpy reference engine is float64 only")
     return _Runner(problem, plan)

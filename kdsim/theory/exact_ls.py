@@ -360,6 +360,8 @@ def largest_stable_step(problem, batch_size=1, rtol=1e-10):
     return lo
 
 
+#: largest dimension for which ``step_stability`` evaluates the d²-dimensional operator before a run
+STABILITY_MAX_DIM = 128
 #: estimators whose linear part is SGD's, x ← (I − γ(H_B + αI))x + noise: they share SGD's stability limit
 SGD_LINEAR_ESTIMATORS = ("sgd", "kd", "kd_loss", "corrected")
 
@@ -367,26 +369,34 @@ SGD_LINEAR_ESTIMATORS = ("sgd", "kd", "kd_loss", "corrected")
 def step_stability(problem, step, batch_size=1, estimator="kd"):
     """Mean-square stability of a constant step on least squares, for the driver's warning and summaries.
 
-    Returns {} when no limit is known (other problems, SVRG), else ``{"limit": γ_c, "ratio": γ/γ_c,
-    "batch_size": b}`` with γ_c = ``largest_stable_step`` — or ``limit`` None when γ is below the
-    sufficient bound 2/𝓛(b) (E[H_B²] ⪯ 𝓛(b)H, so 𝒯(γ) contracts) and the bisection is not needed.
-    γ_c is cached on the problem per batch size.
+    Returns {} when no limit is known (other problems, SVRG, a singular H, or d > ``STABILITY_MAX_DIM``,
+    where the operator is too large to bisect before every run), else ``{"limit": γ_c, "ratio": γ/γ_c,
+    "batch_size": b}`` with γ_c = ``largest_stable_step``, or ``limit`` None when the step is stable:
+    below the sufficient bound 2/𝓛(b) (E[H_B²] ⪯ 𝓛(b)H, so 𝒯(γ) contracts), or ρ(𝒯(γ)) < 1 at the
+    step itself. The bisection runs only for an unstable step; γ_c is cached on the problem per b.
     """
     if not isinstance(problem, LeastSquares) or get_estimator(estimator).name not in SGD_LINEAR_ESTIMATORS:
         return {}
     step = V.positive_float("step", step)
     b = V.int_in_range("batch_size", batch_size, 1, problem.n)
+    stable = {"limit": None, "ratio": None, "batch_size": b}
     L = float(np.linalg.eigvalsh(problem.A.T @ problem.A / problem.n)[-1]) + problem.l2
     if step < 2.0 / expected_smoothness(problem.n, b, L, float(problem.sample_smoothness().max())):
-        return {"limit": None, "ratio": None, "batch_size": b}
+        return stable
+    if problem.dim > STABILITY_MAX_DIM:
+        return {}
     cache = problem.__dict__.setdefault("_stable_step_cache", {})
     if b not in cache:
+        if spectral_radius(problem, step, b) < 1.0:
+            return stable
         try:
             cache[b] = largest_stable_step(problem, b)
-        except ValueError:                        # H singular: no step is mean-square stable
-            cache[b] = 0.0
+        except ValueError:                        # H singular: γ_c is not defined
+            cache[b] = None
     limit = cache[b]
-    return {"limit": float(limit), "ratio": float(step / limit) if limit > 0 else float("inf"), "batch_size": b}
+    if limit is None:
+        return {}
+    return {"limit": float(limit), "ratio": float(step / limit), "batch_size": b}
 
 
 def mse_sgd(problem, step, batch_size=1):
