@@ -1,11 +1,11 @@
 """kdsim: numerical validation of the optimisation theory of knowledge distillation."""
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
 
+from . import _lazy
 from ._version import __version__
 
 if TYPE_CHECKING:   # what static tools (type checkers, mkdocstrings) see; at run time __getattr__ loads these
@@ -35,24 +35,7 @@ __all__ = ["__version__", "LeastSquares", "SoftmaxRegression", "GLM", "LogisticR
            "datasets", "stats", "teachers", "theory"]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    elif name.startswith("__"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    else:                       # a submodule: kdsim.stats, and kdsim.engines etc. as before the package was lazy
-        try:
-            value = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy.attributes(globals(), _LAZY, __all__)
 
 
 class _Package(types.ModuleType):

@@ -359,13 +359,15 @@ def block_bytes(row_bytes, rows):
     return int(min(rows_per_block(row_bytes), max(1, rows)) * row_bytes)
 
 
-def record_values(refs, X, xp=np, row_bytes=0):
+def record_values(refs, X, xp=np, row_bytes=0, subopt=None):
     """(dist2_opt, subopt, dist2_teacher) of rows X (T, dim), float64; f − f* in row blocks
-    (``row_bytes``: its temporaries per row, ``subopt_row_bytes``)."""
+    (``row_bytes``: its temporaries per row, ``KernelSpec.record_row_bytes``). ``subopt`` replaces
+    ``suboptimality`` for a compiled twin of it."""
     C = canonical(refs, X, xp)
     d2o = ((C - refs.x_star) ** 2).sum(axis=1)
     d2t = ((C - refs.theta) ** 2).sum(axis=1)
-    return d2o, in_row_blocks(lambda Xb: suboptimality(refs, Xb, xp), X, row_bytes, xp), d2t
+    subopt = subopt or (lambda Xb: suboptimality(refs, Xb, xp))
+    return d2o, in_row_blocks(subopt, X, row_bytes, xp), d2t
 
 
 def _offsets(shapes):

@@ -172,6 +172,12 @@ class _RunInfo:
         """(mean, variance with ddof=1, count) over the seeds that never diverged: (λ, record), (λ, record), (λ,)."""
         raise NotImplementedError
 
+    def sem(self, name):
+        """Standard error of ``mean(name)``, shape (λ, record); NaN with fewer than two seeds."""
+        _, var, count = self._moments(name)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(var / np.asarray(count)[:, None])
+
     def summary(self, level=0.99, records=None):
         """Tidy frame: one row per (λ, record step, record) over the seeds that never diverged.
 
@@ -267,24 +273,13 @@ class SimResult(_RunInfo):
             return total / count[:, None]
 
     def _moments(self, name):
-        arr = self.record(name)
-        alive = ~self.diverged
-        count = alive.sum(axis=1)
-        mean = self.mean(name)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dev = np.where(alive[:, :, None], arr - mean[:, None, :], 0.0)
-            var = (dev * dev).sum(axis=1) / np.where(count > 1, count - 1, np.nan)[:, None]
-        return mean, var, count
+        moments = RunningMoments(*self.dist2_opt.shape[::2])
+        moments.add(self.record(name), ~self.diverged)
+        return moments.result()
 
     def var(self, name):
         """Variance over the non-diverged seeds (ddof=1), shape (λ, record); NaN with fewer than 2 seeds."""
         return self._moments(name)[1]
-
-    def sem(self, name):
-        """Standard error of ``mean(name)``, shape (λ, record) (as ``SimSummary.sem``)."""
-        _, var, count = self._moments(name)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.sqrt(var / count[:, None])
 
     def per_seed(self, name, at="final", tail_fraction=0.5):
         """One value per (λ, seed) of a record: its last value, or its plateau.
@@ -364,11 +359,6 @@ class SimSummary(_RunInfo):
     def var(self, name):
         """Variance over non-diverged seeds (ddof=1), (λ, record)."""
         return self.variances[check_record(name)]
-
-    def sem(self, name):
-        """Standard error of the mean, (λ, record)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.sqrt(self.var(name) / self.count[:, None])
 
     def _moments(self, name):
         return self.mean(name), self.var(name), np.asarray(self.count)

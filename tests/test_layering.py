@@ -30,6 +30,7 @@ FORBIDDEN = {
     "estimators.py": LEAF,
     "moments.py": LEAF,
     "memory.py": LEAF,
+    "_lazy.py": LEAF,
     "_validate.py": LEAF,
     "plan.py": ("kdsim.engines", "kdsim.simulate", "kdsim.results", "kdsim.stats", "kdsim.theory",
                 "kdsim.checks", "kdsim.report", "kdsim.sweeps", "kdsim.cli") + PLOTTING,

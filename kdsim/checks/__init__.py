@@ -12,6 +12,8 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING
 
+from .. import _lazy
+
 # base (numpy, pandas, the engines) is imported on first use of these names, so that
 # `kdsim check --list` and `kdsim check --help` start fast (PEP 562)
 _FROM_BASE = ("COLUMNS", "CheckResult", "make_row")
@@ -98,25 +100,9 @@ def script_main(name, argv=None):
     return 0 if result.passed else 1
 
 
-def __getattr__(name):
-    if name in _FROM_BASE:
-        value = getattr(importlib.import_module(".base", __name__), name)
-    elif name.startswith("__"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    else:                                   # a submodule (kdsim.checks.base, a claim module)
-        try:
-            value = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = ["CLAIMS", "COLUMNS", "CheckResult", "describe", "get_check", "make_row", "min_seeds", "resolve",
            "script_main"]
+
+__getattr__, __dir__ = _lazy.attributes(globals(), dict.fromkeys(_FROM_BASE, "base"), __all__)

@@ -325,11 +325,8 @@ class _LayeredRunner(_Runner):
             keep = b0 + np.flatnonzero(valid[b0:b0 + self.row_block])
             if not len(keep):
                 continue
-            X = flat[keep]
-            C = KS.canonical(self.refs, X, np)
-            out[0][keep] = ((C - self.refs.x_star) ** 2).sum(axis=1)
-            out[1][keep] = self.suboptimality(X)
-            out[2][keep] = ((C - self.refs.theta) ** 2).sum(axis=1)
+            for o, v in zip(out, KS.record_values(self.refs, flat[keep], np, subopt=self.suboptimality)):
+                o[keep] = v
         out = {name: v.reshape(div.shape + (self.R,)) for name, v in zip(RECORDS, out)}
         compiled = self.timers["records_kernel"].compile_s - c0
         self.timers["records"].run_s += time.perf_counter() - t0 - compiled

@@ -14,8 +14,7 @@
 * ``report``: bound-vs-empirical tables and figures from a store;
 * ``cli``: ``kdsim sweep | table | plot``.
 """
-import importlib
-
+from .. import _lazy
 from .registry import PROBLEMS, TEACHERS, Builder, Param, SpecError, SweepUsageError, register_problem, register_teacher
 
 #: public name -> submodule; imported on first use so that ``kdsim.sweeps.cli`` (wired into the
@@ -27,23 +26,10 @@ _LAZY = {
     "Store": "store", "StoreError": "store", "StoreWarning": "store", "load": "store",
     "plot": "report", "table": "report",
 }
-_SUBMODULES = ("cli", "execute", "registry", "report", "spec", "store", "task")
 
 __all__ = ["Builder", "Cell", "PROBLEMS", "Param", "RunReport", "SpecError", "Store", "StoreError", "StoreLocked",
            "StoreWarning", "StoreWriteError", "Sweep", "SweepError", "SweepUsageError", "TEACHERS", "dry_run", "load",
            "load_spec", "plot", "register_problem", "register_teacher", "report", "run", "run_cells", "table"]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy.attributes(globals(), _LAZY, __all__)
