@@ -15,7 +15,8 @@ from . import _validate as V
 from . import memory
 from .estimators import Estimator, get_estimator
 from .problems.base import Problem
-from .rng import stream_ids, streams_of_seeds
+from .rng import SAMPLING_CODES, SAMPLINGS, stream_ids, streams_of_seeds
+from .schedules import LambdaSchedule, coefficient_table
 
 #: the per-trajectory quantities every engine records, in this order
 RECORDS = ("dist2_opt", "subopt", "dist2_teacher")
@@ -71,6 +72,50 @@ class Plan:
     svrg_period: int
     dtype: str = "float64"       # iterate precision of compiled engines: "float64" or "float32"
     first_seed: int = 0
+    sampling: str = "iid"        # kdsim.rng.SAMPLINGS
+    drop_last: bool = False
+    momentum: float = 0.0        # heavy ball, torch's convention: w ← μw + g, x ← x − γw
+    lam_schedule: LambdaSchedule = LambdaSchedule()
+    svrg_warmup: int = 0         # epochs of plain SGD before SVRG's first snapshot
+    svrg_correction: bool = True
+    steps_per_epoch: int = 1
+
+    @property
+    def sampling_code(self):
+        return SAMPLING_CODES[self.sampling]
+
+    @property
+    def n_epochs(self):
+        """Epochs the run's steps touch, ⌈steps / K⌉ (at least 1)."""
+        return max(1, -(-self.steps // self.steps_per_epoch))
+
+    @property
+    def coefficient_table(self):
+        """(λ, epoch, 2) coefficients (a, c) of every λ per epoch (``kdsim.schedules.coefficient_table``)."""
+        epochs = self.n_epochs if (self.lam_schedule.kind != "constant" or self.svrg_warmup) else 1
+        return coefficient_table(self.estimator, self.lams, self.lam_schedule, epochs,
+                                 self.svrg_warmup, self.svrg_correction)
+
+    @property
+    def lambda_scales(self):
+        """s_e with a_e = λ·s_e and c_e = c(λ)·s_e for every λ of the grid, or None (the affine form's premise).
+
+        True for the constant schedule, for decay, and for increase while no λ of the grid reaches
+        the cap within the run; not for SVRG's warm-up (SVRG is not affine anyway).
+        """
+        table = self.coefficient_table
+        if table.shape[1] == 1:
+            return np.ones(1)
+        s = self.lam_schedule.scales(table.shape[1])
+        base = table[:, :1, :]
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok = np.array_equal(table, base * s[None, :, None])
+        return s if ok else None
+
+    @property
+    def snapshot_start(self):
+        """First step of SVRG's refreshes after the warm-up (a snapshot is also taken at step 0)."""
+        return self.svrg_warmup * self.steps_per_epoch
 
     @property
     def n_lams(self):
@@ -103,7 +148,8 @@ class Plan:
 
 def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="kd",
               record_every=1, seed=0, x0=None, common_random_numbers=True, svrg_period=None,
-              dtype="float64", memory_budget=None):
+              dtype="float64", memory_budget=None, sampling="iid", drop_last=False, momentum=0.0,
+              lam_schedule=None, svrg_warmup=0, svrg_correction=True):
     """Validate every argument of ``simulate`` and return a Plan.
 
     The record axis is checked against ``memory_budget`` (default half the available memory)
@@ -112,11 +158,27 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a kdsim problem (e.g. kdsim.LeastSquares); got {type(problem).__name__}")
     est = get_estimator(estimator)
+    sampling = V.choice("sampling", sampling, SAMPLINGS)
+    if not isinstance(drop_last, (bool, np.bool_)):
+        raise TypeError(f"drop_last must be True or False; got {drop_last!r}")
+    momentum = V.nonnegative_float("momentum", momentum)
+    if not momentum < 1.0:
+        raise ValueError(f"momentum must satisfy 0 <= momentum < 1; got {momentum}")
+    schedule = LambdaSchedule.parse(lam_schedule)
+    svrg_warmup = V.int_in_range("svrg_warmup", svrg_warmup, 0)
+    if not isinstance(svrg_correction, (bool, np.bool_)):
+        raise TypeError(f"svrg_correction must be True or False; got {svrg_correction!r}")
+    if (svrg_warmup or not svrg_correction) and not est.snapshot:
+        raise ValueError("svrg_warmup and svrg_correction apply to estimator 'svrg' only; "
+                         f"got estimator {est.name!r}")
     theta = problem.check_teacher(theta)
     lams = V.lambda_grid(lams)
     step = V.positive_float("step", step)
     steps = V.int_in_range("steps", steps, 1)
     n_seeds = V.int_in_range("seeds", seeds, 1)
+    if drop_last and isinstance(batch_size, int) and batch_size > problem.n:
+        raise ValueError(f"drop_last=True with batch_size {batch_size} > n = {problem.n} leaves no batch; "
+                         f"batch_size must satisfy 1 <= batch_size <= {problem.n}")
     batch_size = V.int_in_range("batch_size", batch_size, 1, problem.n)
     record_every = V.int_in_range("record_every", record_every, 1, steps)
     n_records = steps // record_every + 1 + (steps % record_every != 0)
@@ -133,5 +195,9 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
     if not isinstance(common_random_numbers, (bool, np.bool_)):
         raise TypeError(f"common_random_numbers must be True or False; got {common_random_numbers!r}")
     dtype = resolve_dtype(dtype).name
-    return Plan(theta, lams, step, steps, n_seeds, batch_size, est, record_times(steps, record_every),
-                seed, x0, bool(common_random_numbers), svrg_period, dtype)
+    K = problem.n // batch_size if drop_last else -(-problem.n // batch_size)
+    plan = Plan(theta, lams, step, steps, n_seeds, batch_size, est, record_times(steps, record_every),
+                seed, x0, bool(common_random_numbers), svrg_period, dtype, 0, sampling, bool(drop_last), momentum,
+                schedule, svrg_warmup, bool(svrg_correction), K)
+    plan.coefficient_table          # a schedule that makes λ non-finite fails here, before any work
+    return plan

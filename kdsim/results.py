@@ -152,6 +152,12 @@ class _RunInfo:
     def config_hash(self):
         return config_hash(self.config)
 
+    @property
+    def epochs(self):
+        """The record steps in epochs (steps / K, K = ``config["steps_per_epoch"]``; NaN when unknown)."""
+        K = self.config.get("steps_per_epoch")
+        return np.asarray(self.steps, dtype=float) / K if K else np.full(len(self.steps), np.nan)
+
     def divergence_summary(self):
         """One line per λ with diverged trajectories, and one naming the stability limit when the
         step exceeds it (empty list when neither)."""

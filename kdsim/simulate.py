@@ -26,12 +26,34 @@ def plan_config(problem, plan, backend):
         "seed": plan.seed, "x0_sha": V.array_digest(plan.x0),
         "common_random_numbers": plan.common_random_numbers if len(plan.lams) > 1 else True,
         "svrg_period": plan.svrg_period, "backend": backend, "dtype": plan.dtype,
+        "steps_per_epoch": plan.steps_per_epoch, **training_config(plan),
     }
 
 
-def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="kd",
+def training_config(plan):
+    """The training-setup options of a plan that differ from their defaults (so the configuration,
+    and its hash, of a run that uses none of them is what it always was)."""
+    out = {}
+    if plan.sampling != "iid":
+        out["sampling"] = plan.sampling
+    if plan.drop_last:
+        out["drop_last"] = True
+    if plan.momentum:
+        out["momentum"] = plan.momentum
+    if plan.lam_schedule.kind != "constant":
+        out["lam_schedule"] = str(plan.lam_schedule)
+    if plan.svrg_warmup:
+        out["svrg_warmup"] = plan.svrg_warmup
+    if not plan.svrg_correction:
+        out["svrg_correction"] = False
+    return out
+
+
+def simulate(problem, theta, lams, step, steps=None, seeds=None, batch_size=1, estimator="kd",
              record_every=1, backend="auto", seed=0, x0=None, common_random_numbers=True,
-             svrg_period=None, dtype="float64", reduce=False, memory_budget=None):
+             svrg_period=None, dtype="float64", reduce=False, memory_budget=None, *, sampling="iid",
+             drop_last=False, momentum=0.0, lam_schedule=None, svrg_warmup=0, svrg_correction=True,
+             epochs=None, record_every_epoch=None):
     """Run ``seeds`` trajectories of a stochastic method for each KD weight in ``lams``.
 
     Parameters
@@ -44,8 +66,8 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
         KD weight λ, or a grid of them.
     step : float
         Constant step size γ > 0.
-    steps : int
-        Number of iterations.
+    steps : int, optional
+        Number of iterations (or give ``epochs``).
     seeds : int
         Number of independent trajectories per λ.
     batch_size : int, default 1
@@ -64,7 +86,8 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
     common_random_numbers : bool, default True
         All λ share each seed's index stream.
     svrg_period : int, optional
-        SVRG snapshot period m (default n // b).
+        SVRG snapshot period m in steps (default n // b); the authors' "every 2 epochs" is
+        ``svrg_period=2 * K``.
     dtype : {"float64", "float32"}, default "float64"
         Iterate precision (float32 needs a compiled engine).
     reduce : bool, default False
@@ -72,6 +95,31 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
     memory_budget : int, optional
         Bytes the run may use (default half the available memory); every backend runs seeds in
         chunks that fit, planned before anything is allocated.
+    sampling : {"iid", "reshuffle", "shuffle_once"}, default "iid"
+        How minibatches are drawn (``kdsim.rng``): a fresh b-subset each step; a new random
+        permutation each epoch cut into batches (random reshuffling, as a shuffled data loader);
+        or one permutation reused every epoch.
+    drop_last : bool, default False
+        Under reshuffling, drop the partial last batch of each epoch instead of taking it.
+    momentum : float, default 0
+        Heavy-ball momentum μ in [0, 1), torch's convention (w ← μw + g, x ← x − γw, w₀ = 0).
+        On least squares the update stays linear in (x, w), so iterates stay affine in λ and
+        the affine form (docs/theory.md §5.1) still serves every λ from one pair per seed.
+    lam_schedule : str, dict or LambdaSchedule, optional
+        Per-epoch KD weight: "constant" (default), "decay[:factor]" (λ·0.9^e), or
+        "increase[:factor[:cap]]" (min(λ·1.047^e, 1)); see ``kdsim.schedules``.
+    svrg_warmup : int, default 0
+        SVRG only: epochs of plain SGD before the first snapshot (the authors' ``start_svrg``);
+        refreshes then follow every ``svrg_period`` steps.
+    svrg_correction : bool, default True
+        SVRG only: add the snapshot's full gradient (False: the authors' SVRG without
+        ``--teacher_full_grad``, a biased KD step toward a moving teacher).
+    epochs : int, optional
+        Run ``epochs · K`` steps instead of ``steps``, with K = ⌈n/b⌉ steps per epoch (⌊n/b⌋
+        with ``drop_last``): an epoch is one pass over the data whatever the sampling scheme,
+        the last batch of a reshuffled epoch having n − (K − 1)·b samples.
+    record_every_epoch : int, optional
+        Record every k epochs (k·K steps), i.e. at epoch ends, instead of ``record_every``.
 
     Returns
     -------
@@ -90,11 +138,18 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
         raise TypeError(f"reduce must be True or False; got {reduce!r}")
     if memory_budget is not None:
         memory_budget = V.int_in_range("memory_budget", memory_budget, 1)
+    if seeds is None:
+        raise TypeError("simulate() needs seeds (the number of trajectories per λ)")
+    steps, record_every = epoch_steps(problem, batch_size, drop_last, steps, record_every, epochs,
+                                      record_every_epoch)
     plan = make_plan(problem, theta, lams, step, steps, seeds, batch_size, estimator,
-                     record_every, seed, x0, common_random_numbers, svrg_period, dtype, memory_budget)
+                     record_every, seed, x0, common_random_numbers, svrg_period, dtype, memory_budget,
+                     sampling, drop_last, momentum, lam_schedule, svrg_warmup, svrg_correction)
     engine = get_engine(backend, problem)
     config = plan_config(problem, plan, backend)
-    stability = theory.step_stability(problem, plan.step, plan.batch_size, plan.estimator.name)
+    # the mean-square limit is that of i.i.d. sampling without momentum; no limit is claimed otherwise
+    stability = (theory.step_stability(problem, plan.step, plan.batch_size, plan.estimator.name)
+                 if plan.sampling == "iid" and not plan.momentum else {})
     if stability.get("ratio") is not None and stability["ratio"] > 1.0:
         warnings.warn(StabilityWarning(stability_note(plan.step, stability)), stacklevel=2)
     out = run_engine(problem, plan, engine, reduce=bool(reduce), memory_budget=memory_budget)
@@ -117,6 +172,27 @@ def simulate(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="
             f"{int(result.diverged_step[diverged].min())}) with step {plan.step:.6g}{known}; their records are "
             "left out of means (divergence_summary() per λ)"), stacklevel=2)
     return result
+
+
+def epoch_steps(problem, batch_size, drop_last, steps, record_every, epochs, record_every_epoch):
+    """(steps, record_every) from either steps or ``epochs``, and ``record_every`` or ``record_every_epoch``."""
+    if (steps is None) == (epochs is None):
+        raise TypeError("give exactly one of steps and epochs" if steps is not None
+                        else "simulate() needs steps or epochs")
+    if epochs is None and record_every_epoch is None:
+        return steps, record_every
+    b = V.int_in_range("batch_size", batch_size, 1, problem.n)
+    K = problem.n // b if drop_last else -(-problem.n // b)
+    if epochs is not None:
+        steps = V.int_in_range("epochs", epochs, 1) * K
+    if record_every_epoch is not None:
+        if record_every != 1:
+            raise TypeError("give record_every or record_every_epoch, not both")
+        record_every = V.int_in_range("record_every_epoch", record_every_epoch, 1) * K
+        if isinstance(steps, int) and record_every > steps:
+            raise ValueError(f"record_every_epoch={record_every_epoch} is {record_every} steps, beyond the run's "
+                             f"{steps} steps ({steps / K:g} epochs of {K} steps)")
+    return steps, record_every
 
 
 class StabilityWarning(UserWarning):

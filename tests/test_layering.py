@@ -28,6 +28,7 @@ FORBIDDEN = {
     "kernelspec.py": LEAF,
     "rng.py": LEAF,
     "estimators.py": LEAF,
+    "schedules.py": LEAF,
     "moments.py": LEAF,
     "memory.py": LEAF,
     "_lazy.py": LEAF,

@@ -46,8 +46,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..rng import minibatch_into_nb, step_key_nb
-from ._kernels_ls import FASTMATH
+from ..rng import batch_into_nb
+from ._kernels_ls import FASTMATH, _heavy_ball
 
 #: samples taken through the layers together; the minibatch scratch of a trajectory is
 #: O(SAMPLE_BLOCK · Σ widths) whatever the batch size (full-batch runs included)
@@ -248,9 +248,9 @@ def _pullback_add(x, dims, offs, G, coef, qbuf, qoff, vbuf, grad):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_b, inv_n, x0, acoef,
-                      ccoef, use_teacher, snapshot, period, rec_steps, steps, stream_keys, b, limit, zero,
-                      saved, div, xfin):
+def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
+                      ccoef, use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b, scode, K,
+                      mom, limit, zero, saved, div, xfin):
     """Body of ``layered_traj`` for one trajectory (serial, nogil; the engine runs ranges on threads)."""
     n = A.shape[0]
     dim = x0.shape[0]
@@ -266,10 +266,14 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
         qoff[k + 1] = qoff[k] + dims[k] * d_in
         if dims[k] > wmax:
             wmax = dims[k]
+    E = acoef.shape[1]
     x = x0.copy()
     g = np.empty_like(x0)
-    y = np.empty_like(x0)
-    gy = np.empty_like(x0)
+    y = x0.copy()
+    gy = np.zeros_like(x0)
+    vel = np.zeros_like(x0)
+    perm = np.empty((1, n if scode != 0 else 0), dtype=np.int64)
+    perm_epoch = np.full(1, -1, dtype=np.int64)
     # minibatch scratch for at most SAMPLE_BLOCK samples at a time (residual widths dims[1:])
     wout = 0
     for k in range(1, L + 1):
@@ -287,8 +291,6 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     Gy = np.empty((d_out, d_in), dtype=x0.dtype)
     idx = np.empty(b, dtype=np.int64)
     taken = np.zeros(n, dtype=np.bool_)
-    a = acoef[j0]
-    c = ccoef[j0]
     key0 = stream_keys[j0]
     rec = 0
     dead = False
@@ -299,7 +301,10 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             rec += 1
         if t == steps:
             break
-        if snapshot and t % period == 0:
+        ep = min(t // K, E - 1)
+        a = acoef[j0, ep]
+        c = ccoef[j0, ep]
+        if snapshot and (t == 0 or (t >= snap_start and (t - snap_start) % period == 0)):
             for p in range(dim):
                 y[p] = x[p]
                 gy[p] = zero
@@ -333,13 +338,14 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                 _pullback_add(y, dims, offs, Gy, gam / gam, qbuf, qoff, vbuf, gy)
             for p in range(dim):
                 gy[p] += alpha * y[p]
-        minibatch_into_nb(step_key_nb(key0, t), n, b, idx, taken)
+        bt = batch_into_nb(key0, t, n, b, scode, K, perm, perm_epoch, 0, idx, taken)
+        inv_b = inv_bs[bt]
         for p in range(dim):
             g[p] = zero
         # the minibatch as small matrices, layer by layer (activations Hx, residuals D),
         # SAMPLE_BLOCK samples at a time
-        for jb in range(0, b, SAMPLE_BLOCK):
-            nb = min(SAMPLE_BLOCK, b - jb)
+        for jb in range(0, bt, SAMPLE_BLOCK):
+            nb = min(SAMPLE_BLOCK, bt - jb)
             _forward_batch(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero)
             _residuals(code, Hx, hoff[L], d_out, Y, idx, jb, nb, D, zero)
             if use_teacher:
@@ -357,12 +363,9 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                 else:
                     _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, g, -a, zero)
             _backward_batch(x, dims, offs, Hx, hoff, D, Dn, nb, g, gam / gam, zero)
-        nx = zero
         if snapshot:
             for p in range(dim):
-                xn = x[p] - gam * (g[p] * inv_b + alpha * (x[p] - a * y[p]) + c * gy[p])
-                x[p] = xn
-                nx += xn * xn
+                g[p] = g[p] * inv_b + alpha * (x[p] - a * y[p]) + c * gy[p]
         else:
             if use_teacher and c != 0:
                 for p in range(dim):
@@ -375,14 +378,11 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                     _prefix(x, dims, offs, qbuf, qoff)
                     _pullback_add(x, dims, offs, Gt, c, qbuf, qoff, vbuf, g)
                 for p in range(dim):
-                    xn = x[p] - gam * (g[p] + alpha * x[p] + (c - a) * ridge[p])
-                    x[p] = xn
-                    nx += xn * xn
+                    g[p] = g[p] + alpha * x[p] + (c - a) * ridge[p]
             else:
                 for p in range(dim):
-                    xn = x[p] - gam * (g[p] * inv_b + alpha * x[p] - a * ridge[p])
-                    x[p] = xn
-                    nx += xn * xn
+                    g[p] = g[p] * inv_b + alpha * x[p] - a * ridge[p]
+        nx = _heavy_ball(x, g, vel, gam, mom, zero)
         if not (nx <= limit):
             div[j0] = t + 1
             dead = True
@@ -392,18 +392,21 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
 
 
 @njit(cache=True, nogil=True)
-def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_b, inv_n, x0, acoef, ccoef,
-                 use_teacher, snapshot, period, rec_steps, steps, stream_keys, b, limit, zero,
-                 saved, div, xfin):
+def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef,
+                 use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b, scode, K, mom, limit,
+                 zero, saved, div, xfin):
     """Trajectories lo .. hi−1, one after the other; saves the iterate at every record step.
 
     ``A`` (n, d_in) inputs, ``Y`` (n, d_out) targets (one-hot for softmax), ``rt``
     (n, d_out) teacher residuals, ``Gt`` (d_out, d_in) their mean map, ``ridge``
     (dim,) the teacher's ridge term; ``dims`` the layer widths (d_in, …, d_out) and
     ``offs`` the layer offsets in x. ``saved`` (T, R, dim) float64 receives x at the
-    record steps while the trajectory is alive (NaN stays after divergence).
+    record steps while the trajectory is alive (NaN stays after divergence). ``acoef``,
+    ``ccoef`` (T, E) are the coefficients per epoch; minibatches follow sampling ``scode``
+    with ``K`` steps per epoch (``kdsim.rng``), 1/b_t from ``inv_bs``; the step is heavy ball
+    with momentum ``mom``; SVRG snapshots at step 0 and every ``period`` steps from ``snap_start``.
     """
     for j0 in range(lo, hi):
-        _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_b, inv_n, x0, acoef,
-                          ccoef, use_teacher, snapshot, period, rec_steps, steps, stream_keys, b, limit,
-                          zero, saved, div, xfin)
+        _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
+                          ccoef, use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b,
+                          scode, K, mom, limit, zero, saved, div, xfin)

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from ..rng import minibatch_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
+from ..rng import batch_into_nb, epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), reciprocal and no-signed-zero; never nnan/ninf.
@@ -172,6 +172,21 @@ def _index1(key0, t, n):
         return 0
     h = splitmix64_nb(step_key_nb(key0, t) + np.uint64(_G_INT))
     return np.int64(uniform_below_nb(h, np.uint64(n)))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _index1s(key0, t, n, code, perm, perm_epoch, g):
+    """The index of a batch-1 step under sampling ``code`` (an epoch is n steps); slot g's permutation cache."""
+    if code == 0:
+        return _index1(key0, t, n)
+    e = t // n
+    k = t - e * n
+    if code == 2:
+        e = 0
+    if perm_epoch[g] != e:
+        permutation_into_nb(epoch_key_nb(key0, e), n, perm[g])
+        perm_epoch[g] = e
+    return perm[g, k]
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
@@ -362,12 +377,16 @@ def _after_guard(g, s, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe, 
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
-def _next_residuals(g, key0, t, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV, taken, zero):
-    """Draw step t's minibatch of seed slot g and its scaled residuals (γ/b)(a_iᵀu − b_i), (γ/b)(a_iᵀv − rth_i)."""
+def _next_residuals(g, key0, t, A, bvec, rth, gam_bs, sc, U, V, use_v, b, code, K, perm, perm_epoch, NB, IDX, RU, RV,
+                    taken, zero):
+    """Draw step t's minibatch of seed slot g (``kdsim.rng.batch_into_nb``; its size into NB[g]) and its
+    scaled residuals (γ/b_t)(a_iᵀu − b_i), (γ/b_t)(a_iᵀv − s·rth_i), s the epoch's λ scale."""
     n = A.shape[0]
-    minibatch_into_nb(step_key_nb(key0, t), n, b, IDX[g], taken)
+    nb = batch_into_nb(key0, t, n, b, code, K, perm, perm_epoch, g, IDX[g], taken)
+    NB[g] = nb
+    gam_b = gam_bs[nb]
     dp = A.shape[1]
-    for jj in range(b):
+    for jj in range(nb):
         i = IDX[g, jj]
         au = zero
         av = zero
@@ -379,7 +398,7 @@ def _next_residuals(g, key0, t, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV
             for p in range(dp):
                 au += A[i, p] * U[g, p]
         RU[g, jj] = gam_b * (au - bvec[i])
-        RV[g, jj] = gam_b * (av - rth[i])
+        RV[g, jj] = gam_b * (av - sc * rth[i])
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -431,7 +450,7 @@ def _block_finish(s0, gn, rec, R, L, U, V, d, out_d, out_s, out_t, ufin, vfin):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
-                      rec_steps, steps, stream_keys, xstar, theta_c, Ft, alpha64, quad_tol, limit, zero,
+                      rec_steps, steps, stream_keys, code, xstar, theta_c, Ft, alpha64, quad_tol, limit, zero,
                       out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
     """Seeds s0 .. s0 + gn − 1 of ``ls_affine`` at batch size 1, their steps taken in pairs.
 
@@ -450,6 +469,8 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     L = acoef.shape[0]
     R = rec_steps.shape[0]
     U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, sums = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
+    perm = np.empty((SEED_BLOCK, n if code != 0 else 0), dtype=np.int64)
+    perm_epoch = np.full(SEED_BLOCK, -1, dtype=np.int64)
     half_limit = 0.5 * limit
     c1_abs = abs(np.float64(c1))
     c1sq = c1 * c1
@@ -471,8 +492,8 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
             key0 = stream_keys[s0 + g]
             singles = 1
             if pair:
-                i0 = _index1(key0, t, n)
-                i1 = _index1(key0, t + 1, n)
+                i0 = _index1s(key0, t, n, code, perm, perm_epoch, g)
+                i1 = _index1s(key0, t + 1, n, code, perm, perm_epoch, g)
                 u0 = zero
                 u1 = zero
                 v0 = zero
@@ -529,7 +550,7 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                     continue
                 singles = 2
             for tt in range(t, t + singles):
-                i = _index1(key0, tt, n)
+                i = _index1s(key0, tt, n, code, perm, perm_epoch, g)
                 au = zero
                 av = zero
                 if use_v:
@@ -565,26 +586,40 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
-                     rec_steps, steps, stream_keys, b, xstar, theta_c, Ft, alpha64, quad_tol, limit, zero,
-                     out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
-    """Seeds s0 .. s0 + gn − 1 (gn <= SEED_BLOCK) of ``ls_affine`` at batch size b >= 2, stepped together."""
+def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_bs, gam_alpha, scales, x0, acoef,
+                     acw, use_v, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, Ft, alpha64,
+                     quad_tol, limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
+    """Seeds s0 .. s0 + gn − 1 (gn <= SEED_BLOCK) of ``ls_affine`` at any batch size, stepped together.
+
+    Any sampling scheme (``code``, ``K``: ``kdsim.rng``; a partial batch scales by γ/b_t from
+    ``gam_bs``), a per-epoch λ scale s_e (``scales``: the teacher forcing of v is s_e times
+    its constant-λ value) and heavy-ball momentum ``mom`` (velocities of u and v, each linear
+    in the state, so x(λ) = u + λv still holds; the exact guard then runs every step).
+    """
     n, dp = A.shape
     d = xstar.shape[0]
     L = acoef.shape[0]
     R = rec_steps.shape[0]
+    E = scales.shape[0]
     G = SEED_BLOCK
     U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, sums = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
     RU = np.zeros((G, b), dtype=x0.dtype)
     RV = np.zeros((G, b), dtype=x0.dtype)
     IDX = np.zeros((G, b), dtype=np.int64)
+    NB = np.full(G, b, dtype=np.int64)
+    WU = np.zeros((G if mom != 0 else 0, dp), dtype=x0.dtype)
+    WV = np.zeros((G if mom != 0 else 0, dp), dtype=x0.dtype)
+    GU = np.zeros(dp if mom != 0 else 0, dtype=x0.dtype)
+    GV = np.zeros(dp if mom != 0 else 0, dtype=x0.dtype)
+    perm = np.empty((G, n if code != 0 else 0), dtype=np.int64)
+    perm_epoch = np.full(G, -1, dtype=np.int64)
     taken = np.zeros(n, dtype=np.bool_)
     half_limit = 0.5 * limit
     c1_abs = abs(np.float64(c1))
     if steps > 0:
         for g in range(gn):
-            _next_residuals(g, stream_keys[s0 + g], 0, A, bvec, rth, gam_b, U, V, use_v, b, IDX, RU, RV,
-                            taken, zero)
+            _next_residuals(g, stream_keys[s0 + g], 0, A, bvec, rth, gam_bs, scales[0], U, V, use_v, b, code, K,
+                            perm, perm_epoch, NB, IDX, RU, RV, taken, zero)
     n_active = gn
     rec = 0
     for t in range(steps + 1):
@@ -594,14 +629,40 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
             rec += 1
         if t == steps or n_active == 0:
             break
+        sc = scales[min(t // K, E - 1)]
         # the update of every seed of the block, then the next step's residuals: the
         # seeds' independent passes overlap in the CPU
         for g in range(gn):
             if not active[g]:
                 continue
+            nb = NB[g]
+            if mom != 0:
+                # γg_u = γα·u + Σ r_j a_j, γg_v = γα·v + Σ r'_j a_j − s·γc; w ← μw + γg; u ← u − w
+                for p in range(dp):
+                    GU[p] = gam_alpha * U[g, p]
+                    GV[p] = gam_alpha * V[g, p] - sc * gcv[p]
+                for jj in range(nb):
+                    i = IDX[g, jj]
+                    r0 = RU[g, jj]
+                    r1 = RV[g, jj]
+                    for p in range(dp):
+                        GU[p] += r0 * A[i, p]
+                        GV[p] += r1 * A[i, p]
+                for p in range(dp):
+                    wu = mom * WU[g, p] + GU[p]
+                    wv = mom * WV[g, p] + GV[p]
+                    WU[g, p] = wu
+                    WV[g, p] = wv
+                    U[g, p] -= wu
+                    V[g, p] -= wv
+                if not _after_guard(g, s0 + g, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe, ubu,
+                                    ubv, amax):
+                    active[g] = False
+                    n_active -= 1
+                continue
             su = 0.0
             sv = 0.0
-            for jj in range(b):
+            for jj in range(nb):
                 i = IDX[g, jj]
                 r0 = RU[g, jj]
                 r1 = RV[g, jj]
@@ -616,7 +677,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
                 else:
                     for p in range(dp):
                         U[g, p] = c1 * U[g, p] - r0 * A[i, p]
-                        V[g, p] = c1 * V[g, p] - r1 * A[i, p] + gcv[p]
+                        V[g, p] = c1 * V[g, p] - r1 * A[i, p] + sc * gcv[p]
                 na = anorm[i]
                 su += abs(np.float64(r0)) * na
                 sv += abs(np.float64(r1)) * na
@@ -624,80 +685,105 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
             # the exact test runs only when the bound could reach the limit (with a factor 2
             # to spare for rounding), so the divergence step is exact at O(1) cost per step
             ubu[g] = c1_abs * ubu[g] + su
-            ubv[g] = c1_abs * ubv[g] + sv + gcv_norm
+            ubv[g] = c1_abs * ubv[g] + sv + abs(np.float64(sc)) * gcv_norm
             if not _within(ubu[g], ubv[g], amax[g], half_limit):
                 if not _after_guard(g, s0 + g, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe, ubu,
                                     ubv, amax):
                     active[g] = False
                     n_active -= 1
         if t + 1 < steps:
+            sc1 = scales[min((t + 1) // K, E - 1)]
             for g in range(gn):
                 if active[g]:
-                    _next_residuals(g, stream_keys[s0 + g], t + 1, A, bvec, rth, gam_b, U, V, use_v, b, IDX,
-                                    RU, RV, taken, zero)
+                    _next_residuals(g, stream_keys[s0 + g], t + 1, A, bvec, rth, gam_bs, sc1, U, V, use_v, b,
+                                    code, K, perm, perm_epoch, NB, IDX, RU, RV, taken, zero)
     _block_finish(s0, gn, rec, R, L, U, V, d, out_d, out_s, out_t, ufin, vfin)
 
 
 @njit(cache=True, nogil=True)
-def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
-              rec_steps, steps, stream_keys, b, xstar, theta_c, Ft, alpha64, quad_tol, limit, zero,
-              out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
+def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_bs, gam_alpha, scales, x0, acoef,
+              acw, use_v, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, Ft, alpha64, quad_tol, limit,
+              zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
     """Seeds lo .. hi−1, one (u, v) pair each; λ_k is x_t = u_t + a_k v_t (docs/theory.md §5.1).
 
-    u_{t+1} = c1·u_t − (γ/b) Σ_{i∈B} a_i (a_iᵀu_t − b_i)
-    v_{t+1} = c1·v_t − (γ/b) Σ_{i∈B} a_i (a_iᵀv_t − rth_i) + γ·c
-    with c1 = 1 − γα and c = ridge (− T for corrected KD); ``plain`` says α = 0 and
-    c = 0. ``A``, ``x0`` and ``gcv`` (= γ·c) are zero-padded to ``dp`` >= d columns
-    (the padding stays exactly 0) so the vector loops have no scalar tail; ``xstar``,
-    ``theta_c`` have the true d, and ``Ft`` is ``lane_factor(F)``.
+    u_{t+1} = c1·u_t − (γ/b_t) Σ_{i∈B} a_i (a_iᵀu_t − b_i)
+    v_{t+1} = c1·v_t − (γ/b_t) Σ_{i∈B} a_i (a_iᵀv_t − s_e·rth_i) + s_e·γ·c
+    with c1 = 1 − γα, c = ridge (− T for corrected KD) and s_e the epoch's λ scale
+    (``scales``, all 1 for a constant λ); ``plain`` says α = 0 and c = 0. With momentum μ
+    (``mom``) the steps of u and v pass through heavy-ball velocities; every map stays
+    linear in the state and affine in λ. ``A``, ``x0`` and ``gcv`` (= γ·c) are zero-padded to
+    ``dp`` >= d columns (the padding stays exactly 0) so the vector loops have no scalar tail;
+    ``xstar``, ``theta_c`` have the true d, and ``Ft`` is ``lane_factor(F)``. Minibatches follow
+    sampling ``code`` with ``K`` steps per epoch (``kdsim.rng``); γ/b_t comes from ``gam_bs``.
 
     Seeds run in blocks of ``SEED_BLOCK`` sharing the step clock, and the records of a
     block come from one lane-tiled product with F (see ``_records_block``). At batch
-    size 1 a seed takes its steps in pairs, each pair one pass of dot products and one
-    of updates (``_ls_affine_block1``; ``agcv`` = a_iᵀ(γc) corrects the second residual); at b >= 2
-    each step updates every seed of the block and then draws the next minibatches and
-    residuals. Every record entry of the block's seeds is written (NaN after a λ or the
+    size 1 without momentum or a λ schedule a seed takes its steps in pairs, each pair one
+    pass of dot products and one of updates (``_ls_affine_block1``; ``agcv`` = a_iᵀ(γc)
+    corrects the second residual); otherwise each step updates every seed of the block and
+    then draws the next minibatches and residuals (``_ls_affine_block``). Every record entry of the block's seeds is written (NaN after a λ or the
     seed stopped), so the outputs may start uninitialised. ``coeffs[s, r]`` (when its
     first axis is not empty) receives the three coefficients (c0, c1, c2) of each
     record as a quadratic c0 + c1·a + c2·a² (rows: dist2_opt, subopt, dist2_teacher).
 
     Divergence of λ_k after a step: not (‖u‖² + 2a⟨u,v⟩ + a²‖v‖² <= limit), tested
     exactly whenever a running triangle-inequality bound on ‖u‖ + max|a|·‖v‖ cannot
-    exclude it (``anorm`` = ‖a_i‖). A seed where an alive λ has ‖u‖² or a²‖v‖²
+    exclude it (``anorm`` = ‖a_i‖), and every step with momentum. A seed where an alive λ has ‖u‖² or a²‖v‖²
     beyond the limit is flagged in ``unsafe`` and left for the per-trajectory kernel.
     """
     for s0 in range(lo, hi, SEED_BLOCK):
         gn = min(SEED_BLOCK, hi - s0)
-        if b == 1:
-            _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw,
-                              use_v, rec_steps, steps, stream_keys, xstar, theta_c, Ft, alpha64, quad_tol, limit,
-                              zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
+        if b == 1 and mom == 0 and scales.shape[0] == 1:
+            _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_bs[1], x0, acoef,
+                              acw, use_v, rec_steps, steps, stream_keys, code, xstar, theta_c, Ft, alpha64, quad_tol,
+                              limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
         else:
-            _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw,
-                             use_v, rec_steps, steps, stream_keys, b, xstar, theta_c, Ft, alpha64, quad_tol,
-                             limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
+            _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_bs, gam_alpha, scales, x0,
+                             acoef, acw, use_v, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, Ft,
+                             alpha64, quad_tol, limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, inv_n, x0, acoef, ccoef, snapshot,
-                 period, rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, limit, zero, out_d,
-                 out_s, out_t, div, xfin):
+def _heavy_ball(x, g, w, gam, mom, zero):
+    """x ← x − γ·w with w ← μ·w + g (torch's momentum, dampening 0; plain SGD when μ = 0); returns ‖x‖²."""
+    nx = zero
+    if mom == 0:
+        for p in range(x.shape[0]):
+            xn = x[p] - gam * g[p]
+            x[p] = xn
+            nx += xn * xn
+    else:
+        for p in range(x.shape[0]):
+            wp = mom * w[p] + g[p]
+            w[p] = wp
+            xn = x[p] - gam * wp
+            x[p] = xn
+            nx += xn * xn
+    return nx
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot,
+                 period, snap_start, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F, alpha64,
+                 limit, zero, out_d, out_s, out_t, div, xfin):
     """Body of ``ls_traj`` for one trajectory (serial, nogil; the engine runs ranges on threads)."""
     n, d = A.shape
     T = stream_keys.shape[0]
     R = rec_steps.shape[0]
+    E = acoef.shape[1]
     m = F.shape[0]
     x = x0.copy()
     g = np.empty_like(x0)
-    y = np.empty_like(x0)
-    gy = np.empty_like(x0)
+    y = x0.copy()
+    gy = np.zeros_like(x0)
+    vel = np.zeros_like(x0)
     res = np.empty(b, dtype=x0.dtype)
     idx = np.empty(b, dtype=np.int64)
     taken = np.zeros(n, dtype=np.bool_)
+    perm = np.empty((1, n if code != 0 else 0), dtype=np.int64)
+    perm_epoch = np.full(1, -1, dtype=np.int64)
     e = np.empty(d)
     fe = np.empty(m)
-    a = acoef[j0]
-    c = ccoef[j0]
     key0 = stream_keys[j0]
     rec = 0
     dead = False
@@ -721,7 +807,10 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, inv_n, x0, a
             rec += 1
         if t == steps:
             break
-        if snapshot and t % period == 0:
+        ep = min(t // K, E - 1)
+        a = acoef[j0, ep]
+        c = ccoef[j0, ep]
+        if snapshot and (t == 0 or (t >= snap_start and (t - snap_start) % period == 0)):
             for p in range(d):
                 y[p] = x[p]
                 gy[p] = zero
@@ -734,8 +823,9 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, inv_n, x0, a
                     gy[p] += A[i, p] * acc
             for p in range(d):
                 gy[p] = gy[p] * inv_n + alpha * y[p]
-        minibatch_into_nb(step_key_nb(key0, t), n, b, idx, taken)
-        for jj in range(b):
+        nb = batch_into_nb(key0, t, n, b, code, K, perm, perm_epoch, 0, idx, taken)
+        inv_b = inv_bs[nb]
+        for jj in range(nb):
             i = idx[jj]
             acc = zero
             for p in range(d):
@@ -749,22 +839,18 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, inv_n, x0, a
                 res[jj] = (acc - bvec[i]) - a * rth[i]
         for p in range(d):
             g[p] = zero
-        for jj in range(b):
+        for jj in range(nb):
             i = idx[jj]
             r0 = res[jj]
             for p in range(d):
                 g[p] += A[i, p] * r0
-        nx = zero
         if snapshot:
             for p in range(d):
-                xn = x[p] - gam * (g[p] * inv_b + alpha * (x[p] - a * y[p]) + c * gy[p])
-                x[p] = xn
-                nx += xn * xn
+                g[p] = g[p] * inv_b + alpha * (x[p] - a * y[p]) + c * gy[p]
         else:
             for p in range(d):
-                xn = x[p] - gam * (g[p] * inv_b + alpha * x[p] - a * ridge[p] + c * tfull[p])
-                x[p] = xn
-                nx += xn * xn
+                g[p] = g[p] * inv_b + alpha * x[p] - a * ridge[p] + c * tfull[p]
+        nx = _heavy_ball(x, g, vel, gam, mom, zero)
         if not (nx <= limit):
             div[j0] = t + 1
             dead = True
@@ -774,19 +860,21 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, inv_n, x0, a
 
 
 @njit(cache=True, nogil=True)
-def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, inv_n, x0, acoef, ccoef, snapshot, period,
-            rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, limit, zero,
+def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot, period,
+            snap_start, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F, alpha64, limit, zero,
             out_d, out_s, out_t, div, xfin):
     """Trajectories lo .. hi−1 (any estimator, any stream layout), one after the other.
 
-    Row j of the trajectory arrays (``acoef``, ``ccoef``, ``stream_keys``, outputs) is
-    one (λ, seed) pair. Teacher estimators use the combined residual
-    (a_iᵀx − b_i) − a·rth_i, so the minibatch gradient is one product:
-    g = (1/b) Σ a_i r_i + αx − a·ridge + c·T. SVRG (``snapshot``) refreshes the
-    anchor y and its full gradient ∇f(y) every ``period`` steps and uses
-    r_i = (a_iᵀx − b_i) − a(a_iᵀy − b_i), g = (1/b) Σ a_i r_i + α(x − a y) + c ∇f(y).
+    Row j of the trajectory arrays (``acoef``, ``ccoef`` (T, E): the coefficients per
+    epoch, ``stream_keys``, outputs) is one (λ, seed) pair. Teacher estimators use the
+    combined residual (a_iᵀx − b_i) − a·rth_i, so the minibatch gradient is one product:
+    g = (1/b_t) Σ a_i r_i + αx − a·ridge + c·T. SVRG (``snapshot``) takes the anchor y and
+    its full gradient ∇f(y) at step 0 and every ``period`` steps from ``snap_start`` and uses
+    r_i = (a_iᵀx − b_i) − a(a_iᵀy − b_i), g = (1/b_t) Σ a_i r_i + α(x − a y) + c ∇f(y).
+    Minibatches follow sampling ``code`` with ``K`` steps per epoch (``kdsim.rng``); the
+    step is heavy ball with momentum ``mom`` (``_heavy_ball``).
     """
     for j0 in range(lo, hi):
-        _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_b, inv_n, x0, acoef, ccoef, snapshot,
-                     period, rec_steps, steps, stream_keys, b, xstar, theta_c, F, alpha64, limit, zero,
-                     out_d, out_s, out_t, div, xfin)
+        _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot,
+                     period, snap_start, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F,
+                     alpha64, limit, zero, out_d, out_s, out_t, div, xfin)

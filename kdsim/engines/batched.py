@@ -24,7 +24,7 @@ import numpy as np
 from .. import _validate as V
 from .. import kernelspec as KS
 from ..plan import RECORDS, guard_limit, resolve_dtype
-from ..rng import FLOYD_COMPARE_MAX, minibatch_from_keys, stream_keys
+from ..rng import FLOYD_COMPARE_MAX, EpochBatches
 from .driver import Timer
 
 NAME = "array"
@@ -66,11 +66,14 @@ class _Engine:
         self.alpha = float(spec.l2)
         self.gamma = float(plan.step)
         self.lams = np.asarray(plan.lams, dtype=np.float64)
-        coef = np.array([est.coefficients(lam) for lam in plan.lams], dtype=np.float64).reshape(-1, 2)   # (L, 2)
+        self.table = plan.coefficient_table                                       # (L, E, 2) per epoch
+        self.epoch_steps = plan.steps_per_epoch
+        self.momentum = float(plan.momentum)
         self.teacher = est.uses_teacher
         self.snapshot = est.snapshot
         self.deep = spec.depth > 1
-        affine_ok = self.kind == "least_squares" and self.crn and not est.snapshot
+        scales = plan.lambda_scales
+        affine_ok = self.kind == "least_squares" and self.crn and not est.snapshot and scales is not None
         if path == "affine" and not affine_ok:
             raise ValueError("path='affine' needs least squares, common random numbers and an estimator "
                              f"among sgd, kd, kd_loss, corrected; got {spec.family}, estimator {est.name!r}, "
@@ -92,25 +95,12 @@ class _Engine:
         self.Y = dev(spec.Y, wd)
         self.Rt = dev(rt, wd)
         self.x0 = dev(plan.x0, wd)
-        with np.errstate(over="ignore", invalid="ignore"):
-            a_w = coef[:, 0].astype(wd)
-            if self.deep:
-                # deep linear: T = J(x)ᵀ∇g(Θ̄) + ridge depends on x; its map part c·∇g(Θ̄) joins the
-                # output-space gradient before the pull-back, the ridge part stays in κ
-                kappa = (coef[:, 1:] - coef[:, :1]) * ridge[None, :]
-                full_map = spec.teacher_map if (self.teacher and est.corrected) else None
-            else:
-                # κ = −a·ridge + c·T, constant for the teacher-anchored estimators
-                tfull = spec.teacher_full
-                kappa = -coef[:, :1] * ridge[None, :] + coef[:, 1:] * tfull[None, :]
-                full_map = None
-        self.a4 = dev(a_w.reshape(self.L, 1, 1, 1), wd)
-        self.full_map_c = (None if full_map is None
-                           else dev(coef[:, 1].reshape(self.L, 1, 1, 1) * full_map[None, None], wd))
+        self._ridge = ridge
+        self._full_map = spec.teacher_map if (self.deep and self.teacher and est.corrected) else None
+        self._tfull = None if self.deep else spec.teacher_full
+        self._epoch = None
         self.layer_shapes = spec.shapes
         self.layer_offsets = spec.offsets
-        self.lam3 = dev(self.lams.reshape(self.L, 1, 1), wd)             # SVRG: a = c = λ
-        self.kappa = dev(kappa.reshape(self.L, 1, self.dim), wd)
         # records (float64)
         self.refs = spec.record_refs(xp)
         self.row_block = KS.rows_per_block(10 * spec.n * spec.d_out * 8)          # SVRG's full gradients
@@ -121,8 +111,7 @@ class _Engine:
             if self.teacher:
                 kap[1] = spec.affine_shift(est.corrected)
             self.nv = nv
-            self.lab = dev(lab.T, wd)                                            # (nv, n)
-            self.kap_uv = dev(kap, wd)
+            self._lab, self._kap, self._scales = lab.T, kap, scales             # (nv, n), (nv, dim), (E,)
             self.lam_col = dev(self.lams.reshape(self.L, 1), np.float64)
 
         # ---- memory
@@ -135,12 +124,15 @@ class _Engine:
                 + (Lr * bb * (dfeat + 2 * K) * w if self.b < n else 0)   # gathers
                 + 4 * L * bb * K * w * (2 if self.snapshot else 1)       # logits, residuals
                 + (2 * L * dim * w if self.snapshot else 0)              # snapshot and its κ
-                + (Lr * n if self.floyd_taken else 0) + 3 * Lr * bb * f8 + rec_out)
+                + (Lr * n if self.floyd_taken else 0) + 3 * Lr * bb * f8 + rec_out
+                + (2 * L * dim * w if self.momentum else 0)                # velocity and its copy
+                + (2 * Lr * n * f8 if plan.sampling != "iid" else 0))     # the epoch's permutations
         if self.affine:
             nv = self.nv
             aff = (dim * nv * (6 * w + 4 * f8) + (bb * (dim + 2 * nv) * w if self.b < n else 0)
                    + 4 * bb * nv * w + 5 * L * dim * f8 + (n if self.floyd_taken else 0) + 3 * bb * f8
-                   + rec_out + 9 * R * f8)
+                   + rec_out + 9 * R * f8 + (2 * nv * dim * w if self.momentum else 0)
+                   + (2 * n * f8 if plan.sampling != "iid" else 0))
             traj = max(traj, aff)
         if self.deep:
             widest = max(max(r, c) for r, c in spec.shapes)
@@ -154,12 +146,48 @@ class _Engine:
     def _dev(self, arr, dtype):
         return self.xp.asarray(np.ascontiguousarray(np.asarray(arr, dtype=np.float64), dtype=dtype))
 
+    # ------------------------------------------------------------ coefficients per epoch
+    def _coefficients(self, t):
+        """Set the device coefficients of step t's epoch (``Plan.coefficient_table``); once per epoch.
+
+        ``a4`` (L, 1, 1, 1) = a; ``kappa`` (L, 1, dim) = −a·ridge + c·T (one layer) or (c − a)·ridge
+        (deep: T = J(x)ᵀ∇g(Θ̄) + ridge depends on x, its map part c·∇g(Θ̄) = ``full_map_c`` joins
+        the output-space gradient before the pull-back); SVRG's ``a3``, ``c3`` (L, 1, 1); the affine
+        form's labels and shifts with the epoch's λ scale s_e.
+        """
+        e = min(t // self.epoch_steps, self.table.shape[1] - 1)
+        if e == self._epoch:
+            return
+        self._epoch = e
+        coef, wd, dev, L = self.table[:, e, :], self.wd, self._dev, self.L
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.deep:
+                kappa = (coef[:, 1:] - coef[:, :1]) * self._ridge[None, :]
+            else:
+                kappa = -coef[:, :1] * self._ridge[None, :] + coef[:, 1:] * self._tfull[None, :]
+            self.a4 = dev(coef[:, 0].reshape(L, 1, 1, 1), wd)
+            self.kappa = dev(kappa.reshape(L, 1, self.dim), wd)
+            self.full_map_c = (None if self._full_map is None
+                               else dev(coef[:, 1].reshape(L, 1, 1, 1) * self._full_map[None, None], wd))
+            self.a3 = dev(coef[:, 0].reshape(L, 1, 1), wd)
+            self.c3 = dev(coef[:, 1].reshape(L, 1, 1), wd)
+            if self.affine:
+                sc = np.ones((self.nv, 1))
+                sc[1:] = self._scales[e]
+                self.lab = dev(self._lab * sc, wd)
+                self.kap_uv = dev(self._kap * sc, wd)
+
     # ------------------------------------------------------------ minibatches
-    def _draw(self, skeys, t, taken):
-        """(rows, b) minibatch indices of step t, or None for the full batch (b = n)."""
+    def _batches(self, streams, taken):
+        """The run's minibatch stream of these streams (``kdsim.rng.EpochBatches``)."""
+        return EpochBatches(self.plan.seed, streams, self.n, self.b, self.plan.sampling, self.plan.drop_last,
+                            self.xp, taken)
+
+    def _draw(self, batches, t):
+        """(rows, b_t) minibatch indices of step t, or None for the full batch (b = n)."""
         if self.b == self.n:
             return None
-        return minibatch_from_keys(skeys, t, self.n, self.b, self.xp, taken)
+        return batches.batch(t)
 
     # ------------------------------------------------------------ records
     def _chain(self, X, suffix=True):
@@ -228,15 +256,17 @@ class _Engine:
         L, ns, dim, K, dfeat, R = self.L, len(seeds), self.dim, self.K, self.dfeat, self.R
         Lr = 1 if self.crn else L
         streams = np.ascontiguousarray(self.plan.streams_of(seeds)[:Lr]).ravel()
-        skeys = stream_keys(self.plan.seed, streams, xp)
         taken = xp.zeros((Lr * ns, self.n), dtype=bool) if self.floyd_taken else None
+        batches = self._batches(streams, taken)
         X = xp.broadcast_to(self.x0, (L, ns, dim)).copy()
+        Wm = xp.zeros_like(X) if self.momentum else None
+        mom = wd.type(self.momentum)
+        self._epoch = None
         div = xp.full((L, ns), -1, dtype=xp.int64)
         outs = [xp.full((R, L, ns), xp.nan, dtype=xp.float64) for _ in RECORDS]     # record-major
         gamma = wd.type(self.gamma)
         alpha = wd.type(self.alpha)
-        kappa = self.kappa if self.teacher else None
-        snap = None
+        snap = full = None
         rec = 0
         for t in range(self.steps + 1):
             if rec < R and self.rec_steps[rec] == t:
@@ -244,18 +274,19 @@ class _Engine:
                 rec += 1
             if t == self.steps:
                 break
-            idx = self._draw(skeys, t, taken)
+            self._coefficients(t)
+            idx = self._draw(batches, t)
             if idx is None:                       # full batch: (n, …) data, plain products below
-                Ab, Yb, Rtb = None, self.Y, self.Rt
+                Ab, Yb, Rtb, bt = None, self.Y, self.Rt, self.n
             else:
-                idx = idx.reshape(Lr, ns, self.b)
+                bt = idx.shape[1]
+                idx = idx.reshape(Lr, ns, bt)
                 Ab, Yb = self.A[idx], self.Y[idx]
                 Rtb = self.Rt[idx] if self.teacher else None
-            if self.snapshot and t % self.plan.svrg_period == 0:
+            start = self.plan.snapshot_start
+            if self.snapshot and (t == 0 or (t >= start and (t - start) % self.plan.svrg_period == 0)):
                 snap = X.copy()
-                full = self._full_grad(snap.reshape(L * ns, dim)).reshape(L, ns, dim)
-                full -= alpha * snap
-                kappa = self.lam3 * full                   # −a·αy + c·∇f(y), a = c = λ
+                full = self._full_grad(snap.reshape(L * ns, dim)).reshape(L, ns, dim)    # ∇f(y), ridge included
                 if self.deep:
                     Py, Qy = self._chain(snap)
                     Msnap = Qy[-1]
@@ -291,8 +322,14 @@ class _Engine:
                 G = Gm.reshape(L, ns, dim)
             if self.alpha:
                 G += alpha * X
-            if kappa is not None:
-                G += kappa
+            if self.teacher:
+                G += self.kappa
+            elif self.snapshot:
+                G += self.c3 * full - self.a3 * (alpha * snap)          # c·∇f(y) − a·αy
+            if Wm is not None:
+                Wm *= mom
+                Wm += G
+                G = Wm.copy()
             G *= gamma
             X -= G
             norm2 = _rowdot(xp, X, X)
@@ -333,9 +370,12 @@ class _Engine:
         """
         xp, wd = self.xp, self.wd
         L, ns, dim, R, nv = self.L, len(seeds), self.dim, self.R, self.nv
-        skeys = stream_keys(self.plan.seed, np.ascontiguousarray(self.plan.streams_of(seeds)[0]), xp)
         taken = xp.zeros((ns, self.n), dtype=bool) if self.floyd_taken else None
+        batches = self._batches(np.ascontiguousarray(self.plan.streams_of(seeds)[0]), taken)
+        self._epoch = None
         U = xp.zeros((ns, nv, dim), dtype=wd)
+        Wm = xp.zeros_like(U) if self.momentum else None
+        mom = wd.type(self.momentum)
         U[:, 0, :] = self.x0
         div = xp.full((L, ns), -1, dtype=xp.int64)
         unsafe = xp.zeros(ns, dtype=bool)
@@ -350,7 +390,8 @@ class _Engine:
                 rec += 1
             if t == self.steps:
                 break
-            idx = self._draw(skeys, t, taken)
+            self._coefficients(t)
+            idx = self._draw(batches, t)
             if idx is None:                                                     # full batch: two plain products
                 Z = (U.reshape(ns * nv, dim) @ self.A.T).reshape(ns, nv, self.n)
                 Z -= self.lab                                                   # (nv, n)
@@ -360,12 +401,17 @@ class _Engine:
                 Z = xp.matmul(U, Ab.swapaxes(-1, -2))                           # (ns, nv, b)
                 Z -= self.lab[:, idx].transpose(1, 0, 2)
                 G = xp.matmul(Z, Ab)                                            # (ns, nv, dim)
-            if self.b > 1:
-                G /= self.b
+            bt = self.n if idx is None else idx.shape[1]
+            if bt > 1:
+                G /= bt
             if self.alpha:
                 G += alpha * U
             if nv == 2:
                 G -= self.kap_uv
+            if Wm is not None:                                                  # heavy ball: linear in (u, v)
+                Wm *= mom
+                Wm += G
+                G = Wm.copy()
             G *= gamma
             U -= G
             # guard: ‖u + λv‖² from three dot products per seed, float64

@@ -108,7 +108,11 @@ class _Runner:
         self.L, self.S, self.R = plan.n_lams, plan.n_seeds, plan.n_records
         self.dim = spec.dim
         self.est = plan.estimator
-        self.coef = np.array([self.est.coefficients(lam) for lam in plan.lams], dtype=np.float64).reshape(-1, 2)
+        self.table = plan.coefficient_table                               # (L, E, 2) per epoch
+        self.coef = self.table[:, 0, :]                                   # (L, 2) of the first epoch
+        self.scode, self.epoch_steps, self.mom = plan.sampling_code, plan.steps_per_epoch, dtype.type(plan.momentum)
+        self.inv_bs = np.array([0.0] + [1.0 / k for k in range(1, plan.batch_size + 1)], dtype=dtype)
+        self.snap_start = plan.snapshot_start
         self.crn = plan.common_random_numbers
         self.rec_steps = np.ascontiguousarray(plan.record_steps, dtype=np.int64)
         self.limit = dtype.type(guard_limit(dtype))
@@ -130,10 +134,10 @@ class _Runner:
         return stream_keys(self.plan.seed, self.plan.streams_of(seeds))
 
     def traj_coefs(self, n_seeds):
-        """λ-major per-trajectory (a, c) in the working dtype (a λ beyond float32 becomes inf)."""
+        """λ-major per-trajectory (a, c) tables (T, E) in the working dtype (a λ beyond float32 becomes inf)."""
         with np.errstate(over="ignore"):
-            a = np.repeat(self.coef[:, 0], n_seeds).astype(self.wd)
-            c = np.repeat(self.coef[:, 1], n_seeds).astype(self.wd)
+            a = np.ascontiguousarray(np.repeat(self.table[:, :, 0], n_seeds, axis=0), dtype=self.wd)
+            c = np.ascontiguousarray(np.repeat(self.table[:, :, 1], n_seeds, axis=0), dtype=self.wd)
         return a, c
 
     def new_records(self, shape):
@@ -160,21 +164,21 @@ class _LeastSquaresRunner(_Runner):
         self.tfull = np.ascontiguousarray(tfull, dtype=wd)
         self.alpha = wd.type(spec.l2)
         self.alpha64 = float(spec.l2)
-        self.inv_b = wd.type(1.0 / plan.batch_size)
         self.inv_n = wd.type(1.0 / spec.n)
         self.x0 = np.ascontiguousarray(plan.x0, dtype=wd)
         self.xstar = np.ascontiguousarray(spec.x_star, dtype=np.float64)
         self.theta_c = np.ascontiguousarray(spec.theta, dtype=np.float64)
         self.F = np.array(spec.refs["F"])                  # a writeable copy: one kernel signature
         V.choice("path", path, ("auto", "affine", "trajectory"))
-        affine_ok = self.crn and not est.snapshot
+        scales = plan.lambda_scales
+        affine_ok = self.crn and not est.snapshot and scales is not None
         if path == "affine" and not affine_ok:
             raise ValueError("the affine form needs least squares, common random numbers and an estimator "
                              f"among sgd, kd, kd_loss, corrected; got estimator {est.name!r}, "
                              f"common_random_numbers={self.crn}")
         self.affine = affine_ok and path != "trajectory"
         if self.affine:
-            self._affine_setup(A64, spec.affine_shift(est.corrected))
+            self._affine_setup(A64, spec.affine_shift(est.corrected), scales)
         with np.errstate(over="ignore"):
             self.acw = self.coef[:, 0].astype(wd)
         self.use_v = est.uses_teacher
@@ -182,7 +186,7 @@ class _LeastSquaresRunner(_Runner):
         self.fixed_bytes += self.F.nbytes + (self.A_pad.nbytes if self.affine else 0)
 
     # -- affine ------------------------------------------------------------
-    def _affine_setup(self, A64, shift):
+    def _affine_setup(self, A64, shift, scales):
         """Inputs of ``ls_affine``: columns zero-padded to whole SIMD vectors, γ folded in."""
         wd, n, d = self.wd, self.spec.n, self.dim
         lanes = 32 // wd.itemsize                          # one AVX register
@@ -198,15 +202,19 @@ class _LeastSquaresRunner(_Runner):
         self.agcv = (A64 @ (gam * shift)).astype(wd)          # a_iᵀ(γc), for steps taken in pairs
         self.plain = bool(self.spec.l2 == 0 and not np.any(self.gcv_pad != 0))
         self.c1 = wd.type(1.0 - gam * float(self.spec.l2))
-        self.gam_b = wd.type(gam / self.plan.batch_size)
+        self.gam_bs = np.array([0.0] + [gam / k for k in range(1, self.plan.batch_size + 1)]).astype(wd)
+        self.gam_alpha = wd.type(gam * float(self.spec.l2))
+        with np.errstate(over="ignore"):
+            self.scales = np.ascontiguousarray(scales, dtype=wd)
         self.anorm = np.linalg.norm(A64, axis=1)
         self.Ft_lanes = self.K.lane_factor(self.F)
         self.quad_tol = 2.0 * (max(d, self.F.shape[0]) + 3) * np.finfo(np.float64).eps / self.K.QUAD_RECORD_RTOL
 
     def _affine_args(self, keys, outs, div, ufin, vfin, unsafe, coeffs):
         return (self.A_pad, self.bvec, self.rth, self.agcv, self.anorm, self.gcv_pad, self.gcv_norm, self.plain,
-                self.c1, self.gam_b, self.x0_pad, self.coef[:, 0].copy(), self.acw, self.use_v, self.rec_steps,
-                self.plan.steps, keys, self.plan.batch_size, self.xstar, self.theta_c, self.Ft_lanes, self.alpha64,
+                self.c1, self.gam_bs, self.gam_alpha, self.scales, self.x0_pad, self.coef[:, 0].copy(), self.acw,
+                self.use_v, self.rec_steps, self.plan.steps, keys, self.plan.batch_size, self.scode, self.epoch_steps,
+                self.mom, self.xstar, self.theta_c, self.Ft_lanes, self.alpha64,
                 self.quad_tol, self.limit, self.zero, outs[0], outs[1], outs[2], div, ufin, vfin, unsafe, coeffs)
 
     def _affine_buffers(self, ns, want_coeffs):
@@ -231,10 +239,10 @@ class _LeastSquaresRunner(_Runner):
 
     # -- per trajectory ----------------------------------------------------
     def _traj_args(self, keys, a, c, outs, div, xfin):
-        return (self.A, self.bvec, self.rth, self.ridge, self.tfull, self.alpha, self.gam, self.inv_b,
-                self.inv_n, self.x0, a, c, self.est.snapshot, self.plan.svrg_period, self.rec_steps,
-                self.plan.steps, keys, self.plan.batch_size, self.xstar, self.theta_c, self.F,
-                self.alpha64, self.limit, self.zero, outs[0], outs[1], outs[2], div, xfin)
+        return (self.A, self.bvec, self.rth, self.ridge, self.tfull, self.alpha, self.gam, self.inv_bs,
+                self.inv_n, self.x0, a, c, self.est.snapshot, self.plan.svrg_period, self.snap_start, self.rec_steps,
+                self.plan.steps, keys, self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.xstar, self.theta_c,
+                self.F, self.alpha64, self.limit, self.zero, outs[0], outs[1], outs[2], div, xfin)
 
     def run_trajectories(self, seeds):
         """Per-trajectory kernel for the given seeds (local indices, every λ)."""
@@ -289,7 +297,6 @@ class _LayeredRunner(_Runner):
         self.offs = np.asarray(spec.offsets, dtype=np.int64)
         self.code = spec.link_code
         self.alpha = wd.type(spec.l2)
-        self.inv_b = wd.type(1.0 / plan.batch_size)
         self.inv_n = wd.type(1.0 / spec.n)
         self.x0 = c(plan.x0, dtype=wd)
         self.refs = spec.record_refs(np)
@@ -298,9 +305,9 @@ class _LayeredRunner(_Runner):
 
     def _args(self, keys, a, c, saved, div, xfin):
         return (self.A, self.Y, self.rt, self.Gt, self.ridge, self.dims, self.offs, self.code,
-                self.alpha, self.gam, self.inv_b, self.inv_n, self.x0, a, c, self.est.uses_teacher,
-                self.est.snapshot, self.plan.svrg_period, self.rec_steps, self.plan.steps, keys,
-                self.plan.batch_size, self.limit, self.zero, saved, div, xfin)
+                self.alpha, self.gam, self.inv_bs, self.inv_n, self.x0, a, c, self.est.uses_teacher,
+                self.est.snapshot, self.plan.svrg_period, self.snap_start, self.rec_steps, self.plan.steps, keys,
+                self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.limit, self.zero, saved, div, xfin)
 
     def run_trajectories(self, seeds):
         ns = len(seeds)

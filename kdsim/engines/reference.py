@@ -4,9 +4,11 @@ It is the ground truth the fast engines are tested against, and it runs the prob
 own public protocol (``batch_grad``, ``teacher_terms``, ``suboptimality``), not the kernel
 spec. One step for every trajectory at once:
 
-    B_t      = minibatch_indices(seed, stream, t)          (kdsim.rng)
+    B_t      = minibatch(seed, stream, t, sampling)        (kdsim.rng)
+    (a, c)   = the plan's coefficients of epoch ⌊t/K⌋       (kdsim.schedules)
     g        = ∇f_B(x) − a·T_B + c·T                        (kdsim.estimators)
-    x_{t+1}  = x_t − γ g
+    w_{t+1}  = μ w_t + g                                    (momentum μ; w = g when μ = 0)
+    x_{t+1}  = x_t − γ w_{t+1}
 
 Trajectories are ordered λ-major: row k·S + s is (λ_k, seed s).
 """
@@ -19,7 +21,7 @@ import numpy as np
 from ..estimators import direction
 from ..kernelspec import block_bytes
 from ..plan import DIVERGENCE_LIMIT, RECORDS, resolve_dtype
-from ..rng import minibatch_indices
+from ..rng import EpochBatches
 from .driver import Timer
 
 NAME = "numpy"
@@ -42,7 +44,7 @@ class _Runner:
         self.problem, self.plan = problem, plan
         self.timers = {"kernel": Timer()}
         est = plan.estimator
-        self.coef = np.array([est.coefficients(lam) for lam in plan.lams]).reshape(-1, 2)   # (L, 2)
+        self.table = plan.coefficient_table                                       # (L, E, 2)
         self.x_star = problem.canonical(problem.solution())
         self.theta_c = problem.canonical_teacher(plan.theta)
         self.terms = problem.teacher_terms(plan.theta, est.teacher_term) if est.uses_teacher else None
@@ -50,7 +52,8 @@ class _Runner:
         # records, flags, stream keys; the iterate with the (T, dim) temporaries of a step and of the
         # records (about ten; SVRG's snapshot pair adds four); the minibatch indices and (b, dim) gathers
         self.bytes_per_seed = L * (3 * R * 8 + 8 + 4 * 8 + dim * 8 * (14 if est.snapshot else 10)
-                                   + b * 8 * (2 + 3 * dim))
+                                   + (dim * 8 if plan.momentum else 0) + b * 8 * (2 + 3 * dim)
+                                   + (problem.n * 8 if plan.sampling != "iid" else 0))
         self.fixed_bytes = block_bytes(problem.record_row_bytes(), L * plan.n_seeds)   # f − f* in row blocks
 
     def run_chunk(self, s0, s1):
@@ -66,10 +69,11 @@ class _Runner:
         problem, est = self.problem, plan.estimator
         L, S, dim = plan.n_lams, plan.n_seeds, problem.dim
         T = L * S
-        a = np.repeat(self.coef[:, 0], S)[:, None]
-        c = np.repeat(self.coef[:, 1], S)[:, None]
-        streams = plan.streams.ravel()
+        E, K = self.table.shape[1], plan.steps_per_epoch
+        batches = EpochBatches(plan.seed, plan.streams.ravel(), problem.n, plan.batch_size, plan.sampling,
+                               plan.drop_last)
         X = np.tile(plan.x0, (T, 1))
+        W = np.zeros_like(X) if plan.momentum else None
         diverged_step = np.full(T, -1, dtype=np.int64)
         R = plan.n_records
         out = {name: np.full((T, R), np.nan) for name in RECORDS}
@@ -101,14 +105,17 @@ class _Runner:
                 rec += 1
             if t == plan.steps:
                 break
-            idx = minibatch_indices(plan.seed, streams, t, problem.n, plan.batch_size)
+            idx = batches.batch(t)
+            coef = self.table[:, min(t // K, E - 1)]
+            a = np.repeat(coef[:, 0], S)[:, None]
+            c = np.repeat(coef[:, 1], S)[:, None]
             all_alive = alive.all()
             rows = slice(None) if all_alive else alive
             Xa, ia = X[rows], idx[rows]
             with np.errstate(over="ignore", invalid="ignore"):
                 G = problem.batch_grad(Xa, ia)
                 if est.snapshot:
-                    if t % plan.svrg_period == 0:
+                    if t == 0 or (t >= plan.snapshot_start and (t - plan.snapshot_start) % plan.svrg_period == 0):
                         snap = X.copy()
                         snap_full = np.full_like(X, np.nan)
                         snap_full[rows] = problem.batch_full_grad(snap[rows])
@@ -118,7 +125,10 @@ class _Runner:
                     TF = problem.full_teacher_grad(Xa, self.terms) if est.corrected else None
                 else:
                     TB = TF = None
-                X[rows] = Xa - plan.step * direction(G, TB, TF, a[rows], c[rows])
+                D = direction(G, TB, TF, a[rows], c[rows])
+                if W is not None:
+                    D = W[rows] = plan.momentum * W[rows] + D
+                X[rows] = Xa - plan.step * D
                 norm2 = np.einsum("td,td->t", X[rows], X[rows])
             bad = ~(norm2 <= DIVERGENCE_LIMIT)  # catches NaN and inf too
             if bad.any():
