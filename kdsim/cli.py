@@ -86,6 +86,19 @@ def _parser():
     chk.add_argument("--dpi", type=_positive_int, default=None, help="resolution of PNG figures (default 200)")
     chk.add_argument("-q", "--quiet", action="store_true",
                      help="no progress on stderr (verdicts, results and errors still print)")
+    rep = sub.add_parser("replicate", help="replicate an experiment of the paper's code with confidence bands",
+                         description="Replicate an experiment of the authors' code with kdsim's simulator and "
+                                     "write its tidy results (CSV), report (Markdown, with every difference from "
+                                     "the paper's setting) and figure.")
+    rep.add_argument("name", choices=("kdvr-linear",), help="kdvr-linear: the release linear experiment on digits")
+    rep.add_argument("--quick", action="store_true", help="reduced sizes (4 epochs, 16 seeds)")
+    rep.add_argument("--seeds", type=_positive_int, default=None, help="seeds (default 256)")
+    rep.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default 100)")
+    rep.add_argument("--backend", default="auto", metavar="BACKEND",
+                     help=f"simulation backend: {', '.join(BACKEND_HELP)} (default auto)")
+    rep.add_argument("--out", default="kdsim-results", help="results folder (default: ./kdsim-results)")
+    rep.add_argument("--format", default="png", choices=("png", "pdf", "svg"), help="figure format (default png)")
+    rep.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     sweeps_cli.add_parsers(sub)
     for command in sub.choices.values():          # `kdsim COMMAND ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
@@ -103,6 +116,21 @@ def _writable_dir(path):
     except OSError as exc:
         raise _UsageError(f"--out {path!s} is not a writable folder ({exc.strerror or exc})") from None
     return out
+
+
+def _run_replicate_command(args):
+    from .replicate import REPLICATIONS
+    out = _writable_dir(args.out)
+    if args.seeds is not None and args.seeds < 2:
+        raise _UsageError("--seeds must be at least 2 (confidence intervals need two seeds)")
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(f"kdsim: {msg}", file=sys.stderr, flush=True))
+    rep = REPLICATIONS[args.name](quick=args.quick, seeds=args.seeds, epochs=args.epochs, backend=args.backend,
+                                  progress=say)
+    paths = rep.save(out, fmt=args.format)
+    print(rep.table().to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
 
 
 def _run_check_command(args):
@@ -343,6 +371,8 @@ def main(argv=None):
             return 2
         if args.command == "check":
             return _run_check_command(args)
+        if args.command == "replicate":
+            return _run_replicate_command(args)
         return sweeps_cli.run_command(args)
     except KeyboardInterrupt:
         if debug:

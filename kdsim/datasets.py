@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _validate as V
 
-__all__ = ["Dataset", "DatasetChecksumError", "available", "load", "load_diabetes", "load_digits"]
+__all__ = ["Dataset", "DatasetChecksumError", "available", "load", "load_diabetes", "load_digits", "train_test_split"]
 
 #: sha256 of the package data files; must match kdsim/_data/PROVENANCE.md.
 _SHA256 = {
@@ -158,6 +158,68 @@ def load_diabetes(standardize=False, bias=False, standardize_target=False) -> Da
 
 
 _LOADERS = {"digits": load_digits, "diabetes": load_diabetes}
+
+
+def train_test_split(name, test_fraction=0.2, seed=0, standardize=False, bias=False,
+                     standardize_target=False):
+    """A seeded, documented train/test split of a shipped data set: (train, test) Datasets.
+
+    The split: ``numpy.random.default_rng(seed)`` permutes the sample indices; for
+    classification (digits) the test set takes the first round(test_fraction · n_c) permuted
+    samples of every class c (stratified), for regression (diabetes) the first
+    round(test_fraction · n) permuted samples. Both parts keep the file's sample order.
+    Preprocessing uses the **training** part only: ``standardize`` centres and scales the
+    columns of both parts by the training columns' mean and population std (a column constant
+    on the training part is centred and left unscaled), ``standardize_target`` (diabetes) the
+    same for y; ``bias`` appends a column of ones. Each part's ``provenance`` states all of it.
+    """
+    V.choice("name", name, available())
+    f = V.positive_float("test_fraction", test_fraction, upper=1.0)
+    if not f < 1.0:
+        raise ValueError(f"test_fraction must satisfy 0 < test_fraction < 1; got {test_fraction}")
+    seed = V.int_in_range("seed", seed, 0)
+    standardize, bias = _flag("standardize", standardize), _flag("bias", bias)
+    standardize_target = _flag("standardize_target", standardize_target)
+    if standardize_target and name != "diabetes":
+        raise ValueError("standardize_target applies to the regression data set 'diabetes' only")
+    full = load(name)
+    perm = np.random.default_rng(seed).permutation(full.n_samples)
+    if full.n_classes is not None:
+        test = np.concatenate([perm[full.y[perm] == c][:int(round(f * np.sum(full.y == c)))]
+                               for c in range(full.n_classes)])
+    else:
+        test = perm[:int(round(f * full.n_samples))]
+    is_test = np.zeros(full.n_samples, dtype=bool)
+    is_test[test] = True
+    if is_test.all() or not is_test.any():
+        raise ValueError(f"test_fraction={test_fraction} leaves an empty part of {name!r}")
+    raw = _read(name)
+    steps = [f"train/test split: seed {seed}, test_fraction {f:g}"
+             + (" stratified by class" if full.n_classes is not None else "")
+             + f" ({int((~is_test).sum())} train, {int(is_test.sum())} test)"]
+    A_tr, A_te = full.A[~is_test], full.A[is_test]
+    y_tr, y_te = full.y[~is_test], full.y[is_test]
+    names = full.feature_names
+    if standardize:
+        A_tr, mean, scale, constant = _standardize_columns(A_tr)
+        A_te = (A_te - mean) / scale
+        steps.append("columns standardised by the training part's mean and std (ddof=0)"
+                     + ("; columns constant on it centred, not scaled" if constant.any() else ""))
+    if bias:
+        A_tr = np.hstack([A_tr, np.ones((len(A_tr), 1))])
+        A_te = np.hstack([A_te, np.ones((len(A_te), 1))])
+        names = names + ("bias",)
+        steps.append("column of ones appended (bias)")
+    if standardize_target:
+        mu = y_tr.mean()
+        sd = np.sqrt(np.mean((y_tr - mu) ** 2))
+        y_tr, y_te = (y_tr - mu) / sd, (y_te - mu) / sd
+        steps.append("y centred and scaled by the training part's mean and std (ddof=0)")
+    parts = []
+    for part, A, y in (("train", A_tr, y_tr), ("test", A_te, y_te)):
+        parts.append(Dataset(A=A, y=y, name=f"{name}-{part}", n_classes=full.n_classes, feature_names=names,
+                             provenance=_provenance(name, raw, steps + [f"this is the {part} part"])))
+    return tuple(parts)
 
 
 # internals -----------------------------------------------------------------

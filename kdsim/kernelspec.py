@@ -39,6 +39,9 @@ class KernelSpec:
     Records: ``x_star`` and ``theta`` in canonical coordinates; ``refs`` the family's
     constants of the cancellation-free f − f* (see ``suboptimality``) and ``record_row_bytes``,
     the bytes of its temporaries per row (it runs in row blocks).
+    Tempered KD (softmax links, ``temperature`` τ ≠ 1): ``teacher_probs`` (n, d_out) are the
+    teacher's tempered probabilities softmax(z^θ_i/τ), and the output residual of the literal
+    KD loss is (1 − a)(softmax(z) − y) + a·τ·(softmax(z/τ) − softmax(z^θ/τ)) (``tempered_residual``).
     """
 
     family: str
@@ -54,11 +57,16 @@ class KernelSpec:
     theta: np.ndarray
     refs: dict = field(default_factory=dict)
     record_row_bytes: int = 0
+    temperature: float = 1.0
+    teacher_probs: np.ndarray | None = None
 
     def __post_init__(self):
         if self.link not in LINK_CODES:
             raise ValueError(f"link must be one of {', '.join(LINK_CODES)}; got {self.link!r}")
-        for name in ("A", "Y", "teacher_residuals", "teacher_map", "teacher_ridge", "x_star", "theta"):
+        for name in ("A", "Y", "teacher_residuals", "teacher_map", "teacher_ridge", "x_star", "theta",
+                     "teacher_probs"):
+            if getattr(self, name) is None:
+                continue
             arr = np.array(getattr(self, name), dtype=np.float64)
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
@@ -159,6 +167,21 @@ def link_apply(link, xp, Z):
 
 
 # ----------------------------------------------------------------- layers
+def softmax_rows(xp, Z):
+    """softmax over the last axis, shifted by the row maximum."""
+    E = xp.exp(Z - Z.max(axis=-1, keepdims=True))
+    return E / E.sum(axis=-1, keepdims=True)
+
+
+def tempered_residual(xp, Z, Y, Q, a, tau):
+    """Output residual of the literal tempered KD loss: (1 − a)(softmax(z) − y) + a·τ·(softmax(z/τ) − q).
+
+    ``Q``: the teacher's tempered probabilities; ``a`` broadcasts against the rows. The τ² weight of the
+    distillation term and the 1/τ of its chain rule leave the factor τ (docs/theory.md §2).
+    """
+    return (1.0 - a) * (softmax_rows(xp, Z) - Y) + (a * tau) * (softmax_rows(xp, Z / tau) - Q)
+
+
 def layer_views(X, shapes, offsets):
     """Layer matrices of rows X (…, dim): [(…, r, c)] (views of X where possible)."""
     lead = X.shape[:-1]

@@ -79,6 +79,20 @@ class Plan:
     svrg_warmup: int = 0         # epochs of plain SGD before SVRG's first snapshot
     svrg_correction: bool = True
     steps_per_epoch: int = 1
+    teacher_l2: float | None = None   # weight decay w of the teacher's term ∇ℓ_B(θ) + wθ (None: the estimator's)
+    heldout: tuple = ()          # held-out records the driver adds (the problem's test split)
+    temperature: float = 1.0     # τ of the literal tempered KD loss (softmax losses, "kd" and "kd_loss")
+    return_iterates: bool = False
+
+    @property
+    def keep_iterates(self):
+        """Engines save the iterate at every record step (held-out records, or returned to the user)."""
+        return self.return_iterates or bool(self.heldout)
+
+    @property
+    def record_names(self):
+        """Every record of the run: ``RECORDS`` and the held-out ones."""
+        return RECORDS + tuple(self.heldout)
 
     @property
     def sampling_code(self):
@@ -149,7 +163,8 @@ class Plan:
 def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator="kd",
               record_every=1, seed=0, x0=None, common_random_numbers=True, svrg_period=None,
               dtype="float64", memory_budget=None, sampling="iid", drop_last=False, momentum=0.0,
-              lam_schedule=None, svrg_warmup=0, svrg_correction=True):
+              lam_schedule=None, svrg_warmup=0, svrg_correction=True, teacher_l2=None, keep_iterates=False,
+              temperature=1.0):
     """Validate every argument of ``simulate`` and return a Plan.
 
     The record axis is checked against ``memory_budget`` (default half the available memory)
@@ -171,6 +186,19 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
     if (svrg_warmup or not svrg_correction) and not est.snapshot:
         raise ValueError("svrg_warmup and svrg_correction apply to estimator 'svrg' only; "
                          f"got estimator {est.name!r}")
+    if teacher_l2 is not None:
+        teacher_l2 = V.nonnegative_float("teacher_l2", teacher_l2)
+        if not est.uses_teacher:
+            raise ValueError(f"teacher_l2 applies to the teacher estimators kd, kd_loss and corrected; "
+                             f"got estimator {est.name!r}")
+    temperature = V.positive_float("temperature", temperature)
+    if temperature != 1.0:
+        if est.name not in ("kd", "kd_loss"):
+            raise ValueError(f"temperature applies to the literal KD loss, estimators 'kd' and 'kd_loss'; got "
+                             f"estimator {est.name!r} (temperature must be 1 there)")
+        if not problem.supports_temperature():
+            raise ValueError(f"temperature applies to softmax losses; {type(problem).__name__} has none "
+                             f"(temperature must be 1; got {temperature:g})")
     theta = problem.check_teacher(theta)
     lams = V.lambda_grid(lams)
     step = V.positive_float("step", step)
@@ -183,7 +211,11 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
     record_every = V.int_in_range("record_every", record_every, 1, steps)
     n_records = steps // record_every + 1 + (steps % record_every != 0)
     budget = memory.default_budget() if memory_budget is None else V.int_in_range("memory_budget", memory_budget, 1)
-    one_seed = memory.output_bytes(len(lams), 1, n_records, problem.dim) + 8 * n_records
+    if not isinstance(keep_iterates, (bool, np.bool_)):
+        raise TypeError(f"keep_iterates must be True or False; got {keep_iterates!r}")
+    heldout = problem.heldout_names()
+    one_seed = (memory.output_bytes(len(lams), 1, n_records, problem.dim, n_quantities=3 + len(heldout))
+                + 8 * n_records + (len(lams) * n_records * problem.dim * 8 if keep_iterates else 0))
     if one_seed > budget:
         raise MemoryError(f"{n_records} records (steps={steps}, record_every={record_every}) need {one_seed} bytes "
                           f"for one seed; memory_budget is {budget} bytes. Record less often (raise record_every)")
@@ -198,6 +230,7 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
     K = problem.n // batch_size if drop_last else -(-problem.n // batch_size)
     plan = Plan(theta, lams, step, steps, n_seeds, batch_size, est, record_times(steps, record_every),
                 seed, x0, bool(common_random_numbers), svrg_period, dtype, 0, sampling, bool(drop_last), momentum,
-                schedule, svrg_warmup, bool(svrg_correction), K)
+                schedule, svrg_warmup, bool(svrg_correction), K, teacher_l2, heldout=tuple(heldout),
+                return_iterates=bool(keep_iterates), temperature=temperature)
     plan.coefficient_table          # a schedule that makes λ non-finite fails here, before any work
     return plan

@@ -22,7 +22,11 @@ RECORD_LABELS = {
     "dist2_opt": "‖x_t − x*‖²",
     "subopt": "f(x_t) − f*",
     "dist2_teacher": "‖x_t − θ‖²",
+    "test_loss": "held-out loss",
+    "test_accuracy": "held-out accuracy",
 }
+#: records a problem's held-out split adds (``Problem.with_test``)
+HELDOUT_RECORDS = ("test_loss", "test_accuracy")
 
 
 def config_hash(config):
@@ -31,10 +35,12 @@ def config_hash(config):
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def check_record(name):
-    """A record name, with a clear error for unknown ones."""
-    if name not in RECORDS:
-        raise ValueError(f"unknown record {name!r}; valid values: {', '.join(RECORDS)}")
+def check_record(name, names=RECORDS):
+    """A record name among ``names``, with a clear error for others."""
+    if name not in names:
+        extra = (" (test_loss and test_accuracy need a problem with a held-out split: problem.with_test)"
+                 if name in HELDOUT_RECORDS else "")
+        raise ValueError(f"unknown record {name!r}; valid values: {', '.join(names)}{extra}")
     return name
 
 
@@ -108,7 +114,7 @@ def plot_curves(frame, record, ax=None, logy=True, level=0.99, title=None):
     """
     import matplotlib.pyplot as plt   # lazily: importing kdsim must not pick a backend
 
-    check_record(record)
+    check_record(record, RECORDS + HELDOUT_RECORDS)
     if ax is None:
         _, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     sub = frame[frame["record"] == record]
@@ -201,8 +207,8 @@ class _RunInfo:
             number of seeds of that λ that never diverged; with fewer than two the interval
             and ``sem`` are NaN.
         """
-        names = RECORDS if records is None else ((records,) if isinstance(records, str) else tuple(records))
-        moments = {check_record(n): self._moments(n) for n in names}
+        names = self.record_names if records is None else ((records,) if isinstance(records, str) else tuple(records))
+        moments = {check_record(n, self.record_names): self._moments(n) for n in names}
         return _summary_frame(self.lams, self.steps, names, moments, level)
 
     def plot(self, record="dist2_opt", ax=None, logy=True, level=0.99):
@@ -239,7 +245,7 @@ class _RunInfo:
         steps = np.asarray(self.steps)
         span = f"{steps[0]} … {steps[-1]}" if steps.size > 1 else f"{steps[0]}" if steps.size else "none"
         total = int(np.asarray(self.diverged_step).size)
-        return (f"{head}\n  λ={format_lams(self.lams)}  seeds={self.n_seeds}  records={', '.join(RECORDS)} "
+        return (f"{head}\n  λ={format_lams(self.lams)}  seeds={self.n_seeds}  records={', '.join(self.record_names)} "
                 f"at {steps.size} steps ({span})  diverged={int(self.diverged.sum())} of {total}")
 
 
@@ -264,10 +270,18 @@ class SimResult(_RunInfo):
     config: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)   # engine timings (compile, run); not hashed
     stability: dict = field(default_factory=dict)  # theory.step_stability of the run's step; not hashed
+    heldout: dict = field(default_factory=dict)  # held-out records (λ, seed, record): test_loss, test_accuracy
+    iterates: np.ndarray | None = None           # (λ, seed, record, dim) with keep_iterates=True
+
+    @property
+    def record_names(self):
+        """The records of this result: ``RECORDS`` and the held-out ones."""
+        return RECORDS + tuple(self.heldout)
 
     def record(self, name):
         """The (λ, seed, record) array of one recorded quantity."""
-        return getattr(self, check_record(name))
+        name = check_record(name, self.record_names)
+        return self.heldout[name] if name in self.heldout else getattr(self, name)
 
     def mean(self, name):
         """Mean over the non-diverged seeds, shape (λ, record); NaN only where every seed diverged."""
@@ -338,7 +352,7 @@ class SimResult(_RunInfo):
         keep = (div_step < 0) | (step < div_step)
         frame = pd.DataFrame({
             "lam": lam, "seed": seed, "step": step,
-            **{name: self.record(name).ravel() for name in RECORDS},
+            **{name: self.record(name).ravel() for name in self.record_names},
             "diverged": div_step >= 0,
         })
         return frame[keep].reset_index(drop=True)
@@ -358,13 +372,18 @@ class SimSummary(_RunInfo):
     timing: dict = field(default_factory=dict)
     stability: dict = field(default_factory=dict)
 
+    @property
+    def record_names(self):
+        """The records of this result: ``RECORDS`` and the held-out ones."""
+        return RECORDS + tuple(n for n in self.means if n not in RECORDS)
+
     def mean(self, name):
         """Mean over non-diverged seeds, (λ, record)."""
-        return self.means[check_record(name)]
+        return self.means[check_record(name, self.record_names)]
 
     def var(self, name):
         """Variance over non-diverged seeds (ddof=1), (λ, record)."""
-        return self.variances[check_record(name)]
+        return self.variances[check_record(name, self.record_names)]
 
     def _moments(self, name):
         return self.mean(name), self.var(name), np.asarray(self.count)
@@ -393,6 +412,6 @@ class SimSummary(_RunInfo):
         L, R = len(self.lams), len(self.steps)
         frame = pd.DataFrame({"lam": np.repeat(self.lams, R), "step": np.tile(self.steps, L),
                               "count": np.repeat(self.count, R),
-                              **{f"{n}_mean": self.means[n].ravel() for n in RECORDS},
-                              **{f"{n}_var": self.variances[n].ravel() for n in RECORDS}})
+                              **{f"{n}_mean": self.means[n].ravel() for n in self.record_names},
+                              **{f"{n}_var": self.variances[n].ravel() for n in self.record_names}})
         return frame[frame["count"] > 0].reset_index(drop=True)

@@ -205,6 +205,7 @@ def minibatch(seed, streams, step, n, batch_size, sampling="iid", drop_last=Fals
     (with common random numbers, every λ of that seed).
     """
     sampling = choice("sampling", sampling, SAMPLINGS)
+    step = int_in_range("step", step, 0)
     if sampling == "iid":
         return minibatch_indices(seed, streams, step, n, batch_size, xp)
     e, k, nb = epoch_of_step(step, n, batch_size, drop_last)
@@ -221,7 +222,7 @@ class EpochBatches:
 
     def __init__(self, seed, streams, n, batch_size, sampling="iid", drop_last=False, xp=np, taken=None):
         self.xp, self.n, self.b = xp, n, batch_size
-        self.code = SAMPLING_CODES[sampling]
+        self.code = SAMPLING_CODES[choice("sampling", sampling, SAMPLINGS)]
         self.K = steps_per_epoch(n, batch_size, drop_last)
         self.skeys = stream_keys(seed, xp.atleast_1d(xp.asarray(streams, dtype=xp.uint64)), xp)
         self.taken = taken

@@ -89,6 +89,7 @@ class LambdaSchedule:
         e = np.arange(epochs, dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             out = lams[:, None] * self.factor ** e[None, :]
+            out[lams == 0.0] = 0.0                       # λ = 0 stays 0 (not 0·inf once factor^e overflows)
             if self.kind == "increase":
                 out = np.minimum(out, self.cap)
         return out

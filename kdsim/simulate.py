@@ -46,6 +46,10 @@ def training_config(plan):
         out["svrg_warmup"] = plan.svrg_warmup
     if not plan.svrg_correction:
         out["svrg_correction"] = False
+    if plan.teacher_l2 is not None:
+        out["teacher_l2"] = plan.teacher_l2
+    if plan.temperature != 1.0:
+        out["temperature"] = plan.temperature
     return out
 
 
@@ -53,7 +57,7 @@ def simulate(problem, theta, lams, step, steps=None, seeds=None, batch_size=1, e
              record_every=1, backend="auto", seed=0, x0=None, common_random_numbers=True,
              svrg_period=None, dtype="float64", reduce=False, memory_budget=None, *, sampling="iid",
              drop_last=False, momentum=0.0, lam_schedule=None, svrg_warmup=0, svrg_correction=True,
-             epochs=None, record_every_epoch=None):
+             epochs=None, record_every_epoch=None, teacher_l2=None, keep_iterates=False, temperature=1.0):
     """Run ``seeds`` trajectories of a stochastic method for each KD weight in ``lams``.
 
     Parameters
@@ -114,6 +118,19 @@ def simulate(problem, theta, lams, step, steps=None, seeds=None, batch_size=1, e
     svrg_correction : bool, default True
         SVRG only: add the snapshot's full gradient (False: the authors' SVRG without
         ``--teacher_full_grad``, a biased KD step toward a moving teacher).
+    teacher_l2 : float, optional
+        Weight decay w >= 0 added to the teacher's term, ∇ℓ_B(θ) + wθ (the authors'
+        ``--teacher_wd``). Estimators "kd" and "kd_loss" are its cases w = α and w = 0; with
+        ``teacher_l2`` given the two coincide.
+    temperature : float, default 1
+        τ > 0 of the literal KD loss for softmax losses (softmax regression, deep linear with
+        softmax) and estimators "kd" and "kd_loss": the step follows the gradient of
+        (1 − λ)·CE(y, softmax(z)) + λτ²·CE(softmax(z^θ/τ), softmax(z/τ)) (plus the teacher's weight
+        decay for "kd" or ``teacher_l2``); at τ ≠ 1 it is no longer ∇f_B(x) − λ∇f_B(θ) (docs/theory.md §2).
+    keep_iterates : bool, default False
+        Also return the iterates at every record step (``SimResult.iterates``, (λ, seed, record,
+        dim); not with ``reduce``). A problem with a held-out split (``Problem.with_test``) adds
+        the records ``test_loss`` and, for classifiers, ``test_accuracy``, computed from them.
     epochs : int, optional
         Run ``epochs · K`` steps instead of ``steps``, with K = ⌈n/b⌉ steps per epoch (⌊n/b⌋
         with ``drop_last``): an epoch is one pass over the data whatever the sampling scheme,
@@ -144,7 +161,8 @@ def simulate(problem, theta, lams, step, steps=None, seeds=None, batch_size=1, e
                                       record_every_epoch)
     plan = make_plan(problem, theta, lams, step, steps, seeds, batch_size, estimator,
                      record_every, seed, x0, common_random_numbers, svrg_period, dtype, memory_budget,
-                     sampling, drop_last, momentum, lam_schedule, svrg_warmup, svrg_correction)
+                     sampling, drop_last, momentum, lam_schedule, svrg_warmup, svrg_correction, teacher_l2,
+                     bool(keep_iterates) and not reduce, temperature)
     engine = get_engine(backend, problem)
     config = plan_config(problem, plan, backend)
     # the mean-square limit is that of i.i.d. sampling without momentum; no limit is claimed otherwise
@@ -159,8 +177,11 @@ def simulate(problem, theta, lams, step, steps=None, seeds=None, batch_size=1, e
                             count=red["count"], diverged_step=red["diverged_step"], config=config,
                             timing=out.timing, stability=stability)
     else:
+        arrays = dict(out.arrays)
+        heldout = {name: arrays.pop(name) for name in plan.heldout}
+        iterates = arrays.pop("iterates", None)
         result = SimResult(lams=plan.lams, steps=plan.record_steps, config=config, timing=out.timing,
-                           stability=stability, **out.arrays)
+                           stability=stability, heldout=heldout, iterates=iterates, **arrays)
     diverged = result.diverged
     if diverged.any():
         limit = stability.get("limit")

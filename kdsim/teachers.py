@@ -100,17 +100,19 @@ def at_distance(problem, r, seed=0):
     return _made(p, theta, "at_distance", {"r": r, "seed": seed})
 
 
-def early_stopped(problem, steps, step, batch_size=1, seed=0, x0=None):
-    """The SGD iterate after ``steps`` steps from x0 (one trajectory, reference engine)."""
+def early_stopped(problem, steps, step, batch_size=1, seed=0, x0=None, sampling="iid"):
+    """The SGD iterate after ``steps`` steps from x0 (one trajectory; ``sampling`` as ``simulate``'s,
+    e.g. "reshuffle" for a teacher trained as a shuffled data loader trains it)."""
     from .simulate import simulate  # teachers sit above the engine in the data flow
 
     p = _problem(problem)
     res = simulate(p, p.solution() if not _is_deep_linear(p) else p.solution_map(), [0.0], step, steps, 1,
-                   batch_size=batch_size, estimator="sgd", record_every=steps, seed=seed, x0=x0)
+                   batch_size=batch_size, estimator="sgd", record_every=steps, seed=seed, x0=x0, sampling=sampling)
     if res.diverged.any():
         raise ValueError(f"step={step} makes SGD diverge; the early-stopped teacher needs a stable step")
     return _made(p, res.x_final[0, 0].copy(), "early_stopped",
-                   {"steps": int(steps), "step": float(step), "batch_size": int(batch_size), "seed": int(seed)})
+                   {"steps": int(steps), "step": float(step), "batch_size": int(batch_size), "seed": int(seed),
+                    **({"sampling": sampling} if sampling != "iid" else {})})
 
 
 def top_k(problem, theta, k):

@@ -250,7 +250,7 @@ def _pullback_add(x, dims, offs, G, coef, qbuf, qoff, vbuf, grad):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
                       ccoef, use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b, scode, K,
-                      mom, limit, zero, saved, div, xfin):
+                      mom, tau, Qt, limit, zero, saved, div, xfin):
     """Body of ``layered_traj`` for one trajectory (serial, nogil; the engine runs ranges on threads)."""
     n = A.shape[0]
     dim = x0.shape[0]
@@ -348,7 +348,22 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             nb = min(SAMPLE_BLOCK, bt - jb)
             _forward_batch(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero)
             _residuals(code, Hx, hoff[L], d_out, Y, idx, jb, nb, D, zero)
-            if use_teacher:
+            if use_teacher and tau != 1:
+                # literal tempered KD loss (softmax): (1 − a)(p − y) + a·τ·(softmax(z/τ) − q_i)
+                z0 = np.uint64(hoff[L])
+                for jj in range(nb):
+                    i = idx[jb + jj]
+                    zmax = Hx[jj, z0]
+                    for o in range(1, d_out):
+                        if Hx[jj, z0 + o] > zmax:
+                            zmax = Hx[jj, z0 + o]
+                    s = zero
+                    for o in range(d_out):
+                        s += np.exp((Hx[jj, z0 + o] - zmax) / tau)
+                    for o in range(d_out):
+                        pt = np.exp((Hx[jj, z0 + o] - zmax) / tau) / s
+                        D[jj, o] = (1 - a) * D[jj, o] + a * tau * (pt - Qt[i, o])
+            elif use_teacher:
                 for jj in range(nb):
                     i = idx[jb + jj]
                     for o in range(d_out):
@@ -393,8 +408,8 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
 
 @njit(cache=True, nogil=True)
 def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef,
-                 use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b, scode, K, mom, limit,
-                 zero, saved, div, xfin):
+                 use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b, scode, K, mom, tau, Qt,
+                 limit, zero, saved, div, xfin):
     """Trajectories lo .. hi−1, one after the other; saves the iterate at every record step.
 
     ``A`` (n, d_in) inputs, ``Y`` (n, d_out) targets (one-hot for softmax), ``rt``
@@ -405,8 +420,10 @@ def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_
     ``ccoef`` (T, E) are the coefficients per epoch; minibatches follow sampling ``scode``
     with ``K`` steps per epoch (``kdsim.rng``), 1/b_t from ``inv_bs``; the step is heavy ball
     with momentum ``mom``; SVRG snapshots at step 0 and every ``period`` steps from ``snap_start``.
+    ``tau`` ≠ 1 (softmax): the teacher estimators take the literal tempered KD loss's residual with
+    the teacher's tempered probabilities ``Qt`` (n, d_out) (``kernelspec.tempered_residual``).
     """
     for j0 in range(lo, hi):
         _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
                           ccoef, use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b,
-                          scode, K, mom, limit, zero, saved, div, xfin)
+                          scode, K, mom, tau, Qt, limit, zero, saved, div, xfin)

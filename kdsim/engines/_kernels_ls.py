@@ -197,7 +197,7 @@ def _quad_ok(value, c0, c1, c2, a, tol):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64, quad_tol,
-                   W, FW, sums, out_d, out_s, out_t, coeffs):
+                   W, FW, sums, out_d, out_s, out_t, coeffs, usave, vsave):
     """Records at record ``rec`` of the block's active seeds (float64).
 
     One pass per seed writes e = u − x* and v into W and sums ‖u − x*‖², ⟨u − x*, v⟩,
@@ -213,6 +213,11 @@ def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_
     d = xstar.shape[0]
     mp = Ft.shape[1]
     L = acoef.shape[0]
+    if usave.shape[0] > 0:                  # keep_iterates: (u, v) of the block's seeds at this record
+        for g in range(gn):
+            for p in range(d):
+                usave[s0 + g, rec, p] = U[g, p]
+                vsave[s0 + g, rec, p] = V[g, p]
     for g in range(SEED_BLOCK):
         gv = SEED_BLOCK + g
         e0 = 0.0
@@ -451,7 +456,7 @@ def _block_finish(s0, gn, rec, R, L, U, V, d, out_d, out_s, out_t, ufin, vfin):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b, x0, acoef, acw, use_v,
                       rec_steps, steps, stream_keys, code, xstar, theta_c, Ft, alpha64, quad_tol, limit, zero,
-                      out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
+                      out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs, usave, vsave):
     """Seeds s0 .. s0 + gn − 1 of ``ls_affine`` at batch size 1, their steps taken in pairs.
 
     A pair (steps t, t + 1 with rows i0, i1) is one pass for a_0ᵀu, a_1ᵀu, a_0ᵀv, a_1ᵀv and
@@ -480,7 +485,7 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     while True:
         if rec < R and rec_steps[rec] == t:
             _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64,
-                           quad_tol, W, FW, sums, out_d, out_s, out_t, coeffs)
+                           quad_tol, W, FW, sums, out_d, out_s, out_t, coeffs, usave, vsave)
             rec += 1
         if t >= steps or n_active == 0:
             break
@@ -588,7 +593,7 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_bs, gam_alpha, scales, x0, acoef,
                      acw, use_v, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, Ft, alpha64,
-                     quad_tol, limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
+                     quad_tol, limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs, usave, vsave):
     """Seeds s0 .. s0 + gn − 1 (gn <= SEED_BLOCK) of ``ls_affine`` at any batch size, stepped together.
 
     Any sampling scheme (``code``, ``K``: ``kdsim.rng``; a partial batch scales by γ/b_t from
@@ -625,7 +630,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:
             _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64,
-                           quad_tol, W, FW, sums, out_d, out_s, out_t, coeffs)
+                           quad_tol, W, FW, sums, out_d, out_s, out_t, coeffs, usave, vsave)
             rec += 1
         if t == steps or n_active == 0:
             break
@@ -703,7 +708,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
 @njit(cache=True, nogil=True)
 def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_bs, gam_alpha, scales, x0, acoef,
               acw, use_v, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, Ft, alpha64, quad_tol, limit,
-              zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs):
+              zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs, usave, vsave):
     """Seeds lo .. hi−1, one (u, v) pair each; λ_k is x_t = u_t + a_k v_t (docs/theory.md §5.1).
 
     u_{t+1} = c1·u_t − (γ/b_t) Σ_{i∈B} a_i (a_iᵀu_t − b_i)
@@ -725,6 +730,7 @@ def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b
     seed stopped), so the outputs may start uninitialised. ``coeffs[s, r]`` (when its
     first axis is not empty) receives the three coefficients (c0, c1, c2) of each
     record as a quadratic c0 + c1·a + c2·a² (rows: dist2_opt, subopt, dist2_teacher).
+    ``usave``, ``vsave`` (S, R, d), when not empty, receive (u, v) at every record step.
 
     Divergence of λ_k after a step: not (‖u‖² + 2a⟨u,v⟩ + a²‖v‖² <= limit), tested
     exactly whenever a running triangle-inequality bound on ‖u‖ + max|a|·‖v‖ cannot
@@ -736,11 +742,12 @@ def ls_affine(lo, hi, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_b
         if b == 1 and mom == 0 and scales.shape[0] == 1:
             _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c1, gam_bs[1], x0, acoef,
                               acw, use_v, rec_steps, steps, stream_keys, code, xstar, theta_c, Ft, alpha64, quad_tol,
-                              limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
+                              limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs, usave, vsave)
         else:
             _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_bs, gam_alpha, scales, x0,
                              acoef, acw, use_v, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, Ft,
-                             alpha64, quad_tol, limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs)
+                             alpha64, quad_tol, limit, zero, out_d, out_s, out_t, div, ufin, vfin, unsafe, coeffs,
+                             usave, vsave)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -765,7 +772,7 @@ def _heavy_ball(x, g, w, gam, mom, zero):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot,
                  period, snap_start, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F, alpha64,
-                 limit, zero, out_d, out_s, out_t, div, xfin):
+                 limit, zero, out_d, out_s, out_t, div, xfin, saved):
     """Body of ``ls_traj`` for one trajectory (serial, nogil; the engine runs ranges on threads)."""
     n, d = A.shape
     T = stream_keys.shape[0]
@@ -804,6 +811,9 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, 
             out_d[j0, rec] = s1
             out_t[j0, rec] = s2
             out_s[j0, rec] = 0.5 * (s3 + alpha64 * s1)
+            if saved.shape[0] > 0:
+                for p in range(d):
+                    saved[j0, rec, p] = x[p]
             rec += 1
         if t == steps:
             break
@@ -862,7 +872,7 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, 
 @njit(cache=True, nogil=True)
 def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot, period,
             snap_start, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F, alpha64, limit, zero,
-            out_d, out_s, out_t, div, xfin):
+            out_d, out_s, out_t, div, xfin, saved):
     """Trajectories lo .. hi−1 (any estimator, any stream layout), one after the other.
 
     Row j of the trajectory arrays (``acoef``, ``ccoef`` (T, E): the coefficients per
@@ -872,9 +882,10 @@ def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, a
     its full gradient ∇f(y) at step 0 and every ``period`` steps from ``snap_start`` and uses
     r_i = (a_iᵀx − b_i) − a(a_iᵀy − b_i), g = (1/b_t) Σ a_i r_i + α(x − a y) + c ∇f(y).
     Minibatches follow sampling ``code`` with ``K`` steps per epoch (``kdsim.rng``); the
-    step is heavy ball with momentum ``mom`` (``_heavy_ball``).
+    step is heavy ball with momentum ``mom`` (``_heavy_ball``). ``saved`` (T, R, d), when not
+    empty, receives the iterate at every record step (``keep_iterates``).
     """
     for j0 in range(lo, hi):
         _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot,
                      period, snap_start, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F,
-                     alpha64, limit, zero, out_d, out_s, out_t, div, xfin)
+                     alpha64, limit, zero, out_d, out_s, out_t, div, xfin, saved)

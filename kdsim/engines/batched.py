@@ -94,6 +94,8 @@ class _Engine:
         self.A = dev(A64, wd)
         self.Y = dev(spec.Y, wd)
         self.Rt = dev(rt, wd)
+        self.tau = float(spec.temperature)
+        self.Qt = dev(spec.teacher_probs, wd) if spec.teacher_probs is not None else None
         self.x0 = dev(plan.x0, wd)
         self._ridge = ridge
         self._full_map = spec.teacher_map if (self.deep and self.teacher and est.corrected) else None
@@ -137,7 +139,10 @@ class _Engine:
         if self.deep:
             widest = max(max(r, c) for r, c in spec.shapes)
             traj += 6 * L * len(spec.shapes) * widest * widest * w * (2 if self.snapshot else 1)
+        if plan.keep_iterates:                                            # iterates at every record, and their copy
+            traj += 2 * L * R * dim * f8
         self.bytes_per_seed = int(traj)
+        self._saved = None
         self.fixed_bytes = int(A64.nbytes * (2 if wd != np.float64 else 1) + 3 * n * K * w
                                + (dim * dim * f8 if self.kind == "least_squares" else 0)
                                + KS.block_bytes(spec.record_row_bytes, L * self.S)        # records in row blocks
@@ -264,6 +269,7 @@ class _Engine:
         self._epoch = None
         div = xp.full((L, ns), -1, dtype=xp.int64)
         outs = [xp.full((R, L, ns), xp.nan, dtype=xp.float64) for _ in RECORDS]     # record-major
+        self._saved = xp.full((R, L, ns, dim), xp.nan) if self.plan.keep_iterates else None
         gamma = wd.type(self.gamma)
         alpha = wd.type(self.alpha)
         snap = full = None
@@ -298,9 +304,13 @@ class _Engine:
             else:
                 M = X.reshape(L, ns, K, dfeat)
             # combined residual r_i(x) − a·r_i(anchor), then one product with the minibatch rows
-            Rc = KS.link_apply(self.link_kind, xp, self._logits(Ab, M))
-            Rc -= Yb                                                          # (L, ns, b, K)
-            if self.teacher:
+            if self.Qt is not None:                   # literal tempered KD loss (softmax)
+                Qb = self.Qt if idx is None else self.Qt[idx]
+                Rc = KS.tempered_residual(xp, self._logits(Ab, M), Yb, Qb, self.a4, wd.type(self.tau))
+            else:
+                Rc = KS.link_apply(self.link_kind, xp, self._logits(Ab, M))
+                Rc -= Yb                                                      # (L, ns, b, K)
+            if self.teacher and self.Qt is None:
                 Rc -= self.a4 * Rtb
             elif self.snapshot and not self.deep:
                 Rs = KS.link_apply(self.link_kind, xp, self._logits(Ab, Msnap))
@@ -348,6 +358,8 @@ class _Engine:
         keep = alive & fin
         for out, v in zip(outs, vals):
             out[r] = xp.where(keep, v, xp.nan)
+        if self._saved is not None:
+            self._saved[r] = xp.where(keep[..., None], X.astype(xp.float64), xp.nan)
         bad = alive & ~fin
         div = xp.where(bad, t, div)
         X = xp.where(bad[..., None], xp.nan, X)
@@ -357,6 +369,9 @@ class _Engine:
         xp = self.xp
         res = {name: np.ascontiguousarray(np.moveaxis(_to_host(xp, o), 0, -1))      # (L, ns, R)
                for name, o in zip(RECORDS, outs)}
+        if self._saved is not None:
+            res["iterates"] = np.ascontiguousarray(np.moveaxis(_to_host(xp, self._saved), 0, 2))  # (L, ns, R, dim)
+            self._saved = None
         res["diverged_step"] = _to_host(xp, div).astype(np.int64)
         res["x_final"] = _to_host(xp, xfin).astype(np.float64)
         return res
@@ -380,6 +395,7 @@ class _Engine:
         div = xp.full((L, ns), -1, dtype=xp.int64)
         unsafe = xp.zeros(ns, dtype=bool)
         outs = [xp.full((R, L, ns), xp.nan, dtype=xp.float64) for _ in RECORDS]     # record-major
+        self._saved = xp.full((R, L, ns, dim), xp.nan) if (self.plan.keep_iterates and not want_coeffs) else None
         coeffs = xp.full((ns, R, 3, 3), xp.nan, dtype=xp.float64) if want_coeffs else None
         gamma, alpha = wd.type(self.gamma), wd.type(self.alpha)
         lam = self.lam_col                                                      # (L, 1) float64
@@ -477,6 +493,11 @@ class _Engine:
         keep = alive & fin
         for out, val in zip(outs, vals):
             out[r] = xp.where(keep, val, xp.nan)
+        if self._saved is not None:                                   # x(λ) = u + λv
+            u = U[:, 0, :].astype(xp.float64)
+            for k, lam in enumerate(self.lams.tolist()):
+                x = u + lam * U[:, 1, :].astype(xp.float64) if (self.nv == 2 and lam != 0.0) else u
+                self._saved[r, k] = xp.where(keep[k][:, None], x, xp.nan)
         div = xp.where(alive & ~fin, t, div)
         if coeffs is not None:
             ee, ff, tt = _rowdot(xp, eu, eu), _rowdot(xp, Fe, Fe), _rowdot(xp, et, et)

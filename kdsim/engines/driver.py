@@ -62,7 +62,9 @@ class RunOutput:
 
 
 def _source(engine, problem, plan):
-    return problem.kernel_spec(plan.theta, plan.estimator) if engine.TAKES == "spec" else problem
+    if engine.TAKES != "spec":
+        return problem
+    return problem.kernel_spec(plan.theta, plan.estimator, plan.teacher_l2, plan.temperature)
 
 
 def prepare(problem, plan, engine, **options):
@@ -70,8 +72,9 @@ def prepare(problem, plan, engine, **options):
     return engine.prepare(_source(engine, problem, plan), plan, **options)
 
 
-def _chunk(runner, s0, s1, divergence):
-    """One chunk with the unsafe seeds rerun per trajectory and divergence decided; (arrays, seeds rerun)."""
+def _chunk(runner, s0, s1, divergence, heldout=None):
+    """One chunk with the unsafe seeds rerun per trajectory, divergence decided and the held-out records
+    added (``heldout``: the problem, when the plan has held-out records); (arrays, seeds rerun)."""
     res, unsafe = runner.run_chunk(s0, s1)
     nf = 0
     if unsafe is not None and unsafe.any():
@@ -81,6 +84,12 @@ def _chunk(runner, s0, s1, divergence):
             res[k][:, sel] = redo[k]
         nf = len(sel)
     divergence.apply(res)
+    if heldout is not None:
+        it = res["iterates"]
+        for name, v in heldout.heldout_records(it.reshape(-1, it.shape[-1])).items():
+            res[name] = v.reshape(it.shape[:-1])
+        if not divergence.return_iterates:
+            del res["iterates"]
     return res, nf
 
 
@@ -99,6 +108,7 @@ class Divergence:
         self.rec_steps = np.asarray(plan.record_steps)
         # the trajectory's first two records (its start, and its noise after one record interval)
         self.window = 2
+        self.return_iterates = plan.return_iterates
 
     def apply(self, res):
         div = res["diverged_step"]
@@ -124,6 +134,8 @@ class Divergence:
         dead = (div[:, :, None] >= 0) & (self.rec_steps >= div[:, :, None])
         for name in RECORDS:
             res[name][dead] = np.nan
+        if "iterates" in res:
+            res["iterates"][dead] = np.nan
         res["x_final"][div >= 0] = np.nan
 
 
@@ -135,7 +147,10 @@ def bytes_per_seed(runner, plan):
 def chunk_plan(runner, plan, *, reduce=False, memory_budget=None, chunk_seeds=None):
     """The run's memory plan: the driver's outputs and the engine's fixed bytes, the engine's bytes per seed."""
     fixed = runner.fixed_bytes + memory.output_bytes(plan.n_lams, plan.n_seeds, plan.n_records,
-                                                     len(plan.x0), reduce=reduce)
+                                                     len(plan.x0), reduce=reduce,
+                                                     n_quantities=len(plan.record_names))
+    if plan.return_iterates and not reduce:
+        fixed += plan.n_lams * plan.n_seeds * plan.n_records * len(plan.x0) * 8
     return memory.plan_chunks(plan.n_seeds, bytes_per_seed(runner, plan), fixed_bytes=fixed,
                               budget=_budget(runner, memory_budget), chunk_seeds=chunk_seeds,
                               advice=memory.ADVICE_REDUCED if reduce else memory.ADVICE_FULL)
@@ -166,32 +181,35 @@ def run(problem, plan, engine, *, reduce=False, memory_budget=None, chunk_seeds=
     runner = prepare(problem, plan, engine, **options)
     cplan = chunk_plan(runner, plan, reduce=reduce, memory_budget=memory_budget, chunk_seeds=chunk_seeds)
     divergence = Divergence(problem, plan, growth_limit)
-    L, S, R, dim = plan.n_lams, plan.n_seeds, plan.n_records, len(plan.x0)
+    heldout = problem if plan.heldout else None
+    names = plan.record_names
+    L, S, R = plan.n_lams, plan.n_seeds, plan.n_records
     fallback = 0
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         if reduce:
-            moments = {name: RunningMoments(L, R) for name in RECORDS}
+            moments = {name: RunningMoments(L, R) for name in names}
             div = np.full((L, S), -1, dtype=np.int64)
             for s0, s1 in cplan.chunks:
-                res, nf = _chunk(runner, s0, s1, divergence)
+                res, nf = _chunk(runner, s0, s1, divergence, heldout)
                 fallback += nf
                 div[:, s0:s1] = res["diverged_step"]
                 keep = res["diverged_step"] < 0
-                for name in RECORDS:
+                for name in names:
                     moments[name].add(res[name], keep, consume=True)
                 del res, keep                                # one chunk in memory at a time
             out = {"mean": {}, "var": {}, "diverged_step": div}
-            for name in RECORDS:
+            for name in names:
                 out["mean"][name], out["var"][name], out["count"] = moments[name].result()
         elif len(cplan.chunks) == 1:                     # one chunk: its arrays are the result
-            out, fallback = _chunk(runner, 0, S, divergence)
+            out, fallback = _chunk(runner, 0, S, divergence, heldout)
         else:
-            out = {name: np.full((L, S, R), np.nan) for name in RECORDS}
-            out["diverged_step"] = np.full((L, S), -1, dtype=np.int64)
-            out["x_final"] = np.full((L, S, dim), np.nan)
+            out = None
             for s0, s1 in cplan.chunks:
-                res, nf = _chunk(runner, s0, s1, divergence)
+                res, nf = _chunk(runner, s0, s1, divergence, heldout)
                 fallback += nf
+                if out is None:                          # shapes and dtypes of the first chunk's arrays
+                    out = {k: np.full((L, S) + v.shape[2:], -1 if v.dtype.kind == "i" else np.nan, dtype=v.dtype)
+                           for k, v in res.items()}
                 for k, v in res.items():
                     out[k][:, s0:s1] = v
                 del res

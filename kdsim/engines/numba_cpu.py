@@ -124,9 +124,13 @@ class _Runner:
 
     @property
     def bytes_per_seed(self):
-        per = memory.chunk_bytes(self.L, self.R, self.dim, self.wd.itemsize, saved_iterates=self.saved_iterates)
+        keep = self.plan.keep_iterates
+        per = memory.chunk_bytes(self.L, self.R, self.dim, self.wd.itemsize,
+                                 saved_iterates=self.saved_iterates or keep)
         if getattr(self, "affine", False):        # the pair (u, v) per seed, and one row of x(λ) = u + λv
             per += 2 * self.dim * self.wd.itemsize + self.dim * 8
+            if keep:                              # (u, v) at every record
+                per += 2 * self.R * self.dim * (self.wd.itemsize + 8)
         return per
 
     def keys_of(self, seeds):
@@ -210,12 +214,13 @@ class _LeastSquaresRunner(_Runner):
         self.Ft_lanes = self.K.lane_factor(self.F)
         self.quad_tol = 2.0 * (max(d, self.F.shape[0]) + 3) * np.finfo(np.float64).eps / self.K.QUAD_RECORD_RTOL
 
-    def _affine_args(self, keys, outs, div, ufin, vfin, unsafe, coeffs):
+    def _affine_args(self, keys, outs, div, ufin, vfin, unsafe, coeffs, usave, vsave):
         return (self.A_pad, self.bvec, self.rth, self.agcv, self.anorm, self.gcv_pad, self.gcv_norm, self.plain,
                 self.c1, self.gam_bs, self.gam_alpha, self.scales, self.x0_pad, self.coef[:, 0].copy(), self.acw,
                 self.use_v, self.rec_steps, self.plan.steps, keys, self.plan.batch_size, self.scode, self.epoch_steps,
                 self.mom, self.xstar, self.theta_c, self.Ft_lanes, self.alpha64,
-                self.quad_tol, self.limit, self.zero, outs[0], outs[1], outs[2], div, ufin, vfin, unsafe, coeffs)
+                self.quad_tol, self.limit, self.zero, outs[0], outs[1], outs[2], div, ufin, vfin, unsafe, coeffs,
+                usave, vsave)
 
     def _affine_buffers(self, ns, want_coeffs):
         outs = [np.empty((self.L, ns, self.R)) for _ in RECORDS]     # ls_affine writes every entry
@@ -224,7 +229,10 @@ class _LeastSquaresRunner(_Runner):
         vfin = np.empty((ns, self.dim), dtype=self.wd)
         unsafe = np.zeros(ns, dtype=np.bool_)
         coeffs = np.full((ns if want_coeffs else 0, self.R, 3, 3), np.nan)
-        return outs, div, ufin, vfin, unsafe, coeffs
+        keep = self.plan.keep_iterates and not want_coeffs
+        usave = np.full((ns if keep else 0, self.R, self.dim), np.nan, dtype=self.wd)
+        vsave = np.full((ns if keep else 0, self.R, self.dim), np.nan, dtype=self.wd)
+        return outs, div, ufin, vfin, unsafe, coeffs, usave, vsave
 
     def run_affine(self, s0, s1, want_coeffs=False):
         keys = np.ascontiguousarray(self.keys_of(np.arange(s0, s1))[0])
@@ -234,15 +242,15 @@ class _LeastSquaresRunner(_Runner):
         return bufs
 
     def run_coefficients(self, s0, s1):
-        _, div, _, _, unsafe, coeffs = self.run_affine(s0, s1, want_coeffs=True)
+        _, div, _, _, unsafe, coeffs, _, _ = self.run_affine(s0, s1, want_coeffs=True)
         return div, unsafe, coeffs
 
     # -- per trajectory ----------------------------------------------------
-    def _traj_args(self, keys, a, c, outs, div, xfin):
+    def _traj_args(self, keys, a, c, outs, div, xfin, saved):
         return (self.A, self.bvec, self.rth, self.ridge, self.tfull, self.alpha, self.gam, self.inv_bs,
                 self.inv_n, self.x0, a, c, self.est.snapshot, self.plan.svrg_period, self.snap_start, self.rec_steps,
                 self.plan.steps, keys, self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.xstar, self.theta_c,
-                self.F, self.alpha64, self.limit, self.zero, outs[0], outs[1], outs[2], div, xfin)
+                self.F, self.alpha64, self.limit, self.zero, outs[0], outs[1], outs[2], div, xfin, saved)
 
     def run_trajectories(self, seeds):
         """Per-trajectory kernel for the given seeds (local indices, every λ)."""
@@ -251,16 +259,21 @@ class _LeastSquaresRunner(_Runner):
         a, c = self.traj_coefs(ns)
         T = len(keys)
         outs, div, xfin = self.new_records((T, self.R)), np.full(T, -1, dtype=np.int64), np.empty((T, self.dim), self.wd)
-        call_blocks(self.timers["kernel"], self.K.ls_traj, T, self._traj_args(keys, a, c, outs, div, xfin))
+        keep = self.plan.keep_iterates
+        saved = np.full((T if keep else 0, self.R, self.dim), np.nan, dtype=self.wd)
+        call_blocks(self.timers["kernel"], self.K.ls_traj, T, self._traj_args(keys, a, c, outs, div, xfin, saved))
         shape = (self.L, ns)
-        return {**{k: o.reshape(shape + (self.R,)) for k, o in zip(RECORDS, outs)},
-                "diverged_step": div.reshape(shape),
-                "x_final": xfin.astype(np.float64).reshape(shape + (self.dim,))}
+        out = {**{k: o.reshape(shape + (self.R,)) for k, o in zip(RECORDS, outs)},
+               "diverged_step": div.reshape(shape),
+               "x_final": xfin.astype(np.float64).reshape(shape + (self.dim,))}
+        if keep:
+            out["iterates"] = saved.astype(np.float64).reshape(shape + (self.R, self.dim))
+        return out
 
     def run_chunk(self, s0, s1):
         if not self.affine:
             return self.run_trajectories(np.arange(s0, s1)), None
-        outs, div, ufin, vfin, unsafe, _ = self.run_affine(s0, s1)
+        outs, div, ufin, vfin, unsafe, _, usave, vsave = self.run_affine(s0, s1)
         x = np.empty((self.L, s1 - s0, self.dim))                     # x(λ) = u + λv, built in place
         with np.errstate(over="ignore", invalid="ignore"):
             for k, a in enumerate(self.coef[:, 0]):
@@ -270,7 +283,11 @@ class _LeastSquaresRunner(_Runner):
                 else:
                     x[k] = ufin
         x[div >= 0] = np.nan
-        return {**dict(zip(RECORDS, outs)), "diverged_step": div, "x_final": x}, unsafe
+        out = {**dict(zip(RECORDS, outs)), "diverged_step": div, "x_final": x}
+        if self.plan.keep_iterates:                                   # x_r(λ) = u_r + λv_r at every record
+            u, v = usave.astype(np.float64), vsave.astype(np.float64)
+            out["iterates"] = np.stack([u + a * v if a != 0.0 else u for a in self.coef[:, 0]])
+        return out, unsafe
 
 
 class _LayeredRunner(_Runner):
@@ -300,6 +317,8 @@ class _LayeredRunner(_Runner):
         self.inv_n = wd.type(1.0 / spec.n)
         self.x0 = c(plan.x0, dtype=wd)
         self.refs = spec.record_refs(np)
+        self.tau = wd.type(spec.temperature)
+        self.Qt = c(spec.teacher_probs if spec.teacher_probs is not None else np.zeros((0, spec.d_out)), dtype=wd)
         self.row_block = KS.rows_per_block(spec.record_row_bytes)
         self.fixed_bytes += KS.block_bytes(spec.record_row_bytes, self.L * self.S * self.R)
 
@@ -307,7 +326,8 @@ class _LayeredRunner(_Runner):
         return (self.A, self.Y, self.rt, self.Gt, self.ridge, self.dims, self.offs, self.code,
                 self.alpha, self.gam, self.inv_bs, self.inv_n, self.x0, a, c, self.est.uses_teacher,
                 self.est.snapshot, self.plan.svrg_period, self.snap_start, self.rec_steps, self.plan.steps, keys,
-                self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.limit, self.zero, saved, div, xfin)
+                self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.tau, self.Qt, self.limit, self.zero,
+                saved, div, xfin)
 
     def run_trajectories(self, seeds):
         ns = len(seeds)
@@ -319,8 +339,12 @@ class _LayeredRunner(_Runner):
         call_blocks(self.timers["kernel"], self.K.layered_traj, T, self._args(keys, a, c, saved, div, xfin))
         shape = (self.L, ns)
         div = div.reshape(shape)
-        recs = self.records(saved.reshape(shape + (self.R, self.dim)), div)
-        return {**recs, "diverged_step": div, "x_final": xfin.astype(np.float64).reshape(shape + (self.dim,))}
+        saved = saved.reshape(shape + (self.R, self.dim))
+        recs = self.records(saved, div)
+        out = {**recs, "diverged_step": div, "x_final": xfin.astype(np.float64).reshape(shape + (self.dim,))}
+        if self.plan.keep_iterates:
+            out["iterates"] = saved
+        return out
 
     def records(self, saved, div):
         """dist2_opt, subopt, dist2_teacher from the saved iterates of the trajectories alive then."""

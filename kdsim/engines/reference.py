@@ -47,7 +47,8 @@ class _Runner:
         self.table = plan.coefficient_table                                       # (L, E, 2)
         self.x_star = problem.canonical(problem.solution())
         self.theta_c = problem.canonical_teacher(plan.theta)
-        self.terms = problem.teacher_terms(plan.theta, est.teacher_term) if est.uses_teacher else None
+        self.terms = (problem.teacher_terms(plan.theta, est.teacher_term, plan.teacher_l2) if est.uses_teacher
+                      else None)
         L, R, dim, b = plan.n_lams, plan.n_records, problem.dim, plan.batch_size
         # records, flags, stream keys; the iterate with the (T, dim) temporaries of a step and of the
         # records (about ten; SVRG's snapshot pair adds four); the minibatch indices and (b, dim) gathers
@@ -77,6 +78,7 @@ class _Runner:
         diverged_step = np.full(T, -1, dtype=np.int64)
         R = plan.n_records
         out = {name: np.full((T, R), np.nan) for name in RECORDS}
+        iterates = np.full((T, R, dim), np.nan) if plan.keep_iterates else None
         snap = snap_full = None
         rec = 0
 
@@ -92,6 +94,8 @@ class _Runner:
             rows = np.flatnonzero(alive)
             for name, v in vals.items():
                 out[name][rows[~bad], r] = v[~bad]
+            if iterates is not None:
+                iterates[rows[~bad], r] = Xa[~bad]
             if bad.any():
                 diverged_step[rows[bad]] = t
                 alive[rows[bad]] = False
@@ -125,7 +129,11 @@ class _Runner:
                     TF = problem.full_teacher_grad(Xa, self.terms) if est.corrected else None
                 else:
                     TB = TF = None
-                D = direction(G, TB, TF, a[rows], c[rows])
+                if plan.temperature != 1.0:             # the literal tempered KD loss's gradient, per trajectory
+                    D = np.stack([problem.kd_grad(x, plan.theta, float(aj), ij, plan.temperature)
+                                  for x, aj, ij in zip(Xa, a[rows][:, 0], ia)]) - a[rows] * self.terms.ridge
+                else:
+                    D = direction(G, TB, TF, a[rows], c[rows])
                 if W is not None:
                     D = W[rows] = plan.momentum * W[rows] + D
                 X[rows] = Xa - plan.step * D
@@ -137,8 +145,11 @@ class _Runner:
                 alive[where] = False
                 X[where] = np.nan
         shape = (L, S, R)
-        return {
+        res = {
             **{k: v.reshape(shape) for k, v in out.items()},
             "diverged_step": diverged_step.reshape(L, S),
             "x_final": X.reshape(L, S, dim),
         }
+        if iterates is not None:
+            res["iterates"] = iterates.reshape(L, S, R, dim)
+        return res

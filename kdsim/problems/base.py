@@ -148,6 +148,11 @@ class Problem(ABC):
         Softmax at temperature τ uses the tempered teacher and student probabilities and
         weights the distillation term by τ². The ridge belongs to the student only
         (docs/theory.md §2, estimator "kd_loss").
+
+        The distillation term is the cross-entropy to the teacher's (tempered) soft labels.
+        The standard KD loss, (1 − λ)·CE + λτ²·KL(teacher ‖ student) as the authors' code
+        computes it, differs from it by the constant λτ²·H(teacher) (the teacher's entropy,
+        which does not depend on x): the same gradient, a loss shifted by that constant.
         """
         x = self._x(x)
         theta = self._teacher(theta)
@@ -247,6 +252,71 @@ class Problem(ABC):
         """The start used when ``simulate`` gets x0=None: the origin."""
         return np.zeros(self.dim)
 
+    # ------------------------------------------------------------ held-out split
+    def with_test(self, test):
+        """A copy of this problem that carries a held-out split: ``test`` is a problem of the same
+        class and parameter space built on the test data (``kdsim.datasets.train_test_split``).
+
+        Runs of the copy add the records ``test_loss`` (the data loss on the test split, no
+        ridge) and, for classifiers (softmax, logistic, deep linear with softmax), ``test_accuracy``.
+        The copy's fingerprint includes the test split's.
+        """
+        if type(test) is not type(self):
+            raise TypeError(f"test must be a {type(self).__name__} on the test data; got {type(test).__name__}")
+        if test.dim != self.dim:
+            raise ValueError(f"test has dim {test.dim}; the problem has dim {self.dim} (same parameter space needed)")
+        import copy
+        out = copy.copy(self)
+        out.__dict__.pop("_record_refs", None)
+        out._test = test
+        out.test_fingerprint = test.fingerprint()
+        return out
+
+    @property
+    def test(self):
+        """The held-out split (a problem of the same class), or None."""
+        return getattr(self, "_test", None)
+
+    def heldout_names(self):
+        """Names of the held-out records runs of this problem add: () without a test split."""
+        if self.test is None:
+            return ()
+        link = self._spec_structure()[0] if self.exports_kernel_spec() else None
+        return ("test_loss", "test_accuracy") if link in ("softmax", "logistic") else ("test_loss",)
+
+    def heldout_records(self, X):
+        """Held-out records of iterates X (N, dim): {"test_loss": (N,), ["test_accuracy": (N,)]}.
+
+        Rows that are not finite give NaN. Computed in row blocks.
+        """
+        test = self.test
+        if test is None:
+            raise ValueError("this problem carries no test split (use problem.with_test(test))")
+        names = self.heldout_names()
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        out = {name: np.full(len(X), np.nan) for name in names}
+        ok = np.flatnonzero(np.isfinite(X).all(axis=1))
+        if not len(ok):
+            return out
+        if "test_accuracy" in names:
+            link, Y, shapes = test._spec_structure()
+            from ..kernelspec import _offsets, end_to_end
+            offsets = _offsets(shapes)
+        step = max(1, (1 << 24) // (8 * max(1, test.n) * max(1, Y.shape[1] if "test_accuracy" in names else 1)))
+        for b0 in range(0, len(ok), step):
+            rows = ok[b0:b0 + step]
+            Xb = X[rows]
+            with np.errstate(over="ignore", invalid="ignore"):
+                out["test_loss"][rows] = test._batch_loss(Xb)
+                if "test_accuracy" in names:
+                    Z = end_to_end(Xb, shapes, offsets) @ test.A.T                     # (rows, d_out, n_test)
+                    if link == "softmax":
+                        pred, truth = Z.argmax(axis=1), Y.argmax(axis=1)[None, :]
+                    else:
+                        pred, truth = (Z[:, 0, :] > 0.0), (Y[:, 0] > 0.5)[None, :]
+                    out["test_accuracy"][rows] = (pred == truth).mean(axis=1)
+        return out
+
     # ------------------------------------------------------------ kernel spec
     #: family name of the kernel spec (None: the engines have no kernels for this problem)
     spec_family = None
@@ -257,12 +327,14 @@ class Problem(ABC):
         so it inherits no spec: it runs on the reference engine until it declares one)."""
         return cls.__dict__.get("spec_family") is not None
 
-    def kernel_spec(self, theta, estimator):
+    def kernel_spec(self, theta, estimator, teacher_l2=None, temperature=1.0):
         """The ``KernelSpec`` of this problem with teacher ``theta`` for ``estimator`` (an Estimator).
 
         Engines read only this. The teacher quantities are those of the estimator's
-        anchor term: ∇f_B(θ) (term "f", with the ridge αθ) or ∇ℓ_B(θ) (term "data");
-        zeros for estimators without a teacher.
+        anchor term: ∇f_B(θ) (term "f", with the ridge αθ) or ∇ℓ_B(θ) (term "data"), or
+        ∇ℓ_B(θ) + wθ with ``teacher_l2`` = w (``teacher_terms``); zeros for estimators
+        without a teacher. ``temperature`` τ ≠ 1 (softmax links) adds the teacher's tempered
+        probabilities for the literal tempered KD loss.
         """
         if not self.exports_kernel_spec():
             raise NotImplementedError(f"{type(self).__name__} exports no kernel spec; use backend='numpy'")
@@ -270,22 +342,42 @@ class Problem(ABC):
         link, Y, shapes = self._spec_structure()
         d_out, d_in = shapes[-1][0], shapes[0][1]
         if estimator.uses_teacher:
-            R, G, ridge = self._spec_teacher(theta, estimator.teacher_term)
+            R, G, ridge = self._spec_teacher(theta, estimator.teacher_term, teacher_l2)
         else:
             R, G, ridge = np.zeros((self.n, d_out)), np.zeros((d_out, d_in)), np.zeros(self.dim)
+        probs = None if temperature == 1.0 else self.tempered_teacher_probs(theta, temperature)
         return KernelSpec(self.spec_family, link, self.A, Y, tuple(shapes), self.l2, R, G, ridge,
                           self.canonical(self.solution()), self.canonical_teacher(theta), self._spec_refs(),
-                          self.record_row_bytes())
+                          self.record_row_bytes(), float(temperature), probs)
+
+    def supports_temperature(self):
+        """True when the loss has a softmax to temper (softmax regression, deep linear with softmax)."""
+        return False
+
+    def tempered_teacher_probs(self, theta, temperature):
+        """softmax(z^θ_i / τ) of every sample, (n, classes): the soft labels of the tempered KD loss."""
+        raise ValueError(f"temperature applies to softmax losses; {type(self).__name__} has none "
+                         f"(temperature must be 1; got {temperature!r})")
 
     def _spec_structure(self):
         """(link, targets (n, d_out), layer shapes) of the kernel spec."""
         raise NotImplementedError
 
-    def _spec_teacher(self, theta, term):
+    def _spec_teacher(self, theta, term, teacher_l2=None):
         """(teacher residuals (n, d_out), their mean map (d_out, d_in), ridge (dim,)) for a term."""
         R = self._teacher_residuals(theta)
-        ridge = self.l2 * theta if term == "f" else np.zeros(self.dim)
-        return R, R.T @ self.A / self.n, ridge
+        return R, R.T @ self.A / self.n, self.teacher_weight_decay(term, teacher_l2) * theta
+
+    def teacher_weight_decay(self, term="f", teacher_l2=None):
+        """The weight decay w of the teacher's term ∇ℓ_B(θ) + wθ: ``teacher_l2`` when given, else α
+        for term "f" (the distillation gradient of f) and 0 for term "data" (the literal KD loss).
+
+        The authors' ``--teacher_wd w`` is ``teacher_l2=w`` (any w >= 0, not only the student's α).
+        """
+        V.choice("term", term, ("f", "data"))
+        if teacher_l2 is not None:
+            return V.nonnegative_float("teacher_l2", teacher_l2)
+        return self.l2 if term == "f" else 0.0
 
     def _spec_refs(self):
         """The family's constants of the cancellation-free f − f* (``kdsim.kernelspec.suboptimality``)."""
@@ -321,16 +413,17 @@ class Problem(ABC):
         """f(x) − f* for each trajectory, (T,). Problems override with a cancellation-free form."""
         return self.batch_loss(np.atleast_2d(X)) - self.f_star
 
-    def teacher_terms(self, theta, term="f"):
+    def teacher_terms(self, theta, term="f", teacher_l2=None):
         """Precompute the teacher's per-sample gradients (they do not depend on x).
 
         ``term="f"``: ∇f_i(θ) = ∇ℓ_i(θ) + αθ (distillation gradient of f);
-        ``term="data"``: ∇ℓ_i(θ) (literal KD loss, ridge on the student only).
+        ``term="data"``: ∇ℓ_i(θ) (literal KD loss, ridge on the student only);
+        ``teacher_l2=w`` (either term): ∇ℓ_i(θ) + wθ (``teacher_weight_decay``).
         """
-        V.choice("term", term, ("f", "data"))
+        wd = self.teacher_weight_decay(term, teacher_l2)
         theta = self._teacher(theta)
         rows = self._sample_grads(theta, np.arange(self.n))
-        ridge = self.l2 * theta if term == "f" else np.zeros(self.dim)
+        ridge = wd * theta
         return TeacherTerms(rows, ridge, rows.mean(axis=0) + ridge)
 
     def batch_teacher_grad(self, X, terms, idx):

@@ -373,6 +373,14 @@ class DeepLinear(Problem):
         return ((1 - lam) * (_softmax(Z) - targets)
                 + lam * t * (_softmax(Z / t) - _softmax(Zt / t)))
 
+    def supports_temperature(self):
+        return self.loss_type != "squared"
+
+    def tempered_teacher_probs(self, theta, temperature):
+        if self.loss_type == "squared":
+            return super().tempered_teacher_probs(theta, temperature)
+        return _softmax((self.A @ self._teacher_map(self._teacher(theta)).T) / self._temperature(temperature))
+
     def _check_temperature(self, temperature):
         if self.loss_type == "squared" and temperature != 1.0:
             raise ValueError("temperature must be 1 for the squared loss (no softmax to temper); "
@@ -520,8 +528,8 @@ class DeepLinear(Problem):
     def _spec_structure(self):
         return ("identity" if self.loss_type == "squared" else "softmax"), self._targets, self.shapes
 
-    def _spec_teacher(self, theta, term):
-        terms = self.teacher_terms(theta, term)
+    def _spec_teacher(self, theta, term, teacher_l2=None):
+        terms = self.teacher_terms(theta, term, teacher_l2)
         return terms.residuals, terms.full_map, terms.ridge
 
     def _spec_refs(self):
@@ -542,19 +550,19 @@ class DeepLinear(Problem):
         return self._sq_ref
 
     # ------------------------------------------------------------------ teacher terms
-    def teacher_terms(self, theta, term="f"):
+    def teacher_terms(self, theta, term="f", teacher_l2=None):
         """Teacher quantities for the engines (see ``DeepLinearTeacherTerms``).
 
         The per-sample teacher gradients ∇g_i(Θ̄) = r_i a_iᵀ are stored as r_i (n, d_out).
         ``term="f"`` adds the ridge α·θ (same-architecture θ only; 0 for a map teacher);
-        ``term="data"`` never does.
+        ``term="data"`` never does; ``teacher_l2=w`` adds w·θ instead (same-architecture θ only).
         """
-        V.choice("term", term, ("f", "data"))
+        wd = self.teacher_weight_decay(term, teacher_l2)
         theta = self._teacher(theta)
         Tm = self._teacher_map(theta)
         R = self._outputs_residual(self.A @ Tm.T, self._targets)
         same = theta.ndim == 1
-        ridge = self.l2 * theta if (term == "f" and same) else np.zeros(self.dim)
+        ridge = wd * theta if same else np.zeros(self.dim)
         return DeepLinearTeacherTerms(Tm, R, R.T @ self.A / self.n, ridge, term, same)
 
     def batch_teacher_grad(self, X, terms, idx):

@@ -482,6 +482,13 @@ class SoftmaxRegression(Problem):
     def _spec_structure(self):
         return "softmax", self._onehot, ((self.n_classes, self.n_features),)
 
+    def supports_temperature(self):
+        return True
+
+    def tempered_teacher_probs(self, theta, temperature):
+        theta = self._teacher(theta)
+        return _softmax((self.A @ self._W(theta).T) / self._temperature(temperature))
+
     def _teacher_residuals(self, theta):
         return _softmax(self.A @ self._W(theta).T) - self._onehot
 
