@@ -15,7 +15,7 @@ from . import _validate as V
 from . import memory
 from .estimators import Estimator, get_estimator
 from .problems.base import Problem
-from .rng import SAMPLING_CODES, SAMPLINGS, stream_ids, streams_of_seeds
+from .rng import SAMPLING_CODES, SAMPLINGS, batch_mean_weights, stream_ids, streams_of_seeds
 from .schedules import LambdaSchedule, coefficient_table
 
 #: the per-trajectory quantities every engine records, in this order
@@ -82,6 +82,18 @@ class Plan:
     teacher_l2: float | None = None   # weight decay w of the teacher's term ∇ℓ_B(θ) + wθ (None: the estimator's)
     heldout: tuple = ()          # held-out records the driver adds (the problem's test split)
     temperature: float = 1.0     # τ of the literal tempered KD loss (softmax losses, "kd" and "kd_loss")
+    full_grad: str = "exact"     # "exact" or "batch_means" (the authors' mean of a loader's batch means)
+    n_samples: int = 0           # n of the problem
+
+    @property
+    def full_weights(self):
+        """Per-sample weights of every full gradient (corrected KD's T, SVRG's ∇f(y)), or None for 1/n.
+
+        ``full_grad="batch_means"``: ``kdsim.rng.batch_mean_weights`` (inexact with a partial batch).
+        """
+        if self.full_grad == "exact":
+            return None
+        return batch_mean_weights(self.n_samples, self.batch_size, self.drop_last)
     return_iterates: bool = False
 
     @property
@@ -164,7 +176,7 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
               record_every=1, seed=0, x0=None, common_random_numbers=True, svrg_period=None,
               dtype="float64", memory_budget=None, sampling="iid", drop_last=False, momentum=0.0,
               lam_schedule=None, svrg_warmup=0, svrg_correction=True, teacher_l2=None, keep_iterates=False,
-              temperature=1.0):
+              temperature=1.0, full_grad="exact"):
     """Validate every argument of ``simulate`` and return a Plan.
 
     The record axis is checked against ``memory_budget`` (default half the available memory)
@@ -191,6 +203,10 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
         if not est.uses_teacher:
             raise ValueError(f"teacher_l2 applies to the teacher estimators kd, kd_loss and corrected; "
                              f"got estimator {est.name!r}")
+    full_grad = V.choice("full_grad", full_grad, ("exact", "batch_means"))
+    if full_grad != "exact" and not (est.corrected or est.snapshot):
+        raise ValueError(f"full_grad applies to the estimators with a full gradient, corrected and svrg; "
+                         f"got estimator {est.name!r}")
     temperature = V.positive_float("temperature", temperature)
     if temperature != 1.0:
         if est.name not in ("kd", "kd_loss"):
@@ -231,6 +247,7 @@ def make_plan(problem, theta, lams, step, steps, seeds, batch_size=1, estimator=
     plan = Plan(theta, lams, step, steps, n_seeds, batch_size, est, record_times(steps, record_every),
                 seed, x0, bool(common_random_numbers), svrg_period, dtype, 0, sampling, bool(drop_last), momentum,
                 schedule, svrg_warmup, bool(svrg_correction), K, teacher_l2, heldout=tuple(heldout),
-                return_iterates=bool(keep_iterates), temperature=temperature)
+                return_iterates=bool(keep_iterates), temperature=temperature, full_grad=full_grad,
+                n_samples=problem.n)
     plan.coefficient_table          # a schedule that makes λ non-finite fails here, before any work
     return plan

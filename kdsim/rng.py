@@ -159,6 +159,22 @@ def steps_per_epoch(n, batch_size, drop_last=False):
     return n // b if drop_last else -(-n // b)
 
 
+def batch_mean_weights(n, batch_size, drop_last=False):
+    """Per-sample weights w (n,) with Σ_i w_i ∇f_i = the mean over a data loader's batches of their means.
+
+    The batches are 0 .. n−1 in order cut into batches of b (the last one partial, or dropped with
+    ``drop_last``): w_i = 1/(K·|B(i)|). When b divides n this is 1/n (the exact full gradient);
+    otherwise the partial batch's samples weigh more, which is why the authors' "full gradient"
+    (a pass over a data loader averaging batch means) is inexact. Σ_i w_i = 1.
+    """
+    K = steps_per_epoch(n, batch_size, drop_last)
+    w = np.zeros(n)
+    for k in range(K):
+        lo, hi = k * batch_size, min((k + 1) * batch_size, n)
+        w[lo:hi] = 1.0 / (K * (hi - lo))
+    return w
+
+
 def epoch_of_step(step, n, batch_size, drop_last=False):
     """(epoch e, batch k within it, batch size) of step t: t = e·K + k."""
     K = steps_per_epoch(n, batch_size, drop_last)

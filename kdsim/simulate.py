@@ -50,6 +50,8 @@ def training_config(plan):
         out["teacher_l2"] = plan.teacher_l2
     if plan.temperature != 1.0:
         out["temperature"] = plan.temperature
+    if plan.full_grad != "exact":
+        out["full_grad"] = plan.full_grad
     return out
 
 
@@ -57,7 +59,8 @@ def simulate(problem, theta, lams, step, steps=None, seeds=None, batch_size=1, e
              record_every=1, backend="auto", seed=0, x0=None, common_random_numbers=True,
              svrg_period=None, dtype="float64", reduce=False, memory_budget=None, *, sampling="iid",
              drop_last=False, momentum=0.0, lam_schedule=None, svrg_warmup=0, svrg_correction=True,
-             epochs=None, record_every_epoch=None, teacher_l2=None, keep_iterates=False, temperature=1.0):
+             epochs=None, record_every_epoch=None, teacher_l2=None, keep_iterates=False, temperature=1.0,
+             full_grad="exact"):
     """Run ``seeds`` trajectories of a stochastic method for each KD weight in ``lams``.
 
     Parameters
@@ -127,6 +130,11 @@ def simulate(problem, theta, lams, step, steps=None, seeds=None, batch_size=1, e
         softmax) and estimators "kd" and "kd_loss": the step follows the gradient of
         (1 − λ)·CE(y, softmax(z)) + λτ²·CE(softmax(z^θ/τ), softmax(z/τ)) (plus the teacher's weight
         decay for "kd" or ``teacher_l2``); at τ ≠ 1 it is no longer ∇f_B(x) − λ∇f_B(θ) (docs/theory.md §2).
+    full_grad : {"exact", "batch_means"}, default "exact"
+        The full gradients of corrected KD (the teacher's, T) and SVRG (the snapshot's): exact, or
+        the authors' mean of a data loader's batch means over 0 .. n−1 cut into batches of b
+        (``kdsim.rng.batch_mean_weights``), which weighs a partial last batch's samples more and is
+        then inexact.
     keep_iterates : bool, default False
         Also return the iterates at every record step (``SimResult.iterates``, (λ, seed, record,
         dim); not with ``reduce``). A problem with a held-out split (``Problem.with_test``) adds
@@ -162,7 +170,7 @@ def simulate(problem, theta, lams, step, steps=None, seeds=None, batch_size=1, e
     plan = make_plan(problem, theta, lams, step, steps, seeds, batch_size, estimator,
                      record_every, seed, x0, common_random_numbers, svrg_period, dtype, memory_budget,
                      sampling, drop_last, momentum, lam_schedule, svrg_warmup, svrg_correction, teacher_l2,
-                     bool(keep_iterates) and not reduce, temperature)
+                     bool(keep_iterates) and not reduce, temperature, full_grad)
     engine = get_engine(backend, problem)
     config = plan_config(problem, plan, backend)
     # the mean-square limit is that of i.i.d. sampling without momentum; no limit is claimed otherwise

@@ -249,8 +249,8 @@ def _pullback_add(x, dims, offs, G, coef, qbuf, qoff, vbuf, grad):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
-                      ccoef, use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b, scode, K,
-                      mom, tau, Qt, limit, zero, saved, div, xfin):
+                      ccoef, use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b, scode,
+                      K, mom, tau, Qt, limit, zero, saved, div, xfin):
     """Body of ``layered_traj`` for one trajectory (serial, nogil; the engine runs ranges on threads)."""
     n = A.shape[0]
     dim = x0.shape[0]
@@ -317,6 +317,10 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                 if L == 1:
                     _forward_batch(y, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero)
                     _residuals(code, Hy, hoff[1], d_out, Y, rows_all, s0, nb, Dy, zero)
+                    if nfw.shape[0] > 0:                 # full gradient weights n·w_i (batch means)
+                        for jj in range(nb):
+                            for o in range(d_out):
+                                Dy[jj, o] *= nfw[s0 + jj]
                     _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, gy, inv_n, zero)
                 else:
                     if s0 == 0:
@@ -330,8 +334,9 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                             Hy[jj, o] = acc
                     _residuals(code, Hy, 0, d_out, Y, rows_all, s0, nb, Dy, zero)
                     for jj in range(nb):
+                        wj = nfw[s0 + jj] if nfw.shape[0] > 0 else 1.0
                         for o in range(d_out):
-                            ro = Dy[jj, o] * inv_n
+                            ro = Dy[jj, o] * inv_n * wj
                             for q in range(d_in):
                                 Gy[o, q] += ro * A[s0 + jj, q]
             if L > 1:
@@ -408,8 +413,8 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
 
 @njit(cache=True, nogil=True)
 def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef,
-                 use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b, scode, K, mom, tau, Qt,
-                 limit, zero, saved, div, xfin):
+                 use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b, scode, K, mom,
+                 tau, Qt, limit, zero, saved, div, xfin):
     """Trajectories lo .. hi−1, one after the other; saves the iterate at every record step.
 
     ``A`` (n, d_in) inputs, ``Y`` (n, d_out) targets (one-hot for softmax), ``rt``
@@ -419,11 +424,12 @@ def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_
     record steps while the trajectory is alive (NaN stays after divergence). ``acoef``,
     ``ccoef`` (T, E) are the coefficients per epoch; minibatches follow sampling ``scode``
     with ``K`` steps per epoch (``kdsim.rng``), 1/b_t from ``inv_bs``; the step is heavy ball
-    with momentum ``mom``; SVRG snapshots at step 0 and every ``period`` steps from ``snap_start``.
+    with momentum ``mom``; SVRG snapshots at step 0 and every ``period`` steps from ``snap_start``
+    (its full gradient with per-sample weights n·w_i ``nfw`` when not empty).
     ``tau`` ≠ 1 (softmax): the teacher estimators take the literal tempered KD loss's residual with
     the teacher's tempered probabilities ``Qt`` (n, d_out) (``kernelspec.tempered_residual``).
     """
     for j0 in range(lo, hi):
         _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
-                          ccoef, use_teacher, snapshot, period, snap_start, rec_steps, steps, stream_keys, b,
+                          ccoef, use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b,
                           scode, K, mom, tau, Qt, limit, zero, saved, div, xfin)

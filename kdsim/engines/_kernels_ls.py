@@ -771,7 +771,7 @@ def _heavy_ball(x, g, w, gam, mom, zero):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot,
-                 period, snap_start, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F, alpha64,
+                 period, snap_start, nfw, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F, alpha64,
                  limit, zero, out_d, out_s, out_t, div, xfin, saved):
     """Body of ``ls_traj`` for one trajectory (serial, nogil; the engine runs ranges on threads)."""
     n, d = A.shape
@@ -829,6 +829,8 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, 
                 for p in range(d):
                     acc += A[i, p] * y[p]
                 acc -= bvec[i]
+                if nfw.shape[0] > 0:                   # full gradient weights n·w_i (batch means)
+                    acc *= nfw[i]
                 for p in range(d):
                     gy[p] += A[i, p] * acc
             for p in range(d):
@@ -871,7 +873,7 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, 
 
 @njit(cache=True, nogil=True)
 def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot, period,
-            snap_start, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F, alpha64, limit, zero,
+            snap_start, nfw, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F, alpha64, limit, zero,
             out_d, out_s, out_t, div, xfin, saved):
     """Trajectories lo .. hi−1 (any estimator, any stream layout), one after the other.
 
@@ -879,7 +881,8 @@ def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, a
     epoch, ``stream_keys``, outputs) is one (λ, seed) pair. Teacher estimators use the
     combined residual (a_iᵀx − b_i) − a·rth_i, so the minibatch gradient is one product:
     g = (1/b_t) Σ a_i r_i + αx − a·ridge + c·T. SVRG (``snapshot``) takes the anchor y and
-    its full gradient ∇f(y) at step 0 and every ``period`` steps from ``snap_start`` and uses
+    its full gradient ∇f(y) (per-sample weights n·w_i ``nfw`` when not empty) at step 0 and every
+    ``period`` steps from ``snap_start`` and uses
     r_i = (a_iᵀx − b_i) − a(a_iᵀy − b_i), g = (1/b_t) Σ a_i r_i + α(x − a y) + c ∇f(y).
     Minibatches follow sampling ``code`` with ``K`` steps per epoch (``kdsim.rng``); the
     step is heavy ball with momentum ``mom`` (``_heavy_ball``). ``saved`` (T, R, d), when not
@@ -887,5 +890,5 @@ def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, a
     """
     for j0 in range(lo, hi):
         _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot,
-                     period, snap_start, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F,
+                     period, snap_start, nfw, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F,
                      alpha64, limit, zero, out_d, out_s, out_t, div, xfin, saved)

@@ -95,6 +95,7 @@ class _Engine:
         self.Y = dev(spec.Y, wd)
         self.Rt = dev(rt, wd)
         self.tau = float(spec.temperature)
+        self.nfw = None if plan.full_weights is None else dev(spec.n * plan.full_weights, wd)
         self.Qt = dev(spec.teacher_probs, wd) if spec.teacher_probs is not None else None
         self.x0 = dev(plan.x0, wd)
         self._ridge = ridge
@@ -228,6 +229,8 @@ class _Engine:
                 M = Yb.reshape(T, self.K, self.dfeat)
             Z = (self.A @ M.reshape(T * self.K, self.dfeat).T).reshape(self.n, T, self.K)
             Rs = KS.link_apply(self.link_kind, xp, Z) - self.Y[:, None, :]                            # (n, T, K)
+            if self.nfw is not None:                                       # batch-mean weights n·w_i
+                Rs *= self.nfw[:, None, None]
             G = (Rs.reshape(self.n, T * self.K).T @ self.A).reshape(T, self.K, self.dfeat) / self.n
             G = self._pull(P, Q, G) if self.deep else G.reshape(T, self.dim)
             parts.append(G + self.alpha * Yb)

@@ -64,7 +64,7 @@ class RunOutput:
 def _source(engine, problem, plan):
     if engine.TAKES != "spec":
         return problem
-    return problem.kernel_spec(plan.theta, plan.estimator, plan.teacher_l2, plan.temperature)
+    return problem.kernel_spec(plan.theta, plan.estimator, plan.teacher_l2, plan.temperature, plan.full_weights)
 
 
 def prepare(problem, plan, engine, **options):

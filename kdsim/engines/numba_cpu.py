@@ -113,6 +113,8 @@ class _Runner:
         self.scode, self.epoch_steps, self.mom = plan.sampling_code, plan.steps_per_epoch, dtype.type(plan.momentum)
         self.inv_bs = np.array([0.0] + [1.0 / k for k in range(1, plan.batch_size + 1)], dtype=dtype)
         self.snap_start = plan.snapshot_start
+        w = plan.full_weights                                           # n·w_i of SVRG's full gradient, or none
+        self.nfw = np.zeros(0, dtype=dtype) if w is None else (spec.n * w).astype(dtype)
         self.crn = plan.common_random_numbers
         self.rec_steps = np.ascontiguousarray(plan.record_steps, dtype=np.int64)
         self.limit = dtype.type(guard_limit(dtype))
@@ -248,7 +250,8 @@ class _LeastSquaresRunner(_Runner):
     # -- per trajectory ----------------------------------------------------
     def _traj_args(self, keys, a, c, outs, div, xfin, saved):
         return (self.A, self.bvec, self.rth, self.ridge, self.tfull, self.alpha, self.gam, self.inv_bs,
-                self.inv_n, self.x0, a, c, self.est.snapshot, self.plan.svrg_period, self.snap_start, self.rec_steps,
+                self.inv_n, self.x0, a, c, self.est.snapshot, self.plan.svrg_period, self.snap_start, self.nfw,
+                self.rec_steps,
                 self.plan.steps, keys, self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.xstar, self.theta_c,
                 self.F, self.alpha64, self.limit, self.zero, outs[0], outs[1], outs[2], div, xfin, saved)
 
@@ -325,7 +328,7 @@ class _LayeredRunner(_Runner):
     def _args(self, keys, a, c, saved, div, xfin):
         return (self.A, self.Y, self.rt, self.Gt, self.ridge, self.dims, self.offs, self.code,
                 self.alpha, self.gam, self.inv_bs, self.inv_n, self.x0, a, c, self.est.uses_teacher,
-                self.est.snapshot, self.plan.svrg_period, self.snap_start, self.rec_steps, self.plan.steps, keys,
+                self.est.snapshot, self.plan.svrg_period, self.snap_start, self.nfw, self.rec_steps, self.plan.steps, keys,
                 self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.tau, self.Qt, self.limit, self.zero,
                 saved, div, xfin)
 

@@ -47,8 +47,9 @@ class _Runner:
         self.table = plan.coefficient_table                                       # (L, E, 2)
         self.x_star = problem.canonical(problem.solution())
         self.theta_c = problem.canonical_teacher(plan.theta)
-        self.terms = (problem.teacher_terms(plan.theta, est.teacher_term, plan.teacher_l2) if est.uses_teacher
-                      else None)
+        self.weights = plan.full_weights                                          # None: 1/n
+        self.terms = (problem.teacher_terms(plan.theta, est.teacher_term, plan.teacher_l2, self.weights)
+                      if est.uses_teacher else None)
         L, R, dim, b = plan.n_lams, plan.n_records, problem.dim, plan.batch_size
         # records, flags, stream keys; the iterate with the (T, dim) temporaries of a step and of the
         # records (about ten; SVRG's snapshot pair adds four); the minibatch indices and (b, dim) gathers
@@ -122,7 +123,8 @@ class _Runner:
                     if t == 0 or (t >= plan.snapshot_start and (t - plan.snapshot_start) % plan.svrg_period == 0):
                         snap = X.copy()
                         snap_full = np.full_like(X, np.nan)
-                        snap_full[rows] = problem.batch_full_grad(snap[rows])
+                        snap_full[rows] = (problem.batch_full_grad(snap[rows]) if self.weights is None else
+                                           np.stack([self.weights @ problem.sample_grads(y) for y in snap[rows]]))
                     TB, TF = problem.batch_grad(snap[rows], ia), snap_full[rows]
                 elif est.uses_teacher:
                     TB = problem.batch_teacher_grad(Xa, self.terms, ia)

@@ -327,14 +327,15 @@ class Problem(ABC):
         so it inherits no spec: it runs on the reference engine until it declares one)."""
         return cls.__dict__.get("spec_family") is not None
 
-    def kernel_spec(self, theta, estimator, teacher_l2=None, temperature=1.0):
+    def kernel_spec(self, theta, estimator, teacher_l2=None, temperature=1.0, full_weights=None):
         """The ``KernelSpec`` of this problem with teacher ``theta`` for ``estimator`` (an Estimator).
 
         Engines read only this. The teacher quantities are those of the estimator's
         anchor term: ∇f_B(θ) (term "f", with the ridge αθ) or ∇ℓ_B(θ) (term "data"), or
         ∇ℓ_B(θ) + wθ with ``teacher_l2`` = w (``teacher_terms``); zeros for estimators
         without a teacher. ``temperature`` τ ≠ 1 (softmax links) adds the teacher's tempered
-        probabilities for the literal tempered KD loss.
+        probabilities for the literal tempered KD loss. ``full_weights`` (n,): the per-sample weights of
+        the teacher's full gradient (default 1/n; ``kdsim.rng.batch_mean_weights``).
         """
         if not self.exports_kernel_spec():
             raise NotImplementedError(f"{type(self).__name__} exports no kernel spec; use backend='numpy'")
@@ -342,7 +343,7 @@ class Problem(ABC):
         link, Y, shapes = self._spec_structure()
         d_out, d_in = shapes[-1][0], shapes[0][1]
         if estimator.uses_teacher:
-            R, G, ridge = self._spec_teacher(theta, estimator.teacher_term, teacher_l2)
+            R, G, ridge = self._spec_teacher(theta, estimator.teacher_term, teacher_l2, full_weights)
         else:
             R, G, ridge = np.zeros((self.n, d_out)), np.zeros((d_out, d_in)), np.zeros(self.dim)
         probs = None if temperature == 1.0 else self.tempered_teacher_probs(theta, temperature)
@@ -363,10 +364,11 @@ class Problem(ABC):
         """(link, targets (n, d_out), layer shapes) of the kernel spec."""
         raise NotImplementedError
 
-    def _spec_teacher(self, theta, term, teacher_l2=None):
+    def _spec_teacher(self, theta, term, teacher_l2=None, weights=None):
         """(teacher residuals (n, d_out), their mean map (d_out, d_in), ridge (dim,)) for a term."""
         R = self._teacher_residuals(theta)
-        return R, R.T @ self.A / self.n, self.teacher_weight_decay(term, teacher_l2) * theta
+        G = R.T @ self.A / self.n if weights is None else (R * weights[:, None]).T @ self.A
+        return R, G, self.teacher_weight_decay(term, teacher_l2) * theta
 
     def teacher_weight_decay(self, term="f", teacher_l2=None):
         """The weight decay w of the teacher's term ∇ℓ_B(θ) + wθ: ``teacher_l2`` when given, else α
@@ -413,18 +415,20 @@ class Problem(ABC):
         """f(x) − f* for each trajectory, (T,). Problems override with a cancellation-free form."""
         return self.batch_loss(np.atleast_2d(X)) - self.f_star
 
-    def teacher_terms(self, theta, term="f", teacher_l2=None):
+    def teacher_terms(self, theta, term="f", teacher_l2=None, weights=None):
         """Precompute the teacher's per-sample gradients (they do not depend on x).
 
         ``term="f"``: ∇f_i(θ) = ∇ℓ_i(θ) + αθ (distillation gradient of f);
         ``term="data"``: ∇ℓ_i(θ) (literal KD loss, ridge on the student only);
-        ``teacher_l2=w`` (either term): ∇ℓ_i(θ) + wθ (``teacher_weight_decay``).
+        ``teacher_l2=w`` (either term): ∇ℓ_i(θ) + wθ (``teacher_weight_decay``). ``weights`` (n,):
+        the full term is Σ_i w_i ∇ℓ_i(θ) + ridge instead of the mean (``kdsim.rng.batch_mean_weights``).
         """
         wd = self.teacher_weight_decay(term, teacher_l2)
         theta = self._teacher(theta)
         rows = self._sample_grads(theta, np.arange(self.n))
         ridge = wd * theta
-        return TeacherTerms(rows, ridge, rows.mean(axis=0) + ridge)
+        full = rows.mean(axis=0) if weights is None else weights @ rows
+        return TeacherTerms(rows, ridge, full + ridge)
 
     def batch_teacher_grad(self, X, terms, idx):
         """Teacher minibatch term T_B for each trajectory, (T, dim)."""

@@ -528,8 +528,8 @@ class DeepLinear(Problem):
     def _spec_structure(self):
         return ("identity" if self.loss_type == "squared" else "softmax"), self._targets, self.shapes
 
-    def _spec_teacher(self, theta, term, teacher_l2=None):
-        terms = self.teacher_terms(theta, term, teacher_l2)
+    def _spec_teacher(self, theta, term, teacher_l2=None, weights=None):
+        terms = self.teacher_terms(theta, term, teacher_l2, weights)
         return terms.residuals, terms.full_map, terms.ridge
 
     def _spec_refs(self):
@@ -550,7 +550,7 @@ class DeepLinear(Problem):
         return self._sq_ref
 
     # ------------------------------------------------------------------ teacher terms
-    def teacher_terms(self, theta, term="f", teacher_l2=None):
+    def teacher_terms(self, theta, term="f", teacher_l2=None, weights=None):
         """Teacher quantities for the engines (see ``DeepLinearTeacherTerms``).
 
         The per-sample teacher gradients ∇g_i(Θ̄) = r_i a_iᵀ are stored as r_i (n, d_out).
@@ -563,7 +563,8 @@ class DeepLinear(Problem):
         R = self._outputs_residual(self.A @ Tm.T, self._targets)
         same = theta.ndim == 1
         ridge = wd * theta if same else np.zeros(self.dim)
-        return DeepLinearTeacherTerms(Tm, R, R.T @ self.A / self.n, ridge, term, same)
+        G = R.T @ self.A / self.n if weights is None else (R * weights[:, None]).T @ self.A
+        return DeepLinearTeacherTerms(Tm, R, G, ridge, term, same)
 
     def batch_teacher_grad(self, X, terms, idx):
         """J(x)ᵀ (1/b) Σ_{i∈B} ∇g_i(Θ̄) (+ ridge) for each trajectory: X (T, dim), idx (T, b) -> (T, dim)."""
