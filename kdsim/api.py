@@ -213,6 +213,11 @@ def lambda_curve(problem, theta, lams, step, steps, seeds, batch_size=1, estimat
                           "n_seeds": count.astype(np.int64), "n_diverged": res.diverged.sum(axis=1).astype(np.int64)})
 
     empirical = _empirical_optimum(res.lams, per, level, n_boot, notes)
+    setup = {k: res.config[k] for k in ("sampling", "momentum", "lam_schedule", "temperature") if k in res.config}
+    if setup:
+        notes.append("the theoretical weights assume i.i.d. minibatches, no momentum, a constant λ and τ = 1; this "
+                     f"run used {', '.join(f'{k}={v}' for k, v in setup.items())} (docs/theory.md §5.2: under "
+                     "reshuffling the optimum is (M − c)/(M + D² − 2c))")
     variants = _theory_lambdas(problem, res.config, theta, float(step), int(res.config.get("batch_size", batch_size)),
                                estimator, record, notes)
     frame.attrs.update({"record": record, "at": at, "level": float(level), "lambda_emp": empirical.lam,

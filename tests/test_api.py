@@ -306,3 +306,14 @@ def test_package_attributes_in_a_fresh_interpreter():
             "kdsim.paired_comparison; kdsim.plot_lambda_curve; "
             "assert 'matplotlib' not in sys.modules, 'importing kdsim must not import matplotlib'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_lambda_curve_says_when_the_theory_assumes_another_training_setup():
+    from kdsim.problems import synthetic
+    p = synthetic.least_squares(n=30, d=3, cond=4.0, seed=0)
+    t = kdsim.teachers.at_distance(p, r=0.2, seed=1)
+    rr = kdsim.lambda_curve(p, t, lams=[0.0, 0.2, 0.4], step=0.05, steps=120, seeds=8, sampling="reshuffle",
+                            momentum=0.3)
+    assert any("i.i.d. minibatches" in n and "sampling=reshuffle" in n and "momentum=0.3" in n for n in rr.notes)
+    iid = kdsim.lambda_curve(p, t, lams=[0.0, 0.2, 0.4], step=0.05, steps=120, seeds=8)
+    assert not any("i.i.d. minibatches" in n for n in iid.notes)
