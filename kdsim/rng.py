@@ -365,6 +365,22 @@ if _njit is not None:
             perm[j] = held
 
     @_njit(cache=True)
+    def epoch_batch_nb(stream_key, t, n, code, K, perm, perm_epoch, slot):
+        """Make ``perm[slot]`` the permutation of step t's epoch (rebuilt only when the epoch changed;
+        ``perm_epoch[slot]`` is −1 at first) and return t's batch number k within the epoch.
+
+        ``code`` 1 reshuffle, 2 shuffle-once (epoch 0's permutation in every epoch); ``K`` steps per epoch.
+        """
+        e = t // K
+        k = t - e * K
+        if code == 2:
+            e = 0
+        if perm_epoch[slot] != e:
+            permutation_into_nb(epoch_key_nb(stream_key, e), n, perm[slot])
+            perm_epoch[slot] = e
+        return k
+
+    @_njit(cache=True)
     def batch_into_nb(stream_key, t, n, b, code, K, perm, perm_epoch, slot, out, taken):
         """Step t's minibatch of one trajectory into ``out``; returns its size b_t.
 
@@ -375,14 +391,7 @@ if _njit is not None:
         if code == 0:
             minibatch_into_nb(step_key_nb(stream_key, t), n, b, out, taken)
             return b
-        e = t // K
-        k = t - e * K
-        if code == 2:
-            e = 0
-        if perm_epoch[slot] != e:
-            permutation_into_nb(epoch_key_nb(stream_key, e), n, perm[slot])
-            perm_epoch[slot] = e
-        lo = k * b
+        lo = epoch_batch_nb(stream_key, t, n, code, K, perm, perm_epoch, slot) * b
         nb = min(b, n - lo)
         for j in range(nb):
             out[j] = perm[slot, lo + j]

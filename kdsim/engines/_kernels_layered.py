@@ -94,6 +94,16 @@ def _forward_batch(x, dims, offs, A, idx, j0, nb, H, hoff, zero):
                 H[j1, ho + r1] = a11
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _logit_max(H, j, z0, m):
+    """max_o H[j, z0 + o] over the m logits of row j (the shift of a stable softmax)."""
+    zmax = H[j, z0]
+    for o in range(1, m):
+        if H[j, z0 + o] > zmax:
+            zmax = H[j, z0 + o]
+    return zmax
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero):
     """D[j, :m] = ∂g/∂z of sample idx[j0 + j] at its logits H[j, zoff:zoff + m] (see the module table)."""
@@ -104,10 +114,7 @@ def _residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero):
             for o in range(m):
                 D[j, o] = H[j, z0 + o] - Y[i, o]
         elif code == 1:
-            zmax = H[j, z0]
-            for o in range(1, m):
-                if H[j, z0 + o] > zmax:
-                    zmax = H[j, z0 + o]
+            zmax = _logit_max(H, j, z0, m)
             s = zero
             for o in range(m):
                 e = np.exp(H[j, z0 + o] - zmax)
@@ -358,10 +365,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                 z0 = np.uint64(hoff[L])
                 for jj in range(nb):
                     i = idx[jb + jj]
-                    zmax = Hx[jj, z0]
-                    for o in range(1, d_out):
-                        if Hx[jj, z0 + o] > zmax:
-                            zmax = Hx[jj, z0 + o]
+                    zmax = _logit_max(Hx, jj, z0, d_out)
                     s = zero
                     for o in range(d_out):
                         s += np.exp((Hx[jj, z0 + o] - zmax) / tau)

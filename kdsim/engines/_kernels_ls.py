@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from ..rng import batch_into_nb, epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
+from ..rng import batch_into_nb, epoch_batch_nb, splitmix64_nb, step_key_nb, uniform_below_nb
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), reciprocal and no-signed-zero; never nnan/ninf.
@@ -179,14 +179,7 @@ def _index1s(key0, t, n, code, perm, perm_epoch, g):
     """The index of a batch-1 step under sampling ``code`` (an epoch is n steps); slot g's permutation cache."""
     if code == 0:
         return _index1(key0, t, n)
-    e = t // n
-    k = t - e * n
-    if code == 2:
-        e = 0
-    if perm_epoch[g] != e:
-        permutation_into_nb(epoch_key_nb(key0, e), n, perm[g])
-        perm_epoch[g] = e
-    return perm[g, k]
+    return perm[g, epoch_batch_nb(key0, t, n, code, n, perm, perm_epoch, g)]
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
