@@ -44,6 +44,17 @@ def check_record(name, names=RECORDS):
     return name
 
 
+#: the training-setup options a configuration names when they differ from their defaults
+#: (``kdsim.simulate.training_config``); ``to_frame`` adds them as columns
+SETUP_KEYS = ("sampling", "drop_last", "momentum", "lam_schedule", "svrg_warmup", "svrg_correction", "teacher_l2",
+              "temperature", "full_grad")
+
+
+def setup_columns(config):
+    """{option: value} of the non-default training options of a run's configuration."""
+    return {k: config[k] for k in SETUP_KEYS if k in config}
+
+
 #: summary-frame columns, in order
 SUMMARY_COLUMNS = ("lam", "step", "record", "mean", "ci_low", "ci_high", "sem", "count")
 #: the ways of reducing a seed's records to one value (``SimResult.per_seed``)
@@ -341,7 +352,9 @@ class SimResult(_RunInfo):
     def to_frame(self):
         """Long frame: one row per (λ, seed, record) up to divergence.
 
-        Columns: lam, seed, step, dist2_opt, subopt, dist2_teacher, diverged.
+        Columns: lam, seed, step, epoch, dist2_opt, subopt, dist2_teacher, the held-out records
+        (test_loss, test_accuracy) when the problem has a test split, diverged, and one column per
+        training option that differs from its default (``SETUP_KEYS``: sampling, momentum, …).
         Records after a trajectory diverged are dropped (no NaN rows).
         """
         L, S, R = self.dist2_opt.shape
@@ -351,10 +364,12 @@ class SimResult(_RunInfo):
         div_step = np.repeat(self.diverged_step.ravel(), R)
         keep = (div_step < 0) | (step < div_step)
         frame = pd.DataFrame({
-            "lam": lam, "seed": seed, "step": step,
+            "lam": lam, "seed": seed, "step": step, "epoch": np.tile(self.epochs, L * S),
             **{name: self.record(name).ravel() for name in self.record_names},
             "diverged": div_step >= 0,
         })
+        for key, value in setup_columns(self.config).items():
+            frame[key] = value
         return frame[keep].reset_index(drop=True)
 
 
@@ -404,14 +419,17 @@ class SimSummary(_RunInfo):
         return out
 
     def to_frame(self):
-        """One row per (λ, record): count and mean and variance of each record.
+        """One row per (λ, record): step, epoch, count, mean and variance of each record, and the
+        non-default training options (``SETUP_KEYS``) as columns.
 
         A λ none of whose seeds survived has no rows (``divergence_summary`` names it); a
         variance needs two seeds and is NaN with one.
         """
         L, R = len(self.lams), len(self.steps)
         frame = pd.DataFrame({"lam": np.repeat(self.lams, R), "step": np.tile(self.steps, L),
-                              "count": np.repeat(self.count, R),
+                              "epoch": np.tile(self.epochs, L), "count": np.repeat(self.count, R),
                               **{f"{n}_mean": self.means[n].ravel() for n in self.record_names},
                               **{f"{n}_var": self.variances[n].ravel() for n in self.record_names}})
+        for key, value in setup_columns(self.config).items():
+            frame[key] = value
         return frame[frame["count"] > 0].reset_index(drop=True)

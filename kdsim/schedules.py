@@ -77,11 +77,12 @@ class LambdaSchedule:
                         f"got {spec!r}")
 
     def __str__(self):
+        """The schedule's name, parsed back to the same schedule (floats in their shortest exact form)."""
         if self.kind == "constant":
             return "constant"
         if self.kind == "decay":
-            return f"decay:{self.factor:g}"
-        return f"increase:{self.factor:g}:{self.cap:g}"
+            return f"decay:{self.factor!r}"
+        return f"increase:{self.factor!r}:{self.cap!r}"
 
     def values(self, lams, epochs):
         """λ_e for every λ of ``lams`` and e = 0 .. epochs − 1, shape (len(lams), epochs)."""

@@ -183,3 +183,18 @@ def test_replicate_kdvr_linear_full(tmp_path):
     assert (table["seeds"] == 256).all()
     assert (table["test_accuracy"] > 0.9).all()
     print(rep.to_markdown())
+
+
+def test_frames_carry_epochs_and_the_training_options():
+    p = _ls_split()
+    res = kdsim.simulate(p, p.solution() + 0.1, [0.0, 0.5], 0.05, seeds=3, epochs=4, record_every_epoch=2,
+                         batch_size=5, sampling="reshuffle", momentum=0.4, lam_schedule="decay:0.8")
+    frame = res.to_frame()
+    assert list(frame["epoch"].unique()) == [0.0, 2.0, 4.0]
+    assert (frame["sampling"] == "reshuffle").all() and (frame["momentum"] == 0.4).all()
+    assert (frame["lam_schedule"] == "decay:0.8").all() and "temperature" not in frame.columns
+    red = kdsim.simulate(p, p.solution() + 0.1, [0.0, 0.5], 0.05, seeds=3, epochs=4, record_every_epoch=2,
+                         batch_size=5, sampling="shuffle_once", reduce=True).to_frame()
+    assert (red["sampling"] == "shuffle_once").all() and list(red["epoch"].unique()) == [0.0, 2.0, 4.0]
+    plain = kdsim.simulate(p, p.solution(), [0.0], 0.05, 10, 2).to_frame()
+    assert "sampling" not in plain.columns and "epoch" in plain.columns

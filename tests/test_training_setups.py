@@ -574,7 +574,7 @@ def test_schedule_forms_and_values():
     assert LambdaSchedule.parse({"kind": "decay"}) == LambdaSchedule("decay", 0.9)
     assert LambdaSchedule.parse({"kind": "increase", "factor": 2}) == LambdaSchedule("increase", 2.0, 1.0)
     assert LambdaSchedule.parse({}) == LambdaSchedule()
-    assert str(LambdaSchedule.parse("increase")) == "increase:1.047:1"
+    assert str(LambdaSchedule.parse("increase")) == "increase:1.047:1.0"
     lams = [0.0, 0.5, 2.0]
     np.testing.assert_array_equal(LambdaSchedule().values(lams, 3), np.repeat(np.array(lams)[:, None], 3, axis=1))
     np.testing.assert_allclose(LambdaSchedule.parse("decay:0.5").values(lams, 4),

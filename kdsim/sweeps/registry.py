@@ -35,6 +35,7 @@ class Param:
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False           # lo excluded (x > lo) instead of x >= lo
+    hi_open: bool = False           # hi excluded (x < hi) instead of x <= hi
     choices: tuple = ()
     doc: str = ""
 
@@ -45,7 +46,7 @@ class Param:
         if self.lo is not None:
             parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
         if self.hi is not None:
-            parts.append(f"<= {self.hi:g}")
+            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
         return f"{'an integer' if self.kind == 'int' else 'a number'}" + (f" {' and '.join(parts)}" if parts else "")
 
     def check(self, where, value):
@@ -73,7 +74,7 @@ class Param:
                 raise SpecError(f"{label} must be finite; got {value!r}")
         if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
             raise SpecError(f"{label} must be {self.describe_range()}; got {value!r}")
-        if self.hi is not None and v > self.hi:
+        if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
             raise SpecError(f"{label} must be {self.describe_range()}; got {value!r}")
         return v
 
@@ -89,6 +90,14 @@ class Builder:
     n_of: object = None          # params -> number of samples n (problems; no data needed)
     dim_of: object = None        # params -> parameter dimension (problems)
     extra: dict = field(default_factory=dict)
+    #: problems: True (or params -> True) when the loss has a softmax to temper (``[grid] temperature``;
+    #: ``Problem.supports_temperature``), known without building the problem
+    supports_temperature: object = False
+
+    def tempers(self, params):
+        """Whether the problem of ``params`` accepts a temperature τ ≠ 1."""
+        flag = self.supports_temperature
+        return bool(flag(params) if callable(flag) else flag)
 
     @property
     def param_names(self):
@@ -163,7 +172,8 @@ register_problem(Builder(
     (Param("n", "int", 200, lo=1), Param("d", "int", 5, lo=1), Param("n_classes", "int", 3, lo=2),
      Param("l2", "float", 0.1, lo=0), Param("bias", "bool", True), Param("separation", "float", 1.0, lo=0), _SEED),
     _softmax, "synthetic softmax regression on Gaussian clusters",
-    n_of=lambda p: p["n"], dim_of=lambda p: p["n_classes"] * (p["d"] + (1 if p["bias"] else 0))))
+    n_of=lambda p: p["n"], dim_of=lambda p: p["n_classes"] * (p["d"] + (1 if p["bias"] else 0)),
+    supports_temperature=True))
 register_problem(Builder(
     "logistic", (Param("n", "int", 200, lo=1), Param("d", "int", 5, lo=1), _L2, _SEED),
     _logistic, "synthetic logistic regression", n_of=lambda p: p["n"], dim_of=lambda p: p["d"]))
@@ -179,7 +189,7 @@ register_problem(Builder(
     "digits",
     (Param("standardize", "bool", True), Param("bias", "bool", True), Param("l2", "float", 1e-2, lo=0)),
     _digits, "softmax regression on the 8×8 digits (1797 × 64, 10 classes; THEORY §8 claim 11)",
-    n_of=lambda p: 1797, dim_of=lambda p: 10 * (64 + (1 if p["bias"] else 0))))
+    n_of=lambda p: 1797, dim_of=lambda p: 10 * (64 + (1 if p["bias"] else 0)), supports_temperature=True))
 
 
 # ------------------------------------------------------------------ teachers

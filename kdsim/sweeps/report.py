@@ -21,6 +21,12 @@ Tables (``table``, ``kdsim table``):
 * ``cells`` — one row per cell: γ, γ relative to the T1 condition and to the largest
   stable step, diverged trajectories, notes.
 
+Every table carries, after ``label``, the training-setup options (``sampling``, ``momentum``,
+``lam_schedule``, …; ``spec.TRAINING``) that some cell of the store sets to a non-default value,
+so a table can be grouped by them; a store of default setups gives the tables it always gave.
+A bound of a cell outside THEORY's setting (another sampling scheme, momentum, a λ schedule,
+τ ≠ 1) has the status "not applicable: …" and the verdict "n/a", never "holds".
+
 Figures (``plot``, ``kdsim plot``; PNG, PDF or SVG): plateau against γ per λ with the T1
 neighbourhood and the exact least-squares plateau; the λ sweep per γ
 (``kdsim.report.plots.lambda_sweep_plot``) with λ̂, λ*_T1, λ*_T2, λ*_published, λ_opt;
@@ -39,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .registry import SweepUsageError
+from .spec import TRAINING
 from .store import load, resolve_store
 
 BOUND_NAMES = {"t1": "T1", "t1p": "T1'", "t2": "T2", "sgd": "SGD"}
@@ -68,9 +75,30 @@ def _open(spec_or_dir, out=None):
 
 
 # ------------------------------------------------------------------- tables
+def setup_columns(frame):
+    """The training options (``spec.TRAINING``) that some row of ``frame`` sets to a non-default value."""
+    out = []
+    for key, param in TRAINING.items():
+        if key not in frame.columns:
+            continue
+        col = frame[key]
+        default = param.default
+        changed = col.notna().any() if default is None else (col.isna() | (col != default)).any()
+        if changed:
+            out.append(key)
+    return out
+
+
+def _setup(first, keys):
+    """The values of the training options ``keys`` in a cell's first row (NaN for a missing value: the
+    estimator's own teacher term, the default SVRG period)."""
+    return {k: (np.nan if pd.isna(first[k]) else first[k]) for k in keys}
+
+
 def bounds_table(frame, labels):
     """One row per (cell, λ, bound); see the module docstring."""
     rows = []
+    setup = setup_columns(frame)
     for (idx, lam), g in frame.groupby(["cell_index", "lam"], sort=True):
         g = g.sort_values("step")
         first = g.iloc[0]
@@ -84,7 +112,8 @@ def bounds_table(frame, labels):
             mean = g[f"{q}_mean"].to_numpy(dtype=float)
             lo = g[f"{q}_ci_low"].to_numpy(dtype=float)
             hi = g[f"{q}_ci_high"].to_numpy(dtype=float)
-            row = {"cell": int(idx), "label": labels.get(int(idx), ""), "lam": float(lam), "bound": name,
+            row = {"cell": int(idx), "label": labels.get(int(idx), ""), **_setup(first, setup), "lam": float(lam),
+                   "bound": name,
                    "quantity": QUANTITY_TEXT[q], "verdict": "", "max_mean_over_bound": np.nan,
                    "max_upper_over_bound": np.nan, "burn_in_step": np.nan,
                    "plateau": first.get(f"plateau_{q}_mean", np.nan),
@@ -188,13 +217,15 @@ def _best_on_grid(g):
 def lambdas_table(frame, labels):
     """One row per cell: the best λ on the grid beside the theoretical optimal weights."""
     rows = []
+    setup = setup_columns(frame)
     for idx, g in frame.groupby("cell_index", sort=True):
         first = g.iloc[0]
         lam, p, lo, hi = _best_on_grid(g)
         best = g[g["lam"] == lam].sort_values("step") if np.isfinite(lam) else g.iloc[:0]
         converged = plateau_converged(best, "dist2_opt", best.iloc[0]) if len(best) else None
-        rows.append({"cell": int(idx), "label": labels.get(int(idx), ""), "gamma": first["gamma"],
-                     "best_lam_on_grid": lam, "plateau_at_best": p, "plateau_ci_low": lo, "plateau_ci_high": hi,
+        rows.append({"cell": int(idx), "label": labels.get(int(idx), ""), **_setup(first, setup),
+                     "gamma": first["gamma"], "best_lam_on_grid": lam, "plateau_at_best": p, "plateau_ci_low": lo,
+                     "plateau_ci_high": hi,
                      "converged": converged,
                      "lambda_hat": first["lambda_hat"], "lambda_star_t1": first["lambda_star_t1"],
                      "lambda_star_t2": first["lambda_star_t2"], "lambda_star_published": first["lambda_star_published"],
@@ -207,13 +238,15 @@ def lambdas_table(frame, labels):
 def cells_table(frame, labels):
     """One row per cell: γ against the T1 condition and the stability threshold, divergence, notes."""
     rows = []
+    setup = setup_columns(frame)
     for idx, g in frame.groupby("cell_index", sort=True):
         first = g.iloc[0]
         per_lam = g.groupby("lam").first()
         gmax = first["bound_t1_gamma_max"]
         stable = first["gamma_stable_max"]
         notes = [n for n in per_lam["diverged_note"].tolist() if n] + ([first["theory_note"]] if first["theory_note"] else [])
-        rows.append({"cell": int(idx), "label": labels.get(int(idx), ""), "cell_hash": first["cell_hash"],
+        rows.append({"cell": int(idx), "label": labels.get(int(idx), ""), **_setup(first, setup),
+                     "cell_hash": first["cell_hash"],
                      "gamma": first["gamma"], "gamma_over_t1_max": first["gamma"] / gmax if gmax > 0 else np.nan,
                      "gamma_stable_max": stable, "mu": first["mu"], "expected_smoothness": first["expected_smoothness"],
                      "seeds": int(first["seeds"]), "steps": int(first["steps"]),
@@ -257,7 +290,7 @@ def render_table(frame, fmt="md"):
 
 
 # ------------------------------------------------------------------ figures
-GROUP_KEYS = ("problem", "teacher_label", "batch_size", "estimator", "seeds", "steps", "record_every")
+GROUP_KEYS = ("problem", "teacher_label", "batch_size", "estimator", "seeds", "steps", "record_every") + tuple(TRAINING)
 
 
 def _group_keys(frame):
@@ -329,7 +362,30 @@ def caption(row, keys=None):
         parts.append(f"estimator {row['estimator']}")
     if has("seeds") and has("steps"):
         parts.append(f"{int(row['seeds'])} seeds, {int(row['steps'])} steps")
+    setup = setup_text(row, keys)
+    if setup:
+        parts.append(setup)
     return "; ".join(parts)
+
+
+#: how a non-default training option reads in a figure title
+SETUP_TEXT = {"sampling": "sampling {}", "drop_last": "drop_last", "momentum": "momentum μ = {:g}",
+              "lam_schedule": "λ schedule {}", "temperature": "τ = {:g}", "teacher_l2": "teacher_l2 = {:g}",
+              "svrg_period": "SVRG period {}", "svrg_warmup": "SVRG warm-up {} epochs",
+              "svrg_correction": "SVRG without correction"}
+
+
+def setup_text(row, keys=None):
+    """The training options of a row that differ from their defaults, in words ("" when none)."""
+    parts = []
+    for key, param in TRAINING.items():
+        if key not in row.index or (keys is not None and key not in keys):
+            continue
+        value = row[key]
+        if pd.isna(value) or value == param.default:
+            continue
+        parts.append(SETUP_TEXT[key].format(int(value) if key in ("svrg_period", "svrg_warmup") else value))
+    return ", ".join(parts)
 
 
 def _select(planned, max_figures):

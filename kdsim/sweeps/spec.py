@@ -32,12 +32,25 @@ error that names it and lists the valid ones)::
     seeds = 64
     steps = 2000
     record_every = 20             # default max(1, steps // 100)
+    sampling = ["iid", "reshuffle"]   # training setups (``TRAINING``; docs/training.md), all optional:
+    momentum = [0.0, 0.9]             # sampling, drop_last, momentum, lam_schedule, temperature,
+    lam_schedule = "decay:0.9"        # teacher_l2, svrg_period, svrg_warmup, svrg_correction
 
 Every value in [problem], [[teachers]] and [grid] (except ``lams``) may be a scalar
 or a list; lists are axes of the Cartesian product. λ is not an axis: the whole λ
 grid of a cell runs in one ``simulate`` call with common random numbers.
 Validation happens in ``load_spec``, before any work: bad specs raise
 ``SpecError`` (a ValueError) naming the section and key.
+
+Training-setup options (``TRAINING``) enter a cell's configuration, and so its hash, only
+where they differ from ``simulate``'s defaults (as ``kdsim.simulate.training_config``
+does), and the normalised spec names them only when the spec gives them: a spec that uses
+none of them has the cells, hashes and stores it always had. An option that does not apply
+to a cell's estimator or problem (``training_issue``: svrg_* to estimators other than svrg,
+teacher_l2 to sgd and svrg, temperature to estimators other than kd and kd_loss or to
+problems without a softmax loss) is a ``SpecError`` when no cell could use it, or when it is
+a list (an axis): the cells it does not apply to would repeat. A single value applies to
+the cells it fits; the others run without it (their configuration does not name it).
 """
 from __future__ import annotations
 
@@ -56,6 +69,8 @@ import numpy as np
 
 from .._version import __version__
 from ..results import config_hash
+from ..rng import SAMPLINGS
+from ..schedules import LambdaSchedule
 from .registry import PROBLEMS, REQUIRED, TEACHERS, Param, SpecError
 
 try:  # Python >= 3.11
@@ -73,7 +88,9 @@ SPEC_KEYS = {
     "": ("sweep", "problem", "problems", "teachers", "grid"),
     "sweep": ("name", "description", "master_seed", "backend", "cell_seeds", "level", "tail_fraction",
               "rate_boot", "out"),
-    "grid": ("lams", "step", "step_fraction", "batch_size", "estimator", "seeds", "steps", "record_every"),
+    "grid": ("lams", "step", "step_fraction", "batch_size", "estimator", "seeds", "steps", "record_every",
+             "sampling", "drop_last", "momentum", "lam_schedule", "temperature", "teacher_l2", "svrg_period",
+             "svrg_warmup", "svrg_correction"),
 }
 
 _SWEEP_PARAMS = {
@@ -98,6 +115,24 @@ _GRID_PARAMS = {
     "record_every": Param("record_every", "int", None, lo=1),
 }
 
+#: the training-setup options of ``kdsim.simulate`` a [grid] may set (docs/training.md), with
+#: simulate's defaults: a cell's configuration names an option only when it differs from its
+#: default. ``lam_schedule`` is checked by ``kdsim.schedules.LambdaSchedule.parse`` and kept as
+#: its canonical string; ``sampling``'s values are ``kdsim.rng.SAMPLINGS``.
+TRAINING = {
+    "sampling": Param("sampling", "str", "iid", choices=SAMPLINGS),
+    "drop_last": Param("drop_last", "bool", False),
+    "momentum": Param("momentum", "float", 0.0, lo=0, hi=1, hi_open=True),
+    "lam_schedule": Param("lam_schedule", "str", "constant"),
+    "temperature": Param("temperature", "float", 1.0, lo=0, lo_open=True),
+    "teacher_l2": Param("teacher_l2", "float", None, lo=0),
+    "svrg_period": Param("svrg_period", "int", None, lo=1),
+    "svrg_warmup": Param("svrg_warmup", "int", 0, lo=0),
+    "svrg_correction": Param("svrg_correction", "bool", True),
+}
+#: the options that only the SVRG estimator reads
+SVRG_ONLY = ("svrg_period", "svrg_warmup", "svrg_correction")
+
 
 def _backends():
     from ..engines import BACKENDS
@@ -107,6 +142,53 @@ def _backends():
 def _estimators():
     from ..estimators import ESTIMATORS
     return tuple(ESTIMATORS)
+
+
+def training_issue(key, value, estimator, family, params):
+    """Why the training option ``key = value`` does not apply to a cell of ``estimator`` on problem
+    ``family`` with ``params`` ("" when it does; a default value always does). The rules are
+    those of ``kdsim.plan.make_plan``, read from the estimator's data and the problem builder."""
+    if value == TRAINING[key].default:
+        return ""
+    from ..estimators import get_estimator
+    est = get_estimator(estimator)
+    if key in SVRG_ONLY and not est.snapshot:
+        return f"{key} applies to estimator 'svrg' only"
+    if key == "teacher_l2" and not est.uses_teacher:
+        return "teacher_l2 applies to the teacher estimators 'kd', 'kd_loss' and 'corrected'"
+    if key == "temperature":
+        if est.name not in ("kd", "kd_loss"):
+            return "temperature applies to the literal KD loss, estimators 'kd' and 'kd_loss'"
+        if not PROBLEMS[family].tempers(params):
+            return f"temperature applies to softmax losses; problem family {family!r} has none"
+    return ""
+
+
+def training_options(config):
+    """Every training option of a cell configuration, defaults filled in (``TRAINING``)."""
+    return {key: config.get(key, p.default) for key, p in TRAINING.items()}
+
+
+def steps_per_epoch(config):
+    """K of a cell: ⌈n/b⌉ steps per epoch (⌊n/b⌋ with drop_last), as ``kdsim.simulate`` counts them."""
+    p = config["problem"]
+    n, b = PROBLEMS[p["family"]].n_of(p["params"]), config["batch_size"]
+    return n // b if config.get("drop_last", False) else -(-n // b)
+
+
+def training_columns(config, setting_note=""):
+    """The training-setup columns of a cell's rows: every option of ``spec.TRAINING`` (defaults filled
+    in), ``steps_per_epoch`` and ``setting_note`` (``task``; ``store.load`` fills them so into parts
+    written before they existed, whose cells use the defaults)."""
+    cols = training_options(config)
+    if cols["teacher_l2"] is None:
+        cols["teacher_l2"] = np.nan
+    cols["teacher_l2"] = float(cols["teacher_l2"])
+    cols["momentum"], cols["temperature"] = float(cols["momentum"]), float(cols["temperature"])
+    cols["svrg_warmup"] = int(cols["svrg_warmup"])
+    cols["steps_per_epoch"] = int(steps_per_epoch(config))
+    cols["setting_note"] = setting_note
+    return cols
 
 
 # --------------------------------------------------------------------- cells
@@ -254,10 +336,11 @@ class Cells(Sequence):
     """The cells of a normalised spec, built on demand from its axes by index.
 
     Cell ``i`` is the ``i``-th element of the Cartesian product of the axes (problem,
-    teacher, step, batch size, estimator, seeds, steps, record_every; the last varies
-    fastest). Only the axes' values are held, so ``len`` is a product and a cell costs
-    nothing until it is asked for. ``version`` and ``schema`` go into every configuration
-    (and so into every hash): a store re-expands its cells with the ones it was written with.
+    teacher, step, batch size, estimator, seeds, steps, record_every, then the training
+    options of ``TRAINING``; the last varies fastest). Only the axes' values are held, so
+    ``len`` is a product and a cell costs nothing until it is asked for. ``version`` and
+    ``schema`` go into every configuration (and so into every hash): a store re-expands its
+    cells with the ones it was written with.
     """
 
     def __init__(self, norm, version=__version__, schema=STORE_SCHEMA):
@@ -272,6 +355,8 @@ class Cells(Sequence):
             "batch_size": grid["batch_size"], "estimator": grid["estimator"], "seeds": grid["seeds"],
             "steps": grid["steps"], "record_every": grid["record_every"],
         }
+        # training options last (a spec without them keeps its cell order); absent in older specs
+        self.axes_values.update({k: grid.get(k, [p.default]) for k, p in TRAINING.items()})
         self.axes = {k: len(v) for k, v in self.axes_values.items() if len(v) > 1}
         self._product = _Product(self.axes_values.values())
         self._label_problem = len(norm["problems"]) > 1
@@ -293,7 +378,7 @@ class Cells(Sequence):
     def cell(self, index, full=True):
         """Cell ``index``; ``full=False`` leaves its hash and label empty (for cost sums, which need
         neither and would spend most of their time on them)."""
-        prob, teach, gamma, b, est, seeds, steps, every = self._product[index]
+        prob, teach, gamma, b, est, seeds, steps, every, *training = self._product[index]
         if every is None:
             every = max(1, steps // 100)
         sweep, step_key = self.sweep, self.step_key
@@ -309,14 +394,18 @@ class Cells(Sequence):
             "summaries": {"level": sweep["level"], "tail_fraction": sweep["tail_fraction"],
                           "rate_boot": sweep["rate_boot"]},
         }
+        for key, value in zip(TRAINING, training):
+            # defaults stay out (the cell keeps its hash); so does a single value that does not apply here
+            if value != TRAINING[key].default and not training_issue(key, value, est, prob[0], prob[1]):
+                config[key] = value
         config["seed"] = (sweep["master_seed"] if sweep["cell_seeds"] == "common"
                           else _derived_seed(config, sweep["master_seed"]))
         if not full:
             return Cell(index=index, config=config)
         return Cell(index=index, config=config, hash=config_hash(config),
-                    label=self._label(prob, teach, gamma, b, est, seeds, steps, every))
+                    label=self._label(prob, teach, gamma, b, est, seeds, steps, every, config))
 
-    def _label(self, prob, teach, gamma, b, est, seeds, steps, every):
+    def _label(self, prob, teach, gamma, b, est, seeds, steps, every, config):
         parts = []
         if self._label_problem or self._varying_problem:
             inner = _short(prob[1], self._varying_problem)
@@ -329,6 +418,9 @@ class Cells(Sequence):
                            ("seeds", f"seeds={seeds}"), ("steps", f"T={steps}"), ("record_every", f"every={every}")):
             if name in self.axes:
                 parts.append(text)
+        for key in TRAINING:
+            if key in self.axes:
+                parts.append(_training_text(key, config.get(key, TRAINING[key].default)))
         return " · ".join(parts) or "single cell"
 
     def representatives(self, axes):
@@ -518,7 +610,31 @@ def _grid_section(table):
     for est in grid["estimator"]:
         if est not in _estimators():
             raise SpecError(f"[grid] estimator: unknown value {est!r}; valid values: {', '.join(map(repr, _estimators()))}")
+    for key, param in TRAINING.items():      # named in the normalised spec only when given
+        if key in table:
+            grid[key] = _schedule_axis(table[key]) if key == "lam_schedule" else _axis("[grid]", param, table[key])
     return grid
+
+
+def _schedule_axis(value):
+    """lam_schedule values (strings such as "decay:0.9", or tables {kind, factor, cap}) as canonical strings."""
+    where = "[grid] lam_schedule"
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise SpecError(f"{where}: empty list (a grid axis needs at least one value)")
+    out = []
+    for v in values:
+        if not isinstance(v, (str, dict)):
+            raise SpecError(f"{where} must be a string such as 'decay:0.9' or a table {{kind, factor, cap}}; "
+                            f"got {v!r} ({type(v).__name__})")
+        try:
+            schedule = LambdaSchedule.parse(v)
+        except (ValueError, TypeError) as exc:
+            raise SpecError(f"{where}: {exc}") from None
+        out.append(str(schedule))              # its exact name: parses back to the same schedule
+    if len(set(out)) != len(out):
+        raise SpecError(f"{where}: repeated values in {value!r} (as schedules: {', '.join(out)})")
+    return out
 
 
 def _expand(params):
@@ -541,6 +657,91 @@ def _cross_checks(problems, grid):
             short = [s for s in grid["steps"] if every > s]
             if short:
                 raise SpecError(f"[grid] record_every must be <= steps; got record_every = {every}, steps = {short[0]}")
+    _training_checks(problems, grid)
+
+
+def _problem_entries(problems):
+    """(family, params) of every problem, or of one per table when the family's temperature flag is
+    not a function of the parameters (all that ``training_issue`` can tell apart)."""
+    for prob in problems:
+        family = prob["family"]
+        entries = _expand(prob["params"])
+        if callable(PROBLEMS[family].supports_temperature):
+            yield from ((family, params) for params in entries)
+        else:
+            yield family, next(entries)
+
+
+def _training_checks(problems, grid):
+    """Each training option's values against the estimators and problems it crosses (module docstring),
+    and λ schedules against the run lengths."""
+    entries = None
+    for key, param in TRAINING.items():
+        values = grid.get(key, [param.default])
+        for value in values:
+            if value == param.default:
+                continue
+            if entries is None:
+                entries = list(_problem_entries(problems))
+            fits, refused = 0, []
+            for est in grid["estimator"]:
+                for family, params in (entries if key == "temperature" else entries[:1]):
+                    issue = training_issue(key, value, est, family, params)
+                    if issue:
+                        refused.append((est, family, issue))
+                    else:
+                        fits += 1
+            if not refused:
+                continue
+            est, family, issue = refused[0]
+            cell = f"estimator {est!r}" + (f", problem {family!r}" if key == "temperature" else "")
+            if not fits:
+                raise SpecError(f"[grid] {key} = {value!r}: {issue}; no cell of this spec can use it "
+                                f"(the cells with {cell} cannot)")
+            if len(values) > 1:
+                raise SpecError(f"[grid] {key} = {value!r} does not apply to the cells with {cell} ({issue}); a list "
+                                f"of {key} values must apply to every estimator and problem of the grid (those "
+                                f"cells would repeat): give {key} one value (cells it does not apply to run "
+                                "without it), or split the sweep")
+    _schedule_checks(problems, grid)
+
+
+def _schedule_checks(problems, grid):
+    """A λ schedule must keep every λ finite over the longest run of the grid (``kdsim.schedules``)."""
+    schedules = [LambdaSchedule.parse(v) for v in grid.get("lam_schedule", []) if v != "constant"]
+    if not schedules:
+        return
+    ns = {PROBLEMS[p["family"]].n_of(params) for p in problems for params in _expand(p["params"])}
+    shortest = min((n // b if drop else -(-n // b)) for n in ns for b in grid["batch_size"]
+                   for drop in grid.get("drop_last", [False]) if b <= n)
+    epochs = -(-max(grid["steps"]) // max(shortest, 1))
+    lams = np.asarray(grid["lams"], dtype=np.float64)
+    for schedule in schedules:
+        with np.errstate(over="ignore", invalid="ignore"):
+            # LambdaSchedule.values at the last epoch only (|λ_e| grows with e, so it is the first to overflow)
+            last = lams * np.float64(schedule.factor) ** np.float64(epochs - 1)
+            last[lams == 0.0] = 0.0
+            if schedule.kind == "increase":
+                last = np.minimum(last, schedule.cap)
+        if not np.all(np.isfinite(last)):
+            raise SpecError(f"[grid] lam_schedule {str(schedule)!r} makes λ = {lams[~np.isfinite(last)][0]:g} "
+                            f"non-finite within {epochs} epochs (steps = {max(grid['steps'])}); use fewer steps or "
+                            "a factor closer to 1")
+
+
+_TRAINING_TEXT = {"sampling": "{}", "momentum": "μ={:g}", "lam_schedule": "λ {}", "temperature": "τ={:g}",
+                  "teacher_l2": "teacher_l2={:g}", "svrg_period": "m={}", "svrg_warmup": "warmup={}"}
+
+
+def _training_text(key, value):
+    """A training option's value in a cell label."""
+    if key == "drop_last":
+        return "drop_last" if value else "keep_last"
+    if key == "svrg_correction":
+        return "corrected" if value else "uncorrected"
+    if value is None:
+        return f"{key}=default"
+    return _TRAINING_TEXT[key].format(value)
 
 
 def _short(params, varying):

@@ -50,7 +50,7 @@ import pandas as pd
 from .._version import __version__
 from ..results import config_hash
 from .registry import SweepUsageError
-from .spec import STORE_SCHEMA, Cells, Sweep, load_spec, make_cell
+from .spec import STORE_SCHEMA, Cells, Sweep, load_spec, make_cell, training_columns
 
 META_KEY = b"kdsim.sweep"
 MANIFEST = "sweep.json"
@@ -422,7 +422,8 @@ def load(out, spec=None, missing="warn"):
     the cells in the folder's manifest). Corrupt parts raise ``StoreError`` (never
     read); cells without a part are left out, with a ``StoreWarning`` when
     ``missing="warn"``, silently when "ignore", or a StoreError when "raise".
-    ``frame.attrs["missing"]`` lists their hashes.
+    ``frame.attrs["missing"]`` lists their hashes. Parts written before the training-setup columns
+    existed (``sampling``, ``momentum``, …; ``spec.training_columns``) get them, with their defaults.
     """
     if missing not in ("warn", "ignore", "raise"):
         raise SweepUsageError(f"missing must be 'warn', 'ignore' or 'raise'; got {missing!r}")
@@ -432,7 +433,7 @@ def load(out, spec=None, missing="warn"):
     for cell in sweep.cells:
         status = store.check_part(cell)
         if status.ok:
-            frames.append(status.frame.assign(cell_index=cell.index))
+            frames.append(_with_training_columns(status.frame, cell.config).assign(cell_index=cell.index))
         elif status.state == "missing":
             absent.append(cell.hash)
         else:
@@ -449,6 +450,19 @@ def load(out, spec=None, missing="warn"):
     frame = _concat(frames)
     frame.attrs["missing"] = absent
     frame.attrs["sweep"] = sweep.name
+    return frame
+
+
+def _with_training_columns(frame, config):
+    """A part's frame with the training-setup columns (``spec.training_columns``) it lacks: parts written
+    before they existed belong to cells with the default setup, whose values (from the cell's configuration)
+    are filled in, so frames of old and new parts concatenate with one column set and dtype."""
+    missing = {k: v for k, v in training_columns(config).items() if k not in frame.columns}
+    if not missing:
+        return frame
+    frame = frame.assign(**missing)
+    if "svrg_period" in missing:
+        frame["svrg_period"] = pd.array([missing["svrg_period"]] * len(frame), dtype="Int64")
     return frame
 
 

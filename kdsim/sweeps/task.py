@@ -11,8 +11,12 @@ Rows
 Identification: ``cell_hash``, ``problem`` and ``problem_<param>``, ``teacher``,
 ``teacher_<param>``, ``teacher_label``, ``estimator``, ``backend``, ``batch_size``,
 ``seeds``, ``steps``, ``record_every``, ``seed``, ``gamma`` (the resolved step γ),
-``gamma_fraction`` (γ·𝓛(b) when the spec gave a fraction, else null), ``lam``,
-``lam_eff`` (0 for estimators that ignore λ: sgd), ``step`` (iteration of the record).
+``gamma_fraction`` (γ·𝓛(b) when the spec gave a fraction, else null), the training setup
+(``spec.TRAINING``, defaults filled in: ``sampling``, ``drop_last``, ``momentum``,
+``lam_schedule``, ``temperature``, ``teacher_l2`` (null: the estimator's own teacher term),
+``svrg_period`` (null: n // b), ``svrg_warmup``, ``svrg_correction``), ``steps_per_epoch``
+(K), ``setting_note`` (why THEORY's setting does not hold for the cell; empty when it does),
+``lam``, ``lam_eff`` (0 for estimators that ignore λ: sgd), ``step`` (iteration of the record).
 
 Per record (mean and Student-t interval over the trajectories still finite at that
 record; ``count`` of them): ``dist2_opt_*``, ``subopt_*``, ``dist2_teacher_*`` and,
@@ -37,6 +41,14 @@ for each bound B in t1, t1p (T1'), t2, sgd: ``bound_B`` (value at the record; nu
 when not applicable), ``bound_B_status``, ``bound_B_gamma_max``, ``bound_B_rate``,
 ``bound_B_neighbourhood``. T1 bounds E‖x_t − x*‖² (dist2_opt), T1' E‖x_t − x_λ‖²
 (dist2_centre), T2 E[f(x_t) − f*] (subopt), SGD E‖x_t − x*‖².
+
+The bounds, the stability limit, MSE_SGD, λ_opt and the exact plateau are those of THEORY's
+setting: i.i.d. minibatches, no momentum, a constant λ, τ = 1 and the estimator's own teacher
+term. A cell outside it (``setting_reasons``) has ``bound_*_status`` "not applicable: …" with
+the reason (at λ = 0, where the run is SGD whatever the λ schedule, temperature or teacher
+term, only sampling and momentum count), no bound values, and empty ``gamma_stable_max``,
+``mse_sgd``, ``lambda_opt`` and ``exact_plateau_dist2_opt`` where they do not hold; λ̂ and
+the λ* formulas stay (functions of the problem's constants and γ, for comparison).
 """
 from __future__ import annotations
 
@@ -52,6 +64,7 @@ from ..problems import LeastSquares
 from ..simulate import simulate
 from ..results import config_hash
 from .registry import build_problem, build_teacher
+from .spec import TRAINING, training_columns, training_options
 
 RECORDED = ("dist2_opt", "subopt", "dist2_teacher")
 QUANTITIES = RECORDED + ("dist2_centre",)
@@ -61,7 +74,9 @@ BOUND_RECORD = {"t1": "dist2_opt", "t1p": "dist2_centre", "t2": "subopt", "sgd":
 #: estimators the derived bounds of THEORY §4 cover at every λ (others only at λ = 0, where they are SGD)
 BOUNDED_ESTIMATORS = ("kd", "kd_loss")
 #: integer columns that may be empty (pandas "Int64", parquet int64 with nulls)
-NULLABLE_INTS = ("first_diverged_step", "plateau_start_step", "rate_window_start", "rate_window_end")
+NULLABLE_INTS = ("first_diverged_step", "plateau_start_step", "rate_window_start", "rate_window_end", "svrg_period")
+#: what THEORY §3–§6 assume of the training setup (the bounds and exact least-squares results)
+SETTING = "THEORY §4 assumes i.i.d. minibatches, no momentum, a constant λ, τ = 1 and the estimator's teacher term"
 #: exceptions a theory quantity may raise when it does not exist for an instance (recorded, not fatal)
 THEORY_ERRORS = (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError, TypeError)
 
@@ -81,14 +96,47 @@ def _problem_key(config):
     return (p["family"], tuple(sorted(p["params"].items())))
 
 
+def teacher_term(config, problem):
+    """The teacher term of a cell's steps: "f" (∇f_B(θ), with the ridge α), "data" (∇ℓ_B(θ)), or None
+    when ``teacher_l2`` is a weight w that is neither α nor 0 (no constants describe it)."""
+    est = get_estimator(config["estimator"])
+    w = config.get("teacher_l2")
+    if w is None or not est.uses_teacher:
+        return "data" if est.teacher_term == "data" else "f"
+    alpha = getattr(problem, "l2", None)
+    if alpha is not None and float(w) == float(alpha):
+        return "f"
+    return "data" if float(w) == 0.0 else None
+
+
+def setting_reasons(config, problem, lam_eff=None):
+    """Why a cell (at KD weight ``lam_eff``; None: any λ) is outside THEORY's setting: a list of
+    phrases, empty when it is inside. Sampling and momentum count at every λ; the λ schedule,
+    the temperature and the teacher term only at λ ≠ 0 (at λ = 0 every estimator here is SGD)."""
+    opt = training_options(config)
+    out = []
+    if opt["sampling"] != "iid":
+        out.append(f"sampling {opt['sampling']!r}")
+    if opt["momentum"]:
+        out.append(f"momentum μ = {opt['momentum']:g}")
+    if lam_eff == 0.0:
+        return out
+    if opt["lam_schedule"] != "constant":
+        out.append(f"λ schedule {opt['lam_schedule']!r}")
+    if opt["temperature"] != 1.0:
+        out.append(f"temperature τ = {opt['temperature']:g}")
+    if opt["teacher_l2"] is not None and teacher_term(config, problem) is None:
+        out.append(f"teacher_l2 = {opt['teacher_l2']:g} (neither the ridge α nor 0)")
+    return out
+
+
 def cell_inputs(config):
     """(problem, teacher, γ, constants or None, note) of a cell configuration."""
     prob = config["problem"]
     problem = build_problem(prob["family"], prob["params"])
     teach = config["teacher"]
     teacher = build_teacher(problem, _problem_key(config), teach["kind"], teach["params"])
-    est = get_estimator(config["estimator"])
-    term = "data" if est.teacher_term == "data" else "f"
+    term = teacher_term(config, problem) or "f"
     note = ""
     try:
         c = theory.constants(problem, teacher.theta, config["batch_size"], teacher_term=term)
@@ -103,11 +151,17 @@ def cell_inputs(config):
     return problem, teacher, gamma, c, note
 
 
+def training_kwargs(config):
+    """The training options a cell's configuration names (non-default), as ``simulate`` keywords."""
+    return {key: config[key] for key in TRAINING if key in config}
+
+
 def run_simulation(config, problem, teacher, gamma):
     """The cell's kdsim.simulate call (exactly what a user would call for this cell)."""
     return simulate(problem, teacher.theta, config["lams"], gamma, config["steps"], config["seeds"],
                     batch_size=config["batch_size"], estimator=config["estimator"],
-                    record_every=config["record_every"], backend=config["backend"], seed=config["seed"])
+                    record_every=config["record_every"], backend=config["backend"], seed=config["seed"],
+                    **training_kwargs(config))
 
 
 def compute_cell(config):
@@ -127,13 +181,14 @@ def _lam_eff(estimator, lam):
     return 0.0 if estimator == "sgd" else float(lam)
 
 
-def _centre_identity_holds(problem, c, estimator, lam_eff):
+def _centre_identity_holds(problem, c, config, lam_eff):
     """x_λ = (1 − λ)x* + λθ: least squares with the distillation gradient of f (or no ridge)."""
     if not isinstance(problem, LeastSquares) or c is None:
         return False
     if lam_eff == 0.0:
         return True
-    return estimator == "kd" or (estimator == "kd_loss" and problem.l2 == 0.0)
+    term = teacher_term(config, problem)
+    return config["estimator"] in ("kd", "kd_loss") and (term == "f" or (term == "data" and problem.l2 == 0.0))
 
 
 def summarise(config, problem, teacher, gamma, c, res, theory_note=""):
@@ -156,7 +211,7 @@ def summarise(config, problem, teacher, gamma, c, res, theory_note=""):
         alive = (div[:, None] < 0) | (steps[None, :] < div[:, None])          # (seed, record)
         never = div < 0
         per_seed = {q: res.record(q)[k] for q in RECORDED}
-        if _centre_identity_holds(problem, c, est, lam_eff):
+        if _centre_identity_holds(problem, c, config, lam_eff):
             with np.errstate(over="ignore", invalid="ignore"):
                 per_seed["dist2_centre"] = ((1.0 - lam_eff) * per_seed["dist2_opt"] + lam_eff * per_seed["dist2_teacher"]
                                             - lam_eff * (1.0 - lam_eff) * D2)
@@ -183,12 +238,12 @@ def summarise(config, problem, teacher, gamma, c, res, theory_note=""):
         cols.update(_lam_theory(config, problem, teacher, gamma, c, lam_eff, steps[keep], cell_theory, D2))
         blocks.append((int(keep.sum()), cols))
         rows_per_lambda.append(int(keep.sum()))
-    frame = _frame(config, teacher, gamma, cell_theory, blocks)
+    frame = _frame(config, problem, teacher, gamma, cell_theory, blocks)
     info = {"rows_per_lambda": rows_per_lambda, "n_rows": int(len(frame)), "notes": notes, "records": int(R)}
     return frame, info
 
 
-def _identity(config, teacher, gamma):
+def _identity(config, problem, teacher, gamma):
     ident = {"cell_hash": config_hash(config), "problem": config["problem"]["family"]}
     for k, v in config["problem"]["params"].items():
         ident[f"problem_{k}"] = v
@@ -201,6 +256,8 @@ def _identity(config, teacher, gamma):
         "record_every": int(config["record_every"]), "seed": int(config["seed"]), "gamma": float(gamma),
         "gamma_fraction": np.nan if config["gamma_fraction"] is None else float(config["gamma_fraction"]),
     })
+    reasons = setting_reasons(config, problem)
+    ident.update(training_columns(config, "; ".join(reasons) and f"outside THEORY's setting: {'; '.join(reasons)}"))
     return ident
 
 
@@ -209,13 +266,15 @@ def _column(value, n):
         return value
     if isinstance(value, str):
         return np.full(n, value, dtype=object)
+    if value is None:
+        return np.full(n, np.nan)
     return np.full(n, value)
 
 
-def _frame(config, teacher, gamma, cell_theory, blocks):
+def _frame(config, problem, teacher, gamma, cell_theory, blocks):
     """One DataFrame from the identity, the per-λ blocks and the cell's theory columns."""
     total = sum(n for n, _ in blocks)
-    data = {k: _column(v, total) for k, v in _identity(config, teacher, gamma).items()}
+    data = {k: _column(v, total) for k, v in _identity(config, problem, teacher, gamma).items()}
     for key in blocks[0][1]:
         data[key] = np.concatenate([_column(cols[key], n) for n, cols in blocks])
     for k, v in cell_theory.items():
@@ -301,7 +360,11 @@ def _cell_theory(config, problem, teacher, gamma, c, theory_note=""):
         out[name], note = _try(fn, *args)
         notes.append(note)
     b = config["batch_size"]
-    if isinstance(problem, LeastSquares):
+    iid = setting_reasons(config, problem, lam_eff=0.0)           # sampling and momentum
+    setting = ""
+    if isinstance(problem, LeastSquares) and iid:                # in the rows, not the run's notes (asked for)
+        setting = f"no stability limit, MSE_SGD, λ_opt or exact plateau: {'; '.join(iid)} ({SETTING})"
+    elif isinstance(problem, LeastSquares):
         key = (_problem_key(config), b)
         with _STABLE_LOCK:
             if key not in _STABLE:
@@ -311,9 +374,9 @@ def _cell_theory(config, problem, teacher, gamma, c, theory_note=""):
         if np.isfinite(out["gamma_stable_max"]) and gamma < out["gamma_stable_max"]:
             out["mse_sgd"], note = _try(theory.mse_sgd, problem, gamma, b)
             notes.append(note)
-            if np.isfinite(out["mse_sgd"]):
+            if np.isfinite(out["mse_sgd"]) and training_options(config)["lam_schedule"] == "constant":
                 out["lambda_opt"] = theory.lambda_opt_from(c.teacher_distance ** 2, out["mse_sgd"])
-    out["theory_note"] = "; ".join(n for n in notes if n)
+    out["theory_note"] = "; ".join(n for n in notes + [setting] if n)
     return out, [n for n in notes if n]
 
 
@@ -322,14 +385,17 @@ def _lam_theory(config, problem, teacher, gamma, c, lam_eff, steps, cell_theory,
     n = steps.size
     out = {"sigma2_kd": c.sigma2_kd(lam_eff) if c is not None else np.nan, "exact_plateau_dist2_opt": np.nan}
     est = config["estimator"]
-    if isinstance(problem, LeastSquares) and np.isfinite(cell_theory["mse_sgd"]) and \
-            _centre_identity_holds(problem, c, est, lam_eff):
+    outside = setting_reasons(config, problem, lam_eff)
+    if isinstance(problem, LeastSquares) and np.isfinite(cell_theory["mse_sgd"]) and not outside and \
+            _centre_identity_holds(problem, c, config, lam_eff):
         out["exact_plateau_dist2_opt"] = theory.stationary_error_from(lam_eff, D2, cell_theory["mse_sgd"])
     for key, name in BOUNDS.items():
         value = np.full(n, np.nan)
         status, gmax, rate, neigh = "", np.nan, np.nan, np.nan
         if c is None:
             status = "not computed: no theory constants"
+        elif outside:
+            status = f"not applicable: {'; '.join(outside)} ({SETTING})"
         elif key == "sgd" and lam_eff != 0.0:
             status = "not applicable: the SGD bound is for λ = 0"
         elif est not in BOUNDED_ESTIMATORS and lam_eff != 0.0:
