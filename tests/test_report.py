@@ -70,3 +70,11 @@ def test_markdown_notes_are_grouped(tmp_path):
     res = CheckResult(6, "bounds", "statement", rows=[make_row(6, "i", "q", 1.0, 2.0, "≤")], notes=notes)
     md = tables.write_tables(res, tmp_path)["md"].read_text()
     assert md.count("not applicable") == 1 and "5 instances: cell 0 | cell 1" in md and "- one of a kind" in md
+
+
+def test_markdown_escapes_pipes_inside_cells():
+    frame = pd.DataFrame({"quantity": ["max |MC − exact| / SE"], "value": [1.5]})
+    text = tables._markdown(frame)
+    row = text.splitlines()[2]
+    assert row.count("|") - row.count(r"\|") == 3            # three cell borders, the pipes inside escaped
+    assert r"\|MC − exact\|" in row

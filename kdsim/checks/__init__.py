@@ -34,6 +34,7 @@ CLAIMS = {
     "corrected_kd": (9, "kdsim.checks.claim09_corrected_kd"),
     "deep_linear": (10, "kdsim.checks.claim10_deep_linear"),
     "digits": (11, "kdsim.checks.claim11_digits"),
+    "sampling": (12, "kdsim.checks.claim12_sampling"),
 }
 
 

@@ -254,7 +254,8 @@ def _markdown(frame):
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame.iterrows():
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        # a "|" inside a cell (|MC − exact| / SE) is escaped, or it would split the cell
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", r"\|") for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
