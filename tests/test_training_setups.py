@@ -680,3 +680,18 @@ def test_increase_schedule_with_overflowing_factor_keeps_zero_and_capped_lambdas
     np.testing.assert_array_equal(s.values([0.0, 0.5], 3), [[0.0, 0.0, 0.0], [0.5, 1.0, 1.0]])
     p, theta, _ = ls_case(0.0)
     make_plan(p, theta, [0.0, 0.5], 0.05, 36, 1, lam_schedule="increase:1e300")
+
+
+@pytest.mark.parametrize("sampling", ["iid", "reshuffle"])
+@pytest.mark.parametrize("b", [1, 5])
+def test_momentum_divergence_step_is_exact_in_the_affine_form(sampling, b):
+    # a step beyond heavy ball's stability: every engine's guard fires at the same step for every λ
+    p = ls_problem(0.0)
+    theta = p.solution() + 0.5
+    plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.9 if b == 1 else 3.0, 400, 11, batch_size=b, estimator="kd",
+                     record_every=20, seed=3, sampling=sampling, momentum=0.9)
+    ref = run_arrays(reference, p, plan)
+    fast = run_arrays(numba_cpu, p, plan)
+    assert (ref["diverged_step"] > 0).all()
+    np.testing.assert_array_equal(fast["diverged_step"], ref["diverged_step"])
+    assert_records_close(fast, ref, rtol=1e-9, x_rtol=None)
