@@ -7,6 +7,7 @@
 * ``copy_bandwidth()`` a STREAM-like copy (``np.copyto`` of a 256 MiB array, best of 5),
   counted as 2 × size bytes (read + write, STREAM's convention: no write-allocate);
 * ``best_of()``        run a callable several times, keep the fastest, record the load;
+* ``best_of_interleaved()`` the same for several callables whose runs alternate (for ratios);
 * ``kdsim_run()``      one run of kdsim's numba engine, with ``numba_cpu.last_timing()``;
 * ``numba_cold_compile()`` compile time of kdsim's kernels with an empty numba cache (a subprocess).
 """
@@ -183,6 +184,48 @@ def best_of(fn, repeats=3, budget_s=None, min_repeats=2, min_time_s=None, max_re
         if k >= max(1, repeats) and (min_time_s is None or spent >= min_time_s or k >= max_repeats):
             break
     best.times = times
+    return best
+
+
+def best_of_interleaved(fns, repeats=3, budget_s=None, min_repeats=2, min_time_s=None, max_repeats=25):
+    """``best_of`` for several callables whose times are to be compared: their runs alternate.
+
+    ``fns`` maps a name to a callable as ``best_of`` takes. Each round calls, in turn (the order
+    reversed every other round, A B B A …), every callable that still needs runs: at least
+    ``repeats`` and, with ``min_time_s``, until its own runs add up to ``min_time_s`` (at most
+    ``max_repeats``). Once every callable has ``min_repeats`` runs, it stops when the runs of
+    all of them add up to ``budget_s``. On a shared machine whose speed drifts over tens of
+    seconds, the ratio of two rows measured this way compares them in the same stretches of
+    time, which two rows timed one after the other do not. Returns ``{name: Timing}``.
+    """
+    names = list(fns)
+    times = {k: [] for k in names}
+    best = {}
+    spent = 0.0
+
+    def needs(k):
+        ts = times[k]
+        if len(ts) < max(1, repeats):
+            return True
+        return min_time_s is not None and sum(ts) < min_time_s and len(ts) < max_repeats
+
+    rnd = 0
+    while any(needs(k) for k in names):
+        if budget_s is not None and spent >= budget_s and all(len(times[k]) >= min_repeats for k in names):
+            break
+        order = names if rnd % 2 == 0 else names[::-1]
+        for k in order:
+            if not needs(k):
+                continue
+            secs, extra = fns[k]()
+            ld = load()[0]
+            times[k].append(secs)
+            spent += secs
+            if k not in best or secs < best[k].best_s:
+                best[k] = Timing(secs, ld, None, extra)
+        rnd += 1
+    for k in names:
+        best[k].times = times[k]
     return best
 
 

@@ -88,14 +88,22 @@ class Workload:
     def step_size(self):
         return _step_size(self.name)
 
-    def plan(self, seeds, steps, dtype="float64", common_random_numbers=True, record_every=None):
+    def plan(self, seeds, steps, dtype="float64", common_random_numbers=True, record_every=None,
+             sampling="iid", momentum=0.0, step_scale=1.0):
         """A validated kdsim plan (``kdsim.simulate.make_plan``) of this workload at a size
-        (``record_every``: override the workload's record interval; ``steps``: start and end only)."""
+        (``record_every``: override the workload's record interval; ``steps``: start and end only;
+        ``sampling``, ``momentum``: as ``kdsim.simulate``, the workload's own being i.i.d. without momentum;
+        ``step_scale``: the workload's step times this, e.g. 1 − μ with momentum μ)."""
         from kdsim.simulate import make_plan
-        return make_plan(self.problem(), self.teacher(), list(self.lams), self.step_size(), steps, seeds,
+        return make_plan(self.problem(), self.teacher(), list(self.lams), self.step_size() * step_scale, steps, seeds,
                          batch_size=self.batch, estimator=self.estimator,
                          record_every=self.record_interval(steps, record_every), seed=0,
-                         common_random_numbers=common_random_numbers, dtype=dtype)
+                         common_random_numbers=common_random_numbers, dtype=dtype, sampling=sampling,
+                         momentum=momentum)
+
+    def steps_per_epoch(self):
+        """Steps of one epoch, ⌈n / b⌉ (``kdsim.rng``; no ``drop_last``)."""
+        return -(-self.problem().n // self.batch)
 
     # -- flops ---------------------------------------------------------------
     def flop_terms(self):
