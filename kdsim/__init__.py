@@ -12,7 +12,7 @@ if TYPE_CHECKING:   # what static tools (type checkers, mkdocstrings) see; at ru
     from . import datasets, stats, teachers, theory  # noqa: F401
     from .api import LambdaCurve, PairedComparison, lambda_curve, paired_comparison, plot_lambda_curve  # noqa: F401
     from .problems import (  # noqa: F401
-        GLM, DeepLinear, LeastSquares, LogisticRegression, PoissonRegression, Problem, SoftmaxRegression,
+        GLM, MLP, DeepLinear, LeastSquares, LogisticRegression, PoissonRegression, Problem, SoftmaxRegression,
     )
     from .results import SimResult, SimSummary  # noqa: F401
     from .simulate import DivergenceWarning, StabilityWarning, simulate  # noqa: F401
@@ -21,7 +21,7 @@ if TYPE_CHECKING:   # what static tools (type checkers, mkdocstrings) see; at ru
 #: loads nothing heavy, so that `kdsim --version` and `kdsim --help` start without numba or scipy
 _LAZY = {
     **dict.fromkeys(["GLM", "DeepLinear", "LeastSquares", "LogisticRegression", "PoissonRegression", "Problem",
-                     "SoftmaxRegression"], "problems"),
+                     "SoftmaxRegression", "MLP"], "problems"),
     "SimResult": "results", "SimSummary": "results",
     "StabilityWarning": "simulate", "DivergenceWarning": "simulate", "simulate": "simulate",
     **dict.fromkeys(["LambdaCurve", "PairedComparison", "lambda_curve", "paired_comparison", "plot_lambda_curve"],
@@ -29,7 +29,7 @@ _LAZY = {
 }
 
 __all__ = ["__version__", "LeastSquares", "SoftmaxRegression", "GLM", "LogisticRegression",
-           "PoissonRegression", "DeepLinear", "Problem", "SimResult", "SimSummary", "StabilityWarning",
+           "PoissonRegression", "DeepLinear", "MLP", "Problem", "SimResult", "SimSummary", "StabilityWarning",
            "DivergenceWarning", "simulate",
            "LambdaCurve", "PairedComparison", "lambda_curve", "paired_comparison", "plot_lambda_curve",
            "datasets", "stats", "teachers", "theory"]

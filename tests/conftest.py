@@ -39,7 +39,10 @@ def check_runs():
 
 @pytest.fixture(scope="session")
 def quick_check_result(check_runs):
-    """``quick_check_result(name, backend="numpy", **kwargs)``: ``check(quick=True, ...)``, run once per session.
+    """``quick_check_result(name, backend=None, **kwargs)``: ``check(quick=True, ...)``, run once per session.
+
+    ``backend=None`` runs the check on its own default backend (the ``backend`` default of its
+    ``check``: numpy for the first release's checks, numba for the Monte Carlo-heavy new ones).
 
     The result is shared: read it, never change it. Call it before monkeypatching anything: the
     first call of a session runs the check, and its simulations enter ``check_runs``.
@@ -49,7 +52,11 @@ def quick_check_result(check_runs):
 
     results, calls = {}, {}
 
-    def get(name, backend="numpy", **kwargs):
+    def get(name, backend=None, **kwargs):
+        import inspect
+        check = checks.get_check(checks.resolve(name))
+        if backend is None:
+            backend = inspect.signature(check).parameters["backend"].default
         key = (checks.resolve(name), backend, tuple(sorted(kwargs.items())))
         if key not in results:
             with reuse_simulations(check_runs):

@@ -35,6 +35,8 @@ CLAIMS = {
     "deep_linear": (10, "kdsim.checks.claim10_deep_linear"),
     "digits": (11, "kdsim.checks.claim11_digits"),
     "sampling": (12, "kdsim.checks.claim12_sampling"),
+    "real_teachers": (13, "kdsim.checks.claim13_real_teachers"),
+    "mlp": (15, "kdsim.checks.claim15_mlp"),
 }
 
 
@@ -90,11 +92,12 @@ def script_main(name, argv=None):
     parser.add_argument("--quick", action="store_true", help="reduced size")
     fewest, why = min_seeds(name)
     parser.add_argument("--seeds", type=int, default=None, help=f"at least {fewest} ({why})")
-    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--backend", default=None, help="simulation backend (default: the check's own)")
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seeds < fewest:
         parser.error(f"--seeds must be at least {fewest} for this check ({why}); got {args.seeds}")
-    result = get_check(name)(quick=args.quick, seeds=args.seeds, backend=args.backend)
+    options = {} if args.backend is None else {"backend": args.backend}
+    result = get_check(name)(quick=args.quick, seeds=args.seeds, **options)
     print(result.statement)
     print(result.table())
     print(result.verdict())
