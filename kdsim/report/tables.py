@@ -19,6 +19,7 @@ from ..checks.base import COLUMNS
 # ---------------------------------------------------------------- LaTeX
 #: characters written in math mode (inside ``\ensuremath{…}``)
 LATEX_MATH = {
+    "ĉ": r"\hat{c}",                       # an estimate of c (precomposed c with circumflex)
     # Greek (capitals that look Latin are Latin letters in LaTeX)
     "α": r"\alpha", "β": r"\beta", "γ": r"\gamma", "δ": r"\delta", "ε": r"\varepsilon", "ϵ": r"\epsilon",
     "ζ": r"\zeta", "η": r"\eta", "θ": r"\theta", "ϑ": r"\vartheta", "ι": r"\iota", "κ": r"\kappa",
@@ -53,7 +54,7 @@ LATEX_MATH = {
 #: characters written in text mode
 LATEX_TEXT = {
     "§": r"\S{}", "—": "---", "–": "--", "…": r"\ldots{}", "‘": "`", "’": "'", "“": "``", "”": "''",
-    "\u00a0": "~", "\u2009": r"\,", "\u202f": r"\,", "é": r"\'e", "è": r"\`e", "ü": r"\"u", "ö": r"\"o",
+    "\u00a0": "~", "\u2009": r"\,", "\u202f": r"\,", "á": r"\'a", "é": r"\'e", "è": r"\`e", "ü": r"\"u", "ö": r"\"o",
     "ä": r"\"a", "Ã": r"\~A", "ñ": r"\~n", "ū": r"\=u", "Ḡ": r"\=G", "ḡ": r"\=g", "ỹ": r"\~y", "✓": "yes",
     "✗": "no",
 }
