@@ -655,13 +655,13 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
             if not active[g]:
                 continue
             nb = NB[g]
+            su = 0.0
+            sv = 0.0
             if mom != 0:
                 # γg_u = γα·u + Σ r_j a_j, γg_v = γα·v + Σ r'_j a_j − s·γc; w ← μw + γg; u ← u − w
                 for p in range(dp):
                     GU[p] = gam_alpha * U[g, p]
                     GV[p] = gam_alpha * V[g, p] - sc * gcv[p]
-                su = 0.0
-                sv = 0.0
                 for jj in range(nb):
                     i = IDX[g, jj]
                     r0 = RU[g, jj]
@@ -678,45 +678,37 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
                     WV[g, p] = wv
                     U[g, p] -= wu
                     V[g, p] -= wv
-                # triangle inequality through the velocities: ‖w_{t+1}‖ <= μ‖w_t‖ + |γα|‖u_t‖ + Σ_j |r_j| ‖a_j‖
-                # (for v plus |s|·γ‖c‖), ‖u_{t+1}‖ <= ‖u_t‖ + ‖w_{t+1}‖; the exact test runs only when the bound
-                # could reach the limit, as without momentum
+                # through the velocities: ‖w_{t+1}‖ <= μ‖w_t‖ + |γα|‖u_t‖ + Σ_j |r_j| ‖a_j‖ (for v plus
+                # |s|·γ‖c‖), ‖u_{t+1}‖ <= ‖u_t‖ + ‖w_{t+1}‖
                 wbu[g] = mom_abs * wbu[g] + ga_abs * ubu[g] + su
                 wbv[g] = mom_abs * wbv[g] + ga_abs * ubv[g] + sv + abs(np.float64(sc)) * gcv_norm
                 ubu[g] += wbu[g]
                 ubv[g] += wbv[g]
-                if not _within(ubu[g], ubv[g], amax[g], half_limit):
-                    if not _after_guard(g, s0 + g, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe, ubu,
-                                        ubv, amax):
-                        active[g] = False
-                        n_active -= 1
-                continue
-            su = 0.0
-            sv = 0.0
-            for jj in range(nb):
-                i = IDX[g, jj]
-                r0 = RU[g, jj]
-                r1 = RV[g, jj]
-                if jj > 0 or plain:
-                    if use_v:
-                        for p in range(dp):
-                            U[g, p] -= r0 * A[i, p]
-                            V[g, p] -= r1 * A[i, p]
+            else:
+                for jj in range(nb):
+                    i = IDX[g, jj]
+                    r0 = RU[g, jj]
+                    r1 = RV[g, jj]
+                    if jj > 0 or plain:
+                        if use_v:
+                            for p in range(dp):
+                                U[g, p] -= r0 * A[i, p]
+                                V[g, p] -= r1 * A[i, p]
+                        else:
+                            for p in range(dp):
+                                U[g, p] -= r0 * A[i, p]
                     else:
                         for p in range(dp):
-                            U[g, p] -= r0 * A[i, p]
-                else:
-                    for p in range(dp):
-                        U[g, p] = c1 * U[g, p] - r0 * A[i, p]
-                        V[g, p] = c1 * V[g, p] - r1 * A[i, p] + sc * gcv[p]
-                na = anorm[i]
-                su += abs(np.float64(r0)) * na
-                sv += abs(np.float64(r1)) * na
-            # triangle inequality: ‖u_{t+1}‖ <= |c1|‖u_t‖ + Σ_j |γ r_j/b| ‖a_j‖ (same for v, plus γ‖c‖);
-            # the exact test runs only when the bound could reach the limit (with a factor 2
-            # to spare for rounding), so the divergence step is exact at O(1) cost per step
-            ubu[g] = c1_abs * ubu[g] + su
-            ubv[g] = c1_abs * ubv[g] + sv + abs(np.float64(sc)) * gcv_norm
+                            U[g, p] = c1 * U[g, p] - r0 * A[i, p]
+                            V[g, p] = c1 * V[g, p] - r1 * A[i, p] + sc * gcv[p]
+                    na = anorm[i]
+                    su += abs(np.float64(r0)) * na
+                    sv += abs(np.float64(r1)) * na
+                # ‖u_{t+1}‖ <= |c1|‖u_t‖ + Σ_j |γ r_j/b| ‖a_j‖ (same for v, plus γ‖c‖)
+                ubu[g] = c1_abs * ubu[g] + su
+                ubv[g] = c1_abs * ubv[g] + sv + abs(np.float64(sc)) * gcv_norm
+            # triangle inequality: the exact test runs only when the bound could reach the limit (with
+            # a factor 2 to spare for rounding), so the divergence step is exact at O(1) cost per step
             if not _within(ubu[g], ubv[g], amax[g], half_limit):
                 if not _after_guard(g, s0 + g, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe, ubu,
                                     ubv, amax):

@@ -10,7 +10,6 @@ and docs/theory.md §2 and §8 (claim 15) for why the KD identity of the linear 
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,8 @@ import scipy.special
 
 from .. import _validate as V
 from .base import Problem
-from .deep_linear import _labels, _logsumexp, _softmax
+from .deep_linear import _T, _labels, _logsumexp, _softmax
+from .deep_linear import _widths as _sequence_of_widths
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
 LOSSES = ("softmax", "squared")
@@ -58,27 +58,14 @@ class MLPTeacherTerms:
 
 
 def _widths(hidden):
-    """Validate hidden widths: a non-empty sequence of positive integers."""
-    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
-        raise TypeError("hidden must be a sequence of positive integer widths, e.g. (32,) or (32, 16); "
-                        f"got {hidden!r}")
-    out = []
-    for k, h in enumerate(hidden):
-        if isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Integral) or int(h) < 1:
-            raise ValueError(f"hidden widths must be positive integers; got hidden[{k}] = {h!r}")
-        out.append(int(h))
+    """Validate hidden widths: a non-empty sequence of positive integers (``deep_linear``'s rule, and one more)."""
+    out = _sequence_of_widths(hidden)
     if not out:
         raise ValueError("hidden must name at least one hidden width, e.g. hidden=(32,): an MLP without "
                          "hidden layers is a linear model (use LeastSquares, SoftmaxRegression or DeepLinear)")
-    return tuple(out)
+    return out
 
 
-def _T(M):
-    """Transpose of the last two axes."""
-    return np.swapaxes(M, -1, -2)
-
-
-# ------------------------------------------------------------------------- activations
 def _act(kind, Z):
     if kind == "relu":
         return np.maximum(Z, 0.0)
