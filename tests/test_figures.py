@@ -442,3 +442,14 @@ def test_group_notes():
 def test_markdown_table_groups_notes(tmp_path):
     md = tables.write_tables(_unicode_result(), tmp_path)["md"].read_text()
     assert md.count("T2 not applicable") == 1 and "4 instances" in md
+
+
+def test_mathtext_groups_superscript_runs():
+    from matplotlib.mathtext import MathTextParser
+    from kdsim.report.plots import mathtext
+    label = "bias ½λ²·gᵀH⁻¹g + noise γσ²_*(λ,θ)/4"
+    text = mathtext(label)
+    assert r"g^{\top}H^{-1}g" in text
+    parser = MathTextParser("agg")
+    for part in text.split("$")[1::2]:
+        parser.parse(f"${part}$", 72)                  # raises on invalid mathtext

@@ -78,7 +78,10 @@ _GREEK = {"α": r"\alpha", "β": r"\beta", "γ": r"\gamma", "δ": r"\delta", "ε
           "ρ": r"\rho", "σ": r"\sigma", "τ": r"\tau", "φ": r"\phi", "χ": r"\chi", "ψ": r"\psi", "ω": r"\omega",
           "Γ": r"\Gamma", "Δ": r"\Delta", "Θ": r"\Theta", "Λ": r"\Lambda", "Σ": r"\Sigma", "Φ": r"\Phi",
           "Ψ": r"\Psi", "Ω": r"\Omega"}
-_SYMBOLS = {"−": "-", "‖": r"\|", "²": "^2", "³": "^3", "ᵀ": r"^\top", "·": r"\cdot ", "×": r"\times ",
+#: superscript characters; a run of them becomes one group ("H⁻¹" → H^{-1}, "gᵀH" → g^{\top}H)
+_SUPERSCRIPTS = {"⁰": "0", "¹": "1", "²": "2", "³": "3", "⁴": "4", "⁵": "5", "⁶": "6", "⁷": "7", "⁸": "8",
+                 "⁹": "9", "⁺": "+", "⁻": "-", "ⁿ": "n", "ᵀ": r"\top "}
+_SYMBOLS = {"−": "-", "‖": r"\|", "·": r"\cdot ", "×": r"\times ",
             "≤": r"\leq ", "≥": r"\geq ", "≈": r"\approx ", "≠": r"\neq ", "∞": r"\infty ", "∇": r"\nabla ",
             "′": r"^\prime ", "→": r"\to ", "∈": r"\in ", "∝": r"\propto ", "𝓛": r"\mathcal{L}",
             "ℒ": r"\mathcal{L}", "𝒯": r"\mathcal{T}", "ℓ": r"\ell ", "…": r"\ldots ", "$": r"\$", "%": r"\%",
@@ -98,7 +101,7 @@ _PHRASES = {
     "MSE_SGD": r"$\mathrm{MSE}_{\mathrm{SGD}}$",
 }
 _PHRASE_RE = re.compile("(" + "|".join(re.escape(p) for p in sorted(_PHRASES, key=len, reverse=True)) + ")")
-_MATH_MARKERS = set("_*²³‖ᵀ𝓛𝒯") | set(_ACCENTS) | set(_GREEK)
+_MATH_MARKERS = set("_*‖𝓛𝒯") | set(_SUPERSCRIPTS) | set(_ACCENTS) | set(_GREEK)
 _ASSIGNMENT = re.compile(r"^[A-Za-z][0-9]?=[-+0-9.eE]+$")
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9]+_[A-Za-z]")     # a name such as kd_loss: kept as text
 
@@ -133,6 +136,14 @@ def _math_body(token):
                     j += 1
             run = token[i + 1:j]
             out.append(f"_{{{_subscript(run)}}}" if run else r"\_")
+            i = j
+            continue
+        if ch in _SUPERSCRIPTS:
+            j = i
+            while j < len(token) and token[j] in _SUPERSCRIPTS:
+                j += 1
+            sup = "".join(_SUPERSCRIPTS[c] for c in token[i:j]).strip()
+            out.append("^" + sup if len(sup) == 1 else "^{" + sup + "}")
             i = j
             continue
         if ch == "*":
