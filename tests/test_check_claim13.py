@@ -89,6 +89,7 @@ def test_published_lambda_is_not_scale_invariant_but_the_optimum_is(base):
     assert len(same) == 1 and abs(same[0]["empirical"] - same[0]["theoretical"]) < 1e-9
 
 
+@pytest.mark.slow                 # more perturbations of the same check: the slow set
 # --------------------------------------------------------------------------- perturbations
 @pytest.mark.parametrize("factor", [0.8, 1.2])
 def test_fails_when_lambda_opt_is_off_by_20_percent(monkeypatch, base, rejudge, factor):
@@ -103,6 +104,7 @@ def test_fails_when_lambda_opt_is_off_by_20_percent(monkeypatch, base, rejudge, 
     assert sum("top_k(k=5)" in i for i in failed) == 2 and any("optimum" in i for i in failed)
 
 
+@pytest.mark.slow                 # more perturbations of the same check: the slow set
 def test_fails_when_the_plateau_drops_the_one_minus_lambda_squared(monkeypatch, base, rejudge):
     def wrong(lam, teacher_distance2, mse):              # λ²D² + MSE_SGD: no (1 − λ)² on the noise
         return lam * lam * teacher_distance2 + mse
@@ -128,6 +130,7 @@ def test_fails_when_the_rr_formula_drops_c(monkeypatch, base, rejudge):
     assert any("top_k(k=5)" in r["instance"] and "γ=0.002" in r["instance"] for r in bad)
 
 
+@pytest.mark.slow                 # more perturbations of the same check: the slow set
 def test_fails_when_the_first_order_optimum_ignores_the_teachers_bias(monkeypatch, base, rejudge):
     # λ_1st without the bias term is c1/c2 = λ̂: far above the optimum on every softmax teacher
     orig = c13.first_order_optimum
@@ -137,6 +140,7 @@ def test_fails_when_the_first_order_optimum_ignores_the_teachers_bias(monkeypatc
     assert len(bad) == len(c13.QUICK["sm_teachers"]) and all(OPT_SM in r["quantity"] for r in bad)
 
 
+@pytest.mark.slow                 # more perturbations of the same check: the slow set
 def test_a_variant_that_hits_or_misses_changes_the_verdict_not_the_outcome(monkeypatch, base, rejudge):
     # λ*_T2 replaced by the exact λ_opt: inside the interval on every i.i.d. diabetes run; λ̂ pushed to 5:
     # it misses everywhere; the check passes either way

@@ -46,6 +46,7 @@ def test_claim15_fails_when_kd_is_the_control_variate(monkeypatch, quick_check_r
     assert not any("≥ 0.98" in q or "linear control" in q or "identity)" in q for q in bad)
 
 
+@pytest.mark.slow                 # more perturbations of the same check: the slow set
 def test_claim15_fails_without_the_residual_curvature(monkeypatch, quick_check_result, rejudge):
     # a first-order theory without N_B (KD_B ≈ CV_B to first order) fails the sigmoid first-order rows
     base = quick_check_result("mlp")
@@ -60,6 +61,7 @@ def test_claim15_fails_without_the_residual_curvature(monkeypatch, quick_check_r
     assert sum("(tolerance" in r["quantity"] for r in bad) == 4
 
 
+@pytest.mark.slow                 # more perturbations of the same check: the slow set
 def test_claim15_fails_when_the_plateau_theory_ignores_the_teacher(monkeypatch, quick_check_result, rejudge):
     # x̃ = x̂ (no bias from the teacher; KD then starts at x̂ and drifts to its real fixed point): the rows
     # built on x̃ fail — KD's objective leaves kd_loss(x̂) + γσ̃²/4 and the bias no longer orders the plateaus
