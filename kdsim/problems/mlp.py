@@ -18,7 +18,7 @@ import scipy.special
 
 from .. import _validate as V
 from .base import Problem
-from .deep_linear import _T, _labels, _logsumexp, _softmax
+from .deep_linear import DeepLinear, _T, _labels, _logsumexp, _softmax
 from .deep_linear import _widths as _sequence_of_widths
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
@@ -330,17 +330,9 @@ class MLP(Problem):
                 D = (D @ Ws[k]) * _act_d1(self.activation, Zs[k - 1], Us[k])
         return self._pack(gWs, gbs, (D.shape[0],))
 
-    def _residual(self, Z, targets):
-        """∂ℓ/∂z: z − y (squared) or softmax(z) − e_y (softmax)."""
-        if self.loss_type == "squared":
-            return Z - targets
-        return _softmax(Z) - targets
-
-    def _losses_from_outputs(self, Z, targets):
-        if self.loss_type == "squared":
-            R = Z - targets
-            return 0.5 * np.sum(R * R, axis=-1)
-        return _logsumexp(Z) - np.sum(Z * targets, axis=-1)
+    # ∂ℓ/∂z and ℓ of the outputs: the same output losses as DeepLinear's (they read only ``loss_type``)
+    _residual = DeepLinear._outputs_residual
+    _losses_from_outputs = DeepLinear._sample_losses_from_logits
 
     def _outputs(self, x, idx):
         Ws, bs = self._unpack(x)
