@@ -389,9 +389,11 @@ class DeepLinear(Problem):
     def _kd_losses(self, x, theta, lam, idx, temperature):
         self._check_temperature(temperature)
         Ab = self.A[idx]
-        Z = Ab @ self._map(x).T
-        Zt = Ab @ self._teacher_map(theta).T
-        Yb = self._targets[idx]
+        return self._kd_output_losses(Ab @ self._map(x).T, Ab @ self._teacher_map(theta).T, self._targets[idx],
+                                      lam, temperature)
+
+    def _kd_output_losses(self, Z, Zt, Yb, lam, temperature):
+        """Per-sample KD loss at student outputs Z and teacher outputs Zt (targets Yb)."""
         if self.loss_type == "squared":
             return 0.5 * (1 - lam) * np.sum((Z - Yb) ** 2, axis=1) + 0.5 * lam * np.sum((Z - Zt) ** 2, axis=1)
         t = temperature

@@ -18,7 +18,7 @@ import scipy.special
 
 from .. import _validate as V
 from .base import Problem
-from .deep_linear import DeepLinear, _T, _labels, _logsumexp, _softmax
+from .deep_linear import DeepLinear, _T, _labels, _softmax
 from .deep_linear import _widths as _sequence_of_widths
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
@@ -384,10 +384,8 @@ class MLP(Problem):
     def supports_temperature(self):
         return self.loss_type == "softmax"
 
-    def _check_temperature(self, temperature):
-        if self.loss_type == "squared" and temperature != 1.0:
-            raise ValueError("temperature must be 1 for the squared loss (no softmax to temper); "
-                             f"got {temperature}")
+    _check_temperature = DeepLinear._check_temperature
+    _kd_output_losses = DeepLinear._kd_output_losses
 
     def tempered_teacher_probs(self, theta, temperature):
         if self.loss_type == "squared":
@@ -406,16 +404,8 @@ class MLP(Problem):
 
     def _kd_losses(self, x, theta, lam, idx, temperature):
         self._check_temperature(temperature)
-        Z = self._outputs(x, idx)
-        Zt = self._outputs(theta, idx)
-        Yb = self._targets[idx]
-        if self.loss_type == "squared":
-            return 0.5 * (1 - lam) * np.sum((Z - Yb) ** 2, axis=1) + 0.5 * lam * np.sum((Z - Zt) ** 2, axis=1)
-        t = temperature
-        ce_true = _logsumexp(Z) - np.sum(Z * Yb, axis=1)
-        q = _softmax(Zt / t)
-        log_p = Z / t - _logsumexp(Z / t)[:, None]
-        return (1 - lam) * ce_true - lam * t * t * np.sum(q * log_p, axis=1)
+        return self._kd_output_losses(self._outputs(x, idx), self._outputs(theta, idx), self._targets[idx], lam,
+                                      temperature)
 
     def _kd_grad(self, x, theta, lam, idx, temperature):
         self._check_temperature(temperature)
