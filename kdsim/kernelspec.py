@@ -32,7 +32,8 @@ class KernelSpec:
     ``family``: "least_squares", "softmax", "logistic", "poisson" or "deep_linear";
     ``link``: a key of ``LINK_CODES``; ``A`` (n, d_in) inputs, ``Y`` (n, d_out) targets
     (one-hot for softmax losses); ``shapes``: the layer shapes (rows, cols), layer k mapping
-    cols → rows; ``l2``: the ridge α.
+    cols → rows; ``l2``: the ridge α; ``l2_mask``: None (the ridge on every coordinate) or the
+    (dim,) 0/1 mask of the coordinates it covers (``l2_bias=False`` leaves the bias out).
     Teacher (for the estimator the spec was made for; zeros when it has no teacher):
     ``teacher_residuals`` r^θ_i (n, d_out), ``teacher_map`` (1/n) Σ r^θ_i a_iᵀ (d_out, d_in),
     ``teacher_ridge`` (dim,): αθ for the distillation gradient of f, 0 for the data loss.
@@ -59,12 +60,13 @@ class KernelSpec:
     record_row_bytes: int = 0
     temperature: float = 1.0
     teacher_probs: np.ndarray | None = None
+    l2_mask: np.ndarray | None = None
 
     def __post_init__(self):
         if self.link not in LINK_CODES:
             raise ValueError(f"link must be one of {', '.join(LINK_CODES)}; got {self.link!r}")
         for name in ("A", "Y", "teacher_residuals", "teacher_map", "teacher_ridge", "x_star", "theta",
-                     "teacher_probs"):
+                     "teacher_probs", "l2_mask"):
             if getattr(self, name) is None:
                 continue
             arr = np.array(getattr(self, name), dtype=np.float64)
@@ -74,6 +76,24 @@ class KernelSpec:
     @property
     def n(self):
         return self.A.shape[0]
+
+    @property
+    def l2_weights(self):
+        """The ridge per coordinate: α, or α·``l2_mask`` ((dim,) array)."""
+        return self.l2 if self.l2_mask is None else self.l2 * self.l2_mask
+
+    def ridge_vector(self):
+        """The ridge per coordinate as a (dim,) array (α everywhere without a mask): the kernels' form."""
+        return np.broadcast_to(np.asarray(self.l2_weights, dtype=np.float64), (self.dim,)).copy()
+
+    def record_factor(self):
+        """(F, a) with ½(‖Fe‖² + a‖e‖²) = f(x) − f* on least squares (e = x − x*): the Gram factor and α,
+        or, with a ridge mask, a square factor of AᵀA/n + α·diag(mask) and a = 0."""
+        F = self.refs["F"]
+        if self.l2_mask is None:
+            return np.array(F), float(self.l2)
+        rows = np.sqrt(self.l2) * np.diag(self.l2_mask)[self.l2_mask > 0]
+        return np.linalg.qr(np.vstack([F, rows]), mode="r"), 0.0
 
     @property
     def d_in(self):
@@ -127,7 +147,8 @@ class KernelSpec:
         def dev(v):
             return None if v is None else (xp.asarray(v) if isinstance(v, np.ndarray) else v)
         return RecordRefs(self.family, self.link, self.shapes, self.l2, dev(self.A), dev(self.Y),
-                          dev(self.x_star), dev(self.theta), {k: dev(v) for k, v in self.refs.items()})
+                          dev(self.x_star), dev(self.theta), {k: dev(v) for k, v in self.refs.items()},
+                          dev(self.l2_weights) if self.l2_mask is not None else self.l2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +164,11 @@ class RecordRefs:
     x_star: object
     theta: object
     refs: dict
+    l2_weights: object = None       # α, or α·mask as an array of the module (records' ridge term)
+
+    def __post_init__(self):
+        if self.l2_weights is None:
+            object.__setattr__(self, "l2_weights", self.l2)
 
 
 # ----------------------------------------------------------------- links
@@ -229,10 +255,18 @@ def _lse_last(xp, Z):
     return (m + xp.log(xp.exp(Z - m).sum(axis=-1, keepdims=True)))[..., 0]
 
 
+def ridge_quadratic(E, alpha):
+    """α‖e‖² per row of E, or Σ_p α_p e_p² when ``alpha`` is a per-coordinate array (a ridge mask)."""
+    if getattr(alpha, "ndim", 0) == 0:
+        return alpha * (E * E).sum(axis=1)
+    return (E * E) @ alpha
+
+
 def least_squares_subopt(xp, E, F, alpha):
-    """½(‖F e‖² + α‖e‖²) per row of E = X − x* (FᵀF = AᵀA/n): ½ eᵀ(H + αI)e without cancellation."""
+    """½(‖F e‖² + α‖e‖²) per row of E = X − x* (FᵀF = AᵀA/n): ½ eᵀ(H + αI)e without cancellation
+    (α per coordinate with a ridge mask: ``ridge_quadratic``)."""
     FE = E @ F.T
-    return 0.5 * ((FE * FE).sum(axis=1) + alpha * (E * E).sum(axis=1))
+    return 0.5 * ((FE * FE).sum(axis=1) + ridge_quadratic(E, alpha))
 
 
 def softmax_gap(xp, Delta, p_star, logp_star):
@@ -260,7 +294,7 @@ def softmax_subopt(xp, E, A, n_classes, p_star, logp_star, g_star, alpha):
     d = E.shape[1] // n_classes
     Delta = (A @ E.reshape(T * n_classes, d).T).reshape(A.shape[0], T, n_classes)
     D = softmax_gap(xp, Delta, p_star, logp_star)
-    return D.mean(axis=1) + E @ g_star + 0.5 * alpha * (E * E).sum(axis=1)
+    return D.mean(axis=1) + E @ g_star + 0.5 * ridge_quadratic(E, alpha)
 
 
 def logistic_refs(z_star):
@@ -304,7 +338,7 @@ def glm_subopt(xp, E, A, link, g_star, alpha, refs):
         D = logistic_bregman(xp, delta, refs["s"], refs["sb"], refs["log_s"], refs["log_sb"])
     else:
         D = poisson_bregman(xp, delta, refs["zs"], refs["ez"])
-    return D.mean(axis=1) + E @ g_star + 0.5 * alpha * (E * E).sum(axis=1)
+    return D.mean(axis=1) + E @ g_star + 0.5 * ridge_quadratic(E, alpha)
 
 
 def deep_squared_subopt(xp, M, X, M_star, Rc_T, G_star, alpha, x_star_sq):
@@ -354,10 +388,11 @@ def suboptimality(refs, X, xp=np):
         return deep_softmax_subopt(xp, M, X, refs.A, refs.Y, refs.l2, r["f_star"])
     E = X - r["x_star_raw"]
     if refs.family == "least_squares":
-        return least_squares_subopt(xp, E, r["F"], refs.l2)
+        return least_squares_subopt(xp, E, r["F"], refs.l2_weights)
     if refs.family == "softmax":
-        return softmax_subopt(xp, E, refs.A, refs.shapes[0][0], r["p_star"], r["logp_star"], r["g_star"], refs.l2)
-    return glm_subopt(xp, E, refs.A, refs.link, r["g_star"], refs.l2, r)
+        return softmax_subopt(xp, E, refs.A, refs.shapes[0][0], r["p_star"], r["logp_star"], r["g_star"],
+                              refs.l2_weights)
+    return glm_subopt(xp, E, refs.A, refs.link, r["g_star"], refs.l2_weights, r)
 
 
 #: bytes of temporaries one block of rows of ``suboptimality`` may take (its (n, K) logit blocks)

@@ -362,3 +362,25 @@ def test_teacher_weight_decay_and_svrg_options(tmp_path):
     assert rows.loc["svrg", ["svrg_warmup", "svrg_correction", "svrg_period"]].tolist() == [1, False, 6]
     assert rows.loc["sgd", ["svrg_warmup", "svrg_correction"]].tolist() == [0, True]
     assert pd.isna(rows.loc["sgd", "svrg_period"]) and frame["svrg_period"].dtype == "Int64"
+
+
+def test_l2_bias_is_a_problem_axis_that_keeps_default_cells(tmp_path):
+    """``l2_bias = [true, false]`` (a problem parameter added after the first release): the default cell
+    keeps the hash of a spec that never names it; the other builds the problem without the bias's ridge."""
+    spec = SOFTMAX.replace("temperature = [1.0, 2.0]\n", "").replace("n_classes = 3\n", "n_classes = 3\nl2_bias = [true, false]\n")
+    sweep = sw.load_spec(spec)
+    default, free = sweep.cells
+    assert "l2_bias" not in default.config["problem"]["params"] and free.config["problem"]["params"]["l2_bias"] is False
+    plain = SOFTMAX.replace("temperature = [1.0, 2.0]\n", "")
+    assert sw.load_spec(plain).cells[0].hash == default.hash
+    problem = kdsim.sweeps.registry.build_problem("softmax", free.config["problem"]["params"])
+    assert problem.l2_mask is not None and problem.l2_mask.sum() == problem.dim - 3
+    frame = sw.run(spec, out=tmp_path, progress=False)
+    per = frame.groupby("cell_index")["problem_l2_bias"].unique()
+    assert [list(v) for v in per] == [[True], [False]]                 # the default filled in, not NaN
+    final = frame[frame["step"] == frame["step"].max()].groupby(["problem_l2_bias", "lam"])["dist2_opt_mean"].first()
+    assert final.loc[(True, 0.5)] != final.loc[(False, 0.5)]
+    # a softmax sweep that never names l2_bias still gets the column, with its default
+    assert (sw.run(plain, out=tmp_path / "plain", progress=False)["problem_l2_bias"] == True).all()  # noqa: E712
+    with pytest.raises(sw.SpecError, match="l2_bias"):
+        sw.load_spec(spec.replace("l2_bias = [true, false]", "l2_bias = 0"))

@@ -240,7 +240,7 @@ def rr_bound(problem, theta, lam, step, epochs, x0=None):
     x0 = p.default_x0() if x0 is None else np.asarray(x0, dtype=np.float64)
     xs = p.solution()
     x_lam = (1.0 - lam) * xs + lam * np.asarray(theta)
-    hess_min = [np.linalg.eigvalsh(np.outer(a, a) + p.l2 * np.eye(p.dim))[0] for a in p.A]
+    hess_min = [np.linalg.eigvalsh(np.outer(a, a) + p.ridge_hessian())[0] for a in p.A]
     mu = max(float(min(hess_min)), 0.0)
     L = float(np.max(p.sample_smoothness()))
     G = p.sample_grads(xs)

@@ -349,7 +349,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             if L > 1:
                 _pullback_add(y, dims, offs, Gy, gam / gam, qbuf, qoff, vbuf, gy)
             for p in range(dim):
-                gy[p] += alpha * y[p]
+                gy[p] += alpha[p] * y[p]
         bt = batch_into_nb(key0, t, n, b, scode, K, perm, perm_epoch, 0, idx, taken)
         inv_b = inv_bs[bt]
         for p in range(dim):
@@ -389,7 +389,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             _backward_batch(x, dims, offs, Hx, hoff, D, Dn, nb, g, gam / gam, zero)
         if snapshot:
             for p in range(dim):
-                g[p] = g[p] * inv_b + alpha * (x[p] - a * y[p]) + c * gy[p]
+                g[p] = g[p] * inv_b + alpha[p] * (x[p] - a * y[p]) + c * gy[p]
         else:
             if use_teacher and c != 0:
                 for p in range(dim):
@@ -402,10 +402,10 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                     _prefix(x, dims, offs, qbuf, qoff)
                     _pullback_add(x, dims, offs, Gt, c, qbuf, qoff, vbuf, g)
                 for p in range(dim):
-                    g[p] = g[p] + alpha * x[p] + (c - a) * ridge[p]
+                    g[p] = g[p] + alpha[p] * x[p] + (c - a) * ridge[p]
             else:
                 for p in range(dim):
-                    g[p] = g[p] * inv_b + alpha * x[p] - a * ridge[p]
+                    g[p] = g[p] * inv_b + alpha[p] * x[p] - a * ridge[p]
         nx = _heavy_ball(x, g, vel, gam, mom, zero)
         if not (nx <= limit):
             div[j0] = t + 1
@@ -423,7 +423,7 @@ def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_
 
     ``A`` (n, d_in) inputs, ``Y`` (n, d_out) targets (one-hot for softmax), ``rt``
     (n, d_out) teacher residuals, ``Gt`` (d_out, d_in) their mean map, ``ridge``
-    (dim,) the teacher's ridge term; ``dims`` the layer widths (d_in, …, d_out) and
+    (dim,) the teacher's ridge term, ``alpha`` (dim,) the ridge α per coordinate; ``dims`` the layer widths (d_in, …, d_out) and
     ``offs`` the layer offsets in x. ``saved`` (T, R, dim) float64 receives x at the
     record steps while the trajectory is alive (NaN stays after divergence). ``acoef``,
     ``ccoef`` (T, E) are the coefficients per epoch; minibatches follow sampling ``scode``

@@ -6,8 +6,9 @@ Conventions shared by every kernel module of the numba engine:
   trajectories (the engine runs ranges on a thread pool; each writes only its own
   rows), arrays in and arrays out, no closures, no np.random;
 * iterate arithmetic in the working dtype (float32 or float64) of the data arrays;
-  the scalars ``gam``, ``alpha``, ``limit`` and ``zero`` are passed in that dtype so
-  nothing is silently promoted;
+  the scalars ``gam``, ``limit`` and ``zero`` and the per-trajectory kernels' ridge
+  ``alpha`` (a (dim,) array: α per coordinate, 0 on a bias left out of the ridge) are
+  passed in that dtype so nothing is silently promoted;
 * records are evaluated in float64 from the iterate (cast), so float32 runs only
   differ by the iterate's own rounding;
 * the divergence guard of the reference engine: after a step, ``not (‖x‖² <= limit)``
@@ -852,7 +853,7 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, 
                 for p in range(d):
                     gy[p] += A[i, p] * acc
             for p in range(d):
-                gy[p] = gy[p] * inv_n + alpha * y[p]
+                gy[p] = gy[p] * inv_n + alpha[p] * y[p]
         nb = batch_into_nb(key0, t, n, b, code, K, perm, perm_epoch, 0, idx, taken)
         inv_b = inv_bs[nb]
         for jj in range(nb):
@@ -876,10 +877,10 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, 
                 g[p] += A[i, p] * r0
         if snapshot:
             for p in range(d):
-                g[p] = g[p] * inv_b + alpha * (x[p] - a * y[p]) + c * gy[p]
+                g[p] = g[p] * inv_b + alpha[p] * (x[p] - a * y[p]) + c * gy[p]
         else:
             for p in range(d):
-                g[p] = g[p] * inv_b + alpha * x[p] - a * ridge[p] + c * tfull[p]
+                g[p] = g[p] * inv_b + alpha[p] * x[p] - a * ridge[p] + c * tfull[p]
         nx = _heavy_ball(x, g, vel, gam, mom, zero)
         if not (nx <= limit):
             div[j0] = t + 1
@@ -898,7 +899,7 @@ def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, a
     Row j of the trajectory arrays (``acoef``, ``ccoef`` (T, E): the coefficients per
     epoch, ``stream_keys``, outputs) is one (λ, seed) pair. Teacher estimators use the
     combined residual (a_iᵀx − b_i) − a·rth_i, so the minibatch gradient is one product:
-    g = (1/b_t) Σ a_i r_i + αx − a·ridge + c·T. SVRG (``snapshot``) takes the anchor y and
+    g = (1/b_t) Σ a_i r_i + αx − a·ridge + c·T (``alpha`` (d,): α per coordinate). SVRG (``snapshot``) takes the anchor y and
     its full gradient ∇f(y) (per-sample weights n·w_i ``nfw`` when not empty) at step 0 and every
     ``period`` steps from ``snap_start`` and uses
     r_i = (a_iᵀx − b_i) − a(a_iᵀy − b_i), g = (1/b_t) Σ a_i r_i + α(x − a y) + c ∇f(y).

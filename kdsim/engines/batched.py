@@ -73,11 +73,13 @@ class _Engine:
         self.snapshot = est.snapshot
         self.deep = spec.depth > 1
         scales = plan.lambda_scales
-        affine_ok = self.kind == "least_squares" and self.crn and not est.snapshot and scales is not None
+        affine_ok = (self.kind == "least_squares" and self.crn and not est.snapshot and scales is not None
+                     and spec.l2_mask is None)
         if path == "affine" and not affine_ok:
-            raise ValueError("path='affine' needs least squares, common random numbers and an estimator "
-                             f"among sgd, kd, kd_loss, corrected; got {spec.family}, estimator {est.name!r}, "
-                             f"common_random_numbers={self.crn}")
+            raise ValueError("path='affine' needs least squares, common random numbers, a ridge on every "
+                             "coordinate (l2_bias=True) and an estimator among sgd, kd, kd_loss, corrected; got "
+                             f"{spec.family}, estimator {est.name!r}, common_random_numbers={self.crn}, "
+                             f"l2_bias={spec.l2_mask is None}")
         self.affine = affine_ok and (path == "affine" or (path == "auto" and (self.L > 1 or est.name == "sgd")))
         self.kernel = "affine" if self.affine else "trajectory"
         self.timing_extra = {"array_module": xp.__name__}
@@ -98,6 +100,7 @@ class _Engine:
         self.nfw = None if plan.full_weights is None else dev(spec.n * plan.full_weights, wd)
         self.Qt = dev(spec.teacher_probs, wd) if spec.teacher_probs is not None else None
         self.x0 = dev(plan.x0, wd)
+        self.alpha_w = None if spec.l2_mask is None else dev(spec.ridge_vector(), wd)   # α per coordinate
         self._ridge = ridge
         self._full_map = spec.teacher_map if (self.deep and self.teacher and est.corrected) else None
         self._tfull = None if self.deep else spec.teacher_full
@@ -233,7 +236,7 @@ class _Engine:
                 Rs *= self.nfw[:, None, None]
             G = (Rs.reshape(self.n, T * self.K).T @ self.A).reshape(T, self.K, self.dfeat) / self.n
             G = self._pull(P, Q, G) if self.deep else G.reshape(T, self.dim)
-            parts.append(G + self.alpha * Yb)
+            parts.append(G + (self.alpha if self.alpha_w is None else self.alpha_w) * Yb)
         return parts[0] if len(parts) == 1 else xp.concatenate(parts)
 
     def _logits(self, Ab, M):
@@ -274,7 +277,7 @@ class _Engine:
         outs = [xp.full((R, L, ns), xp.nan, dtype=xp.float64) for _ in RECORDS]     # record-major
         self._saved = xp.full((R, L, ns, dim), xp.nan) if self.plan.keep_iterates else None
         gamma = wd.type(self.gamma)
-        alpha = wd.type(self.alpha)
+        alpha = wd.type(self.alpha) if self.alpha_w is None else self.alpha_w
         snap = full = None
         rec = 0
         for t in range(self.steps + 1):

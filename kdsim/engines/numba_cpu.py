@@ -168,20 +168,20 @@ class _LeastSquaresRunner(_Runner):
         ridge, tfull = spec.teacher_ridge, spec.teacher_full
         self.ridge = np.ascontiguousarray(ridge, dtype=wd)
         self.tfull = np.ascontiguousarray(tfull, dtype=wd)
-        self.alpha = wd.type(spec.l2)
-        self.alpha64 = float(spec.l2)
+        self.alpha = spec.ridge_vector().astype(wd)      # α per coordinate
         self.inv_n = wd.type(1.0 / spec.n)
         self.x0 = np.ascontiguousarray(plan.x0, dtype=wd)
         self.xstar = np.ascontiguousarray(spec.x_star, dtype=np.float64)
         self.theta_c = np.ascontiguousarray(spec.theta, dtype=np.float64)
-        self.F = np.array(spec.refs["F"])                  # a writeable copy: one kernel signature
+        self.F, self.alpha64 = spec.record_factor()      # a writeable copy: one kernel signature
         V.choice("path", path, ("auto", "affine", "trajectory"))
         scales = plan.lambda_scales
-        affine_ok = self.crn and not est.snapshot and scales is not None
+        affine_ok = self.crn and not est.snapshot and scales is not None and spec.l2_mask is None
         if path == "affine" and not affine_ok:
-            raise ValueError("the affine form needs least squares, common random numbers and an estimator "
-                             f"among sgd, kd, kd_loss, corrected; got estimator {est.name!r}, "
-                             f"common_random_numbers={self.crn}")
+            raise ValueError("the affine form needs least squares, common random numbers, a ridge on every "
+                             "coordinate (l2_bias=True) and an estimator among sgd, kd, kd_loss, corrected; got "
+                             f"estimator {est.name!r}, common_random_numbers={self.crn}, "
+                             f"l2_bias={spec.l2_mask is None}")
         self.affine = affine_ok and path != "trajectory"
         if self.affine:
             self._affine_setup(A64, spec.affine_shift(est.corrected), scales)
@@ -316,7 +316,7 @@ class _LayeredRunner(_Runner):
         self.dims = np.asarray(spec.dims, dtype=np.int64)
         self.offs = np.asarray(spec.offsets, dtype=np.int64)
         self.code = spec.link_code
-        self.alpha = wd.type(spec.l2)
+        self.alpha = spec.ridge_vector().astype(wd)      # α per coordinate
         self.inv_n = wd.type(1.0 / spec.n)
         self.x0 = c(plan.x0, dtype=wd)
         self.refs = spec.record_refs(np)
@@ -373,9 +373,12 @@ class _LayeredRunner(_Runner):
         r = self.refs.refs
         X = np.ascontiguousarray(X, dtype=np.float64)
         out = np.empty(X.shape[0])
+        masked = self.spec.l2_mask is not None            # the kernel's ridge term is α‖e‖²
         call_blocks(self.timers["records_kernel"], softmax_subopt, X.shape[0],
                     (X, np.ascontiguousarray(r["x_star_raw"]), np.ascontiguousarray(self.spec.A), r["p_star"],
-                     r["logp_star"], r["g_star"], float(self.spec.l2), KS.H_COEF, out))
+                     r["logp_star"], r["g_star"], 0.0 if masked else float(self.spec.l2), KS.H_COEF, out))
+        if masked:
+            out += 0.5 * KS.ridge_quadratic(X - r["x_star_raw"], self.spec.l2_weights)
         return out
 
 

@@ -2,6 +2,9 @@
 
 f(x) = (1/n) Σ_i f_i(x),   f_i(x) = ℓ_i(x) + (α/2)‖x‖²   (α = ``l2``, default 0)
 
+With ``l2_bias=False`` (problems with a bias) the ridge leaves the bias out:
+(α/2)‖Dx‖², D the 0/1 diagonal that zeroes the bias coordinates (``l2_weights``).
+
 Parameters are flat float vectors; each problem knows its shapes. Subclasses
 implement the data loss ℓ and its closed-form gradients (no autodiff); this
 base class adds the ridge, validates every argument, and provides the batched
@@ -46,14 +49,73 @@ class Problem(ABC):
     #: short identifier used in tables and configuration hashes
     name = "problem"
 
-    def __init__(self, n, dim, l2=0.0):
+    def __init__(self, n, dim, l2=0.0, l2_bias=True):
         self.n = int(n)
         self.dim = int(dim)
         self.l2 = V.nonnegative_float("l2", l2)
+        if not isinstance(l2_bias, (bool, np.bool_)):
+            raise TypeError(f"l2_bias must be True or False; got {l2_bias!r}")
+        self._l2_bias = bool(l2_bias)
+        self._l2_mask = None          # set by _exclude_bias_from_ridge once the data is known
+
+    def _exclude_bias_from_ridge(self):
+        """With ``l2_bias=False``: the 0/1 ridge mask that zeroes ``bias_coordinates()`` (subclasses call
+        this at the end of ``__init__``); a clear error when the problem has no bias."""
+        if self._l2_bias:
+            return
+        coords = np.asarray(self.bias_coordinates(), dtype=np.int64)
+        if coords.size == 0:
+            raise ValueError(f"l2_bias=False needs a bias to leave out of the ridge; {type(self).__name__} has "
+                             "none here (a column of ones in A, e.g. bias=True, or network biases)")
+        mask = np.ones(self.dim)
+        mask[coords] = 0.0
+        mask.setflags(write=False)
+        self._l2_mask = mask
+
+    def bias_coordinates(self):
+        """Indices of the bias parameters in x (the coordinates ``l2_bias=False`` leaves out of the
+        ridge). Linear models: the weights on columns of A equal to 1 for every sample."""
+        A = getattr(self, "A", None)
+        if A is None:
+            return np.zeros(0, dtype=np.int64)
+        ones = np.flatnonzero(np.all(A == 1.0, axis=0))
+        per_output = self.dim // A.shape[1]             # softmax: x = vec of (classes, d'), row-major
+        return (np.arange(per_output)[:, None] * A.shape[1] + ones[None, :]).ravel()
+
+    @property
+    def l2_bias(self):
+        """False when the ridge leaves the bias out (``l2_weights`` is then a vector)."""
+        return self._l2_bias
+
+    @property
+    def l2_mask(self):
+        """None (the ridge on every coordinate) or the (dim,) 0/1 mask of the coordinates it covers."""
+        return self._l2_mask
+
+    @property
+    def l2_weights(self):
+        """The ridge per coordinate: α (a float) or, with ``l2_bias=False``, α·mask ((dim,) array)."""
+        return self.l2 if self._l2_mask is None else self.l2 * self._l2_mask
+
+    def ridge_term(self, weight, x):
+        """weight·x on the coordinates the ridge covers (all, or all but the bias): the gradient of
+        (weight/2)‖Dx‖²; ``x`` may hold one row per trajectory."""
+        return weight * x if self._l2_mask is None else (weight * self._l2_mask) * x
+
+    def _ridge_value(self, x):
+        """(α/2)‖Dx‖² of one vector."""
+        return 0.5 * self.l2 * x @ x if self._l2_mask is None else 0.5 * x @ (self.l2_weights * x)
+
+    def ridge_hessian(self):
+        """∇² of the ridge: αI, or α·diag(mask) with ``l2_bias=False``."""
+        return np.diag(np.broadcast_to(np.asarray(self.l2_weights, dtype=np.float64), (self.dim,)).copy())
 
     def __repr__(self):
         """Compact: class, sizes and ridge (never the data)."""
-        return f"{type(self).__name__}(n={self.n}, dim={self.dim}, l2={self.l2:g})"
+        return f"{type(self).__name__}(n={self.n}, dim={self.dim}, l2={self.l2:g}{self._l2_bias_text()})"
+
+    def _l2_bias_text(self):
+        return "" if self._l2_bias else ", l2_bias=False"
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
@@ -122,7 +184,7 @@ class Problem(ABC):
     def loss(self, x, idx=None):
         """f_B(x) = mean over idx of ℓ_i(x) + (α/2)‖x‖² (full data when idx is None)."""
         x = self._x(x)
-        return float(self._losses(x, self._idx(idx)).mean() + 0.5 * self.l2 * x @ x)
+        return float(self._losses(x, self._idx(idx)).mean() + self._ridge_value(x))
 
     def data_loss(self, x, idx=None):
         """ℓ_B(x): the mean data loss without the ridge."""
@@ -131,7 +193,7 @@ class Problem(ABC):
     def grad(self, x, idx=None):
         """∇f_B(x) (ridge included)."""
         x = self._x(x)
-        return self._sample_grads(x, self._idx(idx)).mean(axis=0) + self.l2 * x
+        return self._sample_grads(x, self._idx(idx)).mean(axis=0) + self.ridge_term(self.l2, x)
 
     def data_grad(self, x, idx=None):
         """∇ℓ_B(x): the data-loss gradient without the ridge."""
@@ -140,7 +202,7 @@ class Problem(ABC):
     def sample_grads(self, x, idx=None):
         """∇f_i(x) for i in idx, one row per sample (ridge included)."""
         x = self._x(x)
-        return self._sample_grads(x, self._idx(idx)) + self.l2 * x
+        return self._sample_grads(x, self._idx(idx)) + self.ridge_term(self.l2, x)
 
     def kd_loss(self, x, theta, lam, idx=None, temperature=1.0):
         """Literal KD loss: mean of (1−λ)·loss(x, y_i) + λ·loss(x, teacher label) + (α/2)‖x‖².
@@ -158,7 +220,7 @@ class Problem(ABC):
         theta = self._teacher(theta)
         lam = V.finite_float("lam", lam)
         t = self._temperature(temperature)
-        return float(self._kd_losses(x, theta, lam, self._idx(idx), t).mean() + 0.5 * self.l2 * x @ x)
+        return float(self._kd_losses(x, theta, lam, self._idx(idx), t).mean() + self._ridge_value(x))
 
     def kd_grad(self, x, theta, lam, idx=None, temperature=1.0):
         """Closed-form gradient of ``kd_loss`` (mixed labels; ridge on the student only).
@@ -170,7 +232,7 @@ class Problem(ABC):
         theta = self._teacher(theta)
         lam = V.finite_float("lam", lam)
         t = self._temperature(temperature)
-        return self._kd_grad(x, theta, lam, self._idx(idx), t) + self.l2 * x
+        return self._kd_grad(x, theta, lam, self._idx(idx), t) + self.ridge_term(self.l2, x)
 
     def distillation_grad(self, x, theta, lam, idx=None):
         """Distillation gradient of f: ∇f_B(x) − λ∇f_B(θ) (estimator "kd").
@@ -185,7 +247,7 @@ class Problem(ABC):
     def hessian(self, x, idx=None):
         """∇²f_B(x), dense (dim, dim), ridge included."""
         x = self._x(x)
-        return self._hessian(x, self._idx(idx)) + self.l2 * np.eye(self.dim)
+        return self._hessian(x, self._idx(idx)) + self.ridge_hessian()
 
     def sample_smoothness(self):
         """Global smoothness constants L_i of each f_i (exact or a stated bound).
@@ -204,7 +266,8 @@ class Problem(ABC):
         out = np.empty(self.n)
         for i in range(self.n):
             h = self._hessian(x, np.array([i]))
-            out[i] = np.linalg.eigvalsh(h)[-1] + self.l2
+            out[i] = (np.linalg.eigvalsh(h)[-1] + self.l2 if self._l2_mask is None
+                      else np.linalg.eigvalsh(h + self.ridge_hessian())[-1])
         return out
 
     def solution(self):
@@ -245,6 +308,8 @@ class Problem(ABC):
                 continue
             val = vars(self)[key]
             parts.append(f"{key}={V.array_digest(val) if isinstance(val, np.ndarray) else val!r}")
+        if not self._l2_bias:                              # (True, the default, keeps earlier keys)
+            parts.append("l2_bias=False")
         import hashlib
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -349,7 +414,7 @@ class Problem(ABC):
         probs = None if temperature == 1.0 else self.tempered_teacher_probs(theta, temperature)
         return KernelSpec(self.spec_family, link, self.A, Y, tuple(shapes), self.l2, R, G, ridge,
                           self.canonical(self.solution()), self.canonical_teacher(theta), self._spec_refs(),
-                          self.record_row_bytes(), float(temperature), probs)
+                          self.record_row_bytes(), float(temperature), probs, self._l2_mask)
 
     def supports_temperature(self):
         """True when the loss has a softmax to temper (softmax regression, deep linear with softmax)."""
@@ -368,7 +433,7 @@ class Problem(ABC):
         """(teacher residuals (n, d_out), their mean map (d_out, d_in), ridge (dim,)) for a term."""
         R = self._teacher_residuals(theta)
         G = R.T @ self.A / self.n if weights is None else (R * weights[:, None]).T @ self.A
-        return R, G, self.teacher_weight_decay(term, teacher_l2) * theta
+        return R, G, self.ridge_term(self.teacher_weight_decay(term, teacher_l2), theta)
 
     def teacher_weight_decay(self, term="f", teacher_l2=None):
         """The weight decay w of the teacher's term ∇ℓ_B(θ) + wθ: ``teacher_l2`` when given, else α
@@ -392,19 +457,21 @@ class Problem(ABC):
         link, Y, shapes = self._spec_structure()
         return KernelSpec(self.spec_family, link, self.A, Y, tuple(shapes), self.l2,
                           np.zeros((self.n, shapes[-1][0])), np.zeros((shapes[-1][0], shapes[0][1])),
-                          np.zeros(self.dim), xs, xs, self._spec_refs()).record_refs(np)
+                          np.zeros(self.dim), xs, xs, self._spec_refs(), l2_mask=self._l2_mask).record_refs(np)
 
     # ------------------------------------------- batched primitives (engines)
     def batch_grad(self, X, idx):
         """∇f_B(x) for each trajectory: X (T, dim), idx (T, b) -> (T, dim)."""
-        return self._batch_grad(X, idx) + self.l2 * X
+        return self._batch_grad(X, idx) + self.ridge_term(self.l2, X)
 
     def batch_full_grad(self, X):
         """∇f(x) for each trajectory, (T, dim)."""
-        return self._batch_full_grad(X) + self.l2 * X
+        return self._batch_full_grad(X) + self.ridge_term(self.l2, X)
 
     def batch_loss(self, X):
         """f(x) for each trajectory, (T,)."""
+        if self._l2_mask is not None:
+            return self._batch_loss(X) + 0.5 * np.einsum("td,td->t", X, self.l2_weights * X)
         return self._batch_loss(X) + 0.5 * self.l2 * np.einsum("td,td->t", X, X)
 
     def record_row_bytes(self):
@@ -426,7 +493,7 @@ class Problem(ABC):
         wd = self.teacher_weight_decay(term, teacher_l2)
         theta = self._teacher(theta)
         rows = self._sample_grads(theta, np.arange(self.n))
-        ridge = wd * theta
+        ridge = self.ridge_term(wd, theta)
         full = rows.mean(axis=0) if weights is None else weights @ rows
         return TeacherTerms(rows, ridge, full + ridge)
 

@@ -530,6 +530,10 @@ class DeepLinear(Problem):
     def _spec_structure(self):
         return ("identity" if self.loss_type == "squared" else "softmax"), self._targets, self.shapes
 
+    def bias_coordinates(self):
+        """None: a deep linear network has no bias parameters (a ones column of A is an input)."""
+        return np.zeros(0, dtype=np.int64)
+
     def _spec_teacher(self, theta, term, teacher_l2=None, weights=None):
         terms = self.teacher_terms(theta, term, teacher_l2, weights)
         return terms.residuals, terms.full_map, terms.ridge

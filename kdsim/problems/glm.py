@@ -36,7 +36,7 @@ class GLM(Problem):
     #: the open range (lo, hi) of the mean function ψ' (used to detect an optimum at infinity)
     mean_range = (-np.inf, np.inf)
 
-    def __init__(self, A, y, l2=0.0, bias=False):
+    def __init__(self, A, y, l2=0.0, bias=False, l2_bias=True):
         A = V.as_float_array("A", A, ndim=2)
         bias = _flag("bias", bias)
         y = V.as_float_array("y", y, ndim=1)
@@ -44,12 +44,14 @@ class GLM(Problem):
             raise ValueError(f"y must have one entry per row of A ({A.shape[0]}); got {y.shape[0]}")
         self._check_labels(y)
         A = _with_bias(A, bias)
-        super().__init__(A.shape[0], A.shape[1], l2)
+        super().__init__(A.shape[0], A.shape[1], l2, l2_bias)
         self.A, self.y, self.bias = A, y, bias
         self._all = np.arange(self.n)
+        self._exclude_bias_from_ridge()
 
     def __repr__(self):
-        return f"{type(self).__name__}(n={self.n}, d'={self.dim}, bias={self.bias}, l2={self.l2:g})"
+        return (f"{type(self).__name__}(n={self.n}, d'={self.dim}, bias={self.bias}, l2={self.l2:g}"
+                f"{self._l2_bias_text()})")
 
     # family -------------------------------------------------------------------
     @staticmethod
@@ -131,8 +133,11 @@ class GLM(Problem):
 
     # constants ---------------------------------------------------------------
     def local_sample_smoothness(self, x):
-        """λ_max(∇²f_i(x)) = ψ''(a_iᵀx)‖a_i‖² + α (exact: the data Hessian has rank one)."""
+        """λ_max(∇²f_i(x)) = ψ''(a_iᵀx)‖a_i‖² + α (exact: the data Hessian has rank one; with
+        ``l2_bias=False`` the eigenvalue of each dense per-sample Hessian)."""
         x = self._x(x)
+        if self.l2_mask is not None and self.l2 > 0:
+            return super().local_sample_smoothness(x)
         return self.d2psi(self.A @ x) * np.einsum("ij,ij->i", self.A, self.A) + self.l2
 
     # optimum -----------------------------------------------------------------
@@ -148,13 +153,13 @@ class GLM(Problem):
         A rank-deficient A without a ridge gives the minimum-norm minimiser.
         """
         full, a2 = self._all, self.l2
-        ridge = a2 * np.eye(self.dim)
+        ridge = self.ridge_hessian()
 
         def loss(x):
-            return float(self._losses(x, full).mean() + 0.5 * a2 * x @ x)
+            return float(self._losses(x, full).mean() + self._ridge_value(x))
 
         def grad(x):
-            return self._batch_full_grad(x[None])[0] + a2 * x
+            return self._batch_full_grad(x[None])[0] + self.ridge_term(a2, x)
 
         def solve(x, g):
             return _psd_solve(self._hessian(x, full) + ridge, g)
@@ -196,7 +201,8 @@ class GLM(Problem):
         ld = np.longdouble
         A = self.A.astype(ld)
         r = self._dpsi_extended(A @ x.astype(ld)) - self.y
-        return (A.T @ r / ld(self.n) + ld(self.l2) * x.astype(ld)).astype(np.float64)
+        w = ld(self.l2) if self.l2_mask is None else ld(self.l2) * self.l2_mask.astype(ld)
+        return (A.T @ r / ld(self.n) + w * x.astype(ld)).astype(np.float64)
 
     @cached_property
     def _at_optimum(self):
@@ -219,7 +225,7 @@ class GLM(Problem):
         X = np.atleast_2d(X)
         zs, g = self._at_optimum
         refs = self._link_refs(zs)
-        return KS.in_row_blocks(lambda Eb: KS.glm_subopt(np, Eb, self.A, self.link, g, self.l2, refs),
+        return KS.in_row_blocks(lambda Eb: KS.glm_subopt(np, Eb, self.A, self.link, g, self.l2_weights, refs),
                                 X - self._solution, self.record_row_bytes())
 
     def record_row_bytes(self):
@@ -271,7 +277,7 @@ class LogisticRegression(GLM):
                              f"found {bad.tolist()}")
 
     def sample_smoothness(self):
-        """L_i = ¼‖a_i‖² + α: a bound, from ψ'' = σ(1 − σ) ≤ ¼ (attained at a_iᵀx = 0)."""
+        """L_i = ¼‖a_i‖² + α: a bound (also with ``l2_bias=False``), from ψ'' = σ(1 − σ) ≤ ¼ (attained at a_iᵀx = 0)."""
         return 0.25 * np.einsum("ij,ij->i", self.A, self.A) + self.l2
 
 

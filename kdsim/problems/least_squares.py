@@ -22,7 +22,7 @@ class LeastSquares(Problem):
     spec_family = "least_squares"
     smoothness_kind = "exact"
 
-    def __init__(self, A, b, l2=0.0):
+    def __init__(self, A, b, l2=0.0, l2_bias=True):
         A = V.as_float_array("A", A, ndim=2)
         b = V.as_float_array("b", b, ndim=1)
         with np.errstate(over="ignore"):
@@ -32,11 +32,12 @@ class LeastSquares(Problem):
                              f"(largest |A| = {np.abs(A).max():.3g}, |b| = {np.abs(b).max():.3g}); rescale the data")
         if b.shape[0] != A.shape[0]:
             raise ValueError(f"b must have one entry per row of A ({A.shape[0]}); got {b.shape[0]}")
-        super().__init__(A.shape[0], A.shape[1], l2)
+        super().__init__(A.shape[0], A.shape[1], l2, l2_bias)
         self.A, self.b = A, b
+        self._exclude_bias_from_ridge()
 
     def __repr__(self):
-        return f"{type(self).__name__}(n={self.n}, d={self.dim}, l2={self.l2:g})"
+        return f"{type(self).__name__}(n={self.n}, d={self.dim}, l2={self.l2:g}{self._l2_bias_text()})"
 
     # data loss and gradients -------------------------------------------------
     def _losses(self, x, idx):
@@ -70,11 +71,11 @@ class LeastSquares(Problem):
         if self.l2 == 0.0:
             x, *_ = scipy.linalg.lstsq(self.A, self.b)  # minimum-norm when rank-deficient
         else:
-            H = self.A.T @ self.A / self.n + self.l2 * np.eye(self.dim)
+            H = self.A.T @ self.A / self.n + self.ridge_hessian()
             x = scipy.linalg.solve(H, self.A.T @ self.b / self.n, assume_a="pos")
         # one step of iterative refinement on the normal equations
-        H = self.A.T @ self.A / self.n + self.l2 * np.eye(self.dim)
-        r = self.A.T @ (self.A @ x - self.b) / self.n + self.l2 * x
+        H = self.A.T @ self.A / self.n + self.ridge_hessian()
+        r = self.A.T @ (self.A @ x - self.b) / self.n + self.ridge_term(self.l2, x)
         dx, *_ = scipy.linalg.lstsq(H, r)
         return x - dx
 
@@ -95,7 +96,9 @@ class LeastSquares(Problem):
 
     # constants -------------------------------------------------------------
     def sample_smoothness(self):
-        """L_i = ‖a_i‖² + α (exact)."""
+        """L_i = ‖a_i‖² + α (exact); with ``l2_bias=False`` λ_max(a_i a_iᵀ + α·diag(mask)) (exact)."""
+        if self.l2_mask is not None and self.l2 > 0:
+            return np.linalg.eigvalsh(np.einsum("ij,ik->ijk", self.A, self.A) + self.ridge_hessian())[:, -1]
         return np.einsum("ij,ij->i", self.A, self.A) + self.l2
 
     def local_sample_smoothness(self, x):
@@ -118,7 +121,7 @@ class LeastSquares(Problem):
     def suboptimality(self, X):
         """f(x) − f* = ½ eᵀ(H + αI)e = ½(‖F e‖² + α‖e‖²), e = x − x* (exact; no cancellation)."""
         E = np.atleast_2d(np.asarray(X, dtype=np.float64)) - self._solution
-        return KS.least_squares_subopt(np, E, self._gram_factor, self.l2)
+        return KS.least_squares_subopt(np, E, self._gram_factor, self.l2_weights)
 
     # kernel spec -------------------------------------------------------------
     def _spec_structure(self):

@@ -113,7 +113,8 @@ class MLP(Problem):
     * ``loss="squared"``: ℓ = ½‖z − y_i‖², Y real (n, d_out) (a 1-d y is one output).
 
     f(x) = (1/n) Σ_i ℓ_i(x) + (α/2)‖x‖², α = ``l2`` on every parameter, biases included (torch's
-    ``weight_decay`` does the same).
+    ``weight_decay`` on every parameter does the same); ``l2_bias=False`` leaves the biases out
+    (a parameter group without weight decay).
 
     Parameter layout. One flat float64 vector: the weight matrices W_1, …, W_L, each flattened
     row-major (W_l has shape (h_l, h_{l−1}): row j holds the weights into unit j), then the biases
@@ -199,7 +200,7 @@ class MLP(Problem):
     name = "mlp"
 
     def __init__(self, A, y, hidden=(32,), activation="relu", loss="softmax", bias=True, l2=0.0,
-                 init_scale=1.0, init_seed=0, n_classes=None, solve_tol=1e-8, solve_maxiter=None):
+                 l2_bias=True, init_scale=1.0, init_seed=0, n_classes=None, solve_tol=1e-8, solve_maxiter=None):
         activation = "identity" if activation is None else activation
         activation = V.choice("activation", activation, ACTIVATIONS)
         loss = V.choice("loss", loss, LOSSES)
@@ -233,7 +234,7 @@ class MLP(Problem):
         shapes = tuple((dims[k + 1], dims[k]) for k in range(len(dims) - 1))
         w_sizes = [r * c for r, c in shapes]
         b_sizes = [r for r, _ in shapes] if bias else []
-        super().__init__(n, sum(w_sizes) + sum(b_sizes), l2)
+        super().__init__(n, sum(w_sizes) + sum(b_sizes), l2, l2_bias)
         self.A, self.Y = A, Y
         self.hidden, self.activation, self.loss_type, self.bias = hidden, activation, loss, bool(bias)
         self.n_classes = K
@@ -245,12 +246,19 @@ class MLP(Problem):
         self._w_offsets = np.concatenate([[0], np.cumsum(w_sizes)]).astype(int)
         self._b_offsets = (self._w_offsets[-1] + np.concatenate([[0], np.cumsum(b_sizes)])).astype(int) if bias else None
         self._solve_info = None
+        self._exclude_bias_from_ridge()
+
+    def bias_coordinates(self):
+        """The coordinates of every layer's bias b_l (none with ``bias=False``)."""
+        if self._b_offsets is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.arange(self._b_offsets[0], self._b_offsets[-1])
 
     def __repr__(self):
         classes = f", classes={self.n_classes}" if self.n_classes is not None else ""
         widths = "→".join(str(w) for w in self.dims)
         return (f"{type(self).__name__}(n={self.n}, widths={widths}, activation={self.activation!r}, "
-                f"loss={self.loss_type!r}{classes}, bias={self.bias}, l2={self.l2:g})")
+                f"loss={self.loss_type!r}{classes}, bias={self.bias}, l2={self.l2:g}{self._l2_bias_text()})")
 
     # ------------------------------------------------------------- layout
     def _unpack(self, X):
@@ -373,12 +381,12 @@ class MLP(Problem):
         Ws, bs = self._unpack(x)
         Zs, Us = self._forward(Ws, bs, self.A[idx])
         gWs, gbs = self._backward(Ws, Zs, Us, self._residual(Zs[-1], self._targets[idx]) / len(idx))
-        return self._pack(gWs, gbs, ()) + self.l2 * x
+        return self._pack(gWs, gbs, ()) + self.ridge_term(self.l2, x)
 
     def data_grad(self, x, idx=None):
         """∇ℓ_B(x): the data-loss gradient without the ridge."""
         x = self._x(x)
-        return self.grad(x, idx) - self.l2 * x
+        return self.grad(x, idx) - self.ridge_term(self.l2, x)
 
     # ------------------------------------------------------------- KD
     def supports_temperature(self):
@@ -429,7 +437,7 @@ class MLP(Problem):
         Ws, bs = self._unpack(x)
         Zs, Us = self._forward(Ws, bs, self.A[idx])
         D = self._kd_residual(Zs[-1], self._outputs(theta, idx), self._targets[idx], lam, t)
-        return self._backward_rows(Ws, Zs, Us, D) + self.l2 * x
+        return self._backward_rows(Ws, Zs, Us, D) + self.ridge_term(self.l2, x)
 
     def distillation_grad(self, x, theta, lam, idx=None):
         """Estimator "kd" for an MLP: the literal KD-loss gradient with the teacher's weight decay,
@@ -440,7 +448,7 @@ class MLP(Problem):
         """
         theta = self._teacher(theta)
         lam = V.finite_float("lam", lam)
-        return self.kd_grad(x, theta, lam, idx) - lam * self.l2 * theta
+        return self.kd_grad(x, theta, lam, idx) - lam * self.ridge_term(self.l2, theta)
 
     def control_variate_grad(self, x, theta, lam, idx=None):
         """The parameter-space control variate ∇f_B(x) − λ∇f_B(θ) of docs/theory.md §2–§6.
@@ -541,7 +549,7 @@ class MLP(Problem):
         """∇²f_B(x) v (ridge included): exact closed form (R-operator; for ReLU on the current activation pattern)."""
         x = self._x(x)
         v = V.as_vector("v", v, self.dim)
-        return self._hvp(x, v[None, :], self._idx(idx))[0] + self.l2 * v
+        return self._hvp(x, v[None, :], self._idx(idx))[0] + self.ridge_term(self.l2, v)
 
     def _hessian(self, x, idx):
         """Exact data-loss Hessian: the closed-form HVP on the unit vectors (symmetrised)."""
@@ -596,7 +604,7 @@ class MLP(Problem):
         theta = self._teacher(theta)
         R = self._residual(self._outputs(theta, np.arange(self.n)), self._targets)
         w = None if weights is None else np.asarray(weights, dtype=np.float64)
-        return MLPTeacherTerms(theta, R, wd * theta, w, term)
+        return MLPTeacherTerms(theta, R, self.ridge_term(wd, theta), w, term)
 
     def batch_teacher_grad(self, X, terms, idx):
         """J_B(x)ᵀ r_B(θ) + w·θ for each trajectory (the student's back-propagation of the teacher's
@@ -691,7 +699,7 @@ class MLP(Problem):
 
         def fun(z):
             loss, g = self._data_loss_grad(z)
-            return loss + 0.5 * self.l2 * float(z @ z), g + self.l2 * z
+            return loss + self._ridge_value(z), g + self.ridge_term(self.l2, z)
 
         smooth = self.activation != "relu"
         with threadpool_limits(limits=1, user_api="blas"):      # small matrices: one BLAS thread is fastest

@@ -241,13 +241,13 @@ class SoftmaxRegression(Problem):
     smoothness_kind = "bound"
     spec_family = "softmax"
 
-    def __init__(self, A, y, n_classes, bias=False, l2=0.0):
+    def __init__(self, A, y, n_classes, bias=False, l2=0.0, l2_bias=True):
         A = V.as_float_array("A", A, ndim=2)
         K = V.int_in_range("n_classes", n_classes, 2)
         bias = _flag("bias", bias)
         y = _class_labels("y", y, A.shape[0], K)
         A = _with_bias(A, bias)
-        super().__init__(A.shape[0], K * A.shape[1], l2)
+        super().__init__(A.shape[0], K * A.shape[1], l2, l2_bias)
         self.A = A                      # (n, d'), with the ones column when bias=True
         self.y = y
         self.n_classes = K
@@ -255,10 +255,11 @@ class SoftmaxRegression(Problem):
         self.bias = bias
         self._onehot = np.eye(K)[y]
         self._all = np.arange(self.n)
+        self._exclude_bias_from_ridge()
 
     def __repr__(self):
         return (f"{type(self).__name__}(n={self.n}, d'={self.n_features}, classes={self.n_classes}, "
-                f"bias={self.bias}, l2={self.l2:g})")
+                f"bias={self.bias}, l2={self.l2:g}{self._l2_bias_text()})")
 
     # layout ----------------------------------------------------------------
     def weights(self, x):
@@ -339,7 +340,7 @@ class SoftmaxRegression(Problem):
 
     # constants ---------------------------------------------------------------
     def sample_smoothness(self):
-        """L_i = ½‖a_i‖² + α: a bound, from λ_max(diag p − ppᵀ) ≤ ½ for every p (docs/theory.md §3).
+        """L_i = ½‖a_i‖² + α: a bound (also with ``l2_bias=False``), from λ_max(diag p − ppᵀ) ≤ ½ for every p (docs/theory.md §3).
 
         The bound is attained only when p puts mass ½ on two classes; see
         ``local_sample_smoothness`` for the value at a given x.
@@ -385,13 +386,17 @@ class SoftmaxRegression(Problem):
         """
         full, a2 = self._all, self.l2
         K, d = self.n_classes, self.n_features
-        shift = a2 * np.eye(self.dim) if a2 > 0 else np.kron(np.full((K, K), 1.0 / K), np.eye(d))
+        if a2 > 0 and self.l2_mask is None:
+            shift = a2 * np.eye(self.dim)
+        else:       # the flat directions 1vᵀ the ridge leaves free (all of them, or v on the bias)
+            free = np.ones(d) if a2 == 0 else 1.0 - self.l2_mask[:d]
+            shift = self.ridge_hessian() + np.kron(np.full((K, K), 1.0 / K), np.diag(free))
 
         def loss(x):
-            return float(self._losses(x, full).mean() + 0.5 * a2 * x @ x)
+            return float(self._losses(x, full).mean() + self._ridge_value(x))
 
         def grad(x):
-            return self._batch_full_grad(x[None])[0] + a2 * x
+            return self._batch_full_grad(x[None])[0] + self.ridge_term(a2, x)
 
         def solve(x, g):
             return _psd_solve(self._hessian(x, full) + shift, g)
@@ -439,7 +444,8 @@ class SoftmaxRegression(Problem):
         Z = A @ self._W(x).astype(ld).T
         E = np.exp(Z - Z.max(axis=1, keepdims=True))
         R = E / E.sum(axis=1, keepdims=True) - self._onehot
-        G = (R.T @ A).ravel() / ld(self.n) + ld(self.l2) * x.astype(ld)
+        w = ld(self.l2) if self.l2_mask is None else ld(self.l2) * self.l2_mask.astype(ld)
+        G = (R.T @ A).ravel() / ld(self.n) + w * x.astype(ld)
         return G.astype(np.float64)
 
     @cached_property
@@ -472,7 +478,8 @@ class SoftmaxRegression(Problem):
             raise ValueError(f"X must have shape ({self.dim},) or (T, {self.dim}); got {X.shape}")
         p, logp, g = self._at_optimum
         E = np.atleast_2d(X) - self._solution
-        return KS.in_row_blocks(lambda Eb: KS.softmax_subopt(np, Eb, self.A, self.n_classes, p, logp, g, self.l2),
+        return KS.in_row_blocks(lambda Eb: KS.softmax_subopt(np, Eb, self.A, self.n_classes, p, logp, g,
+                                                                  self.l2_weights),
                                 E, self.record_row_bytes())
 
     def record_row_bytes(self):

@@ -36,11 +36,12 @@ def classification_data(n=200, d=5, n_classes=3, separation=1.0, seed=0):
     return A, y
 
 
-def softmax(n=200, d=5, n_classes=3, l2=0.1, bias=True, separation=1.0, seed=0):
-    """Softmax regression on Gaussian clusters (overlapping, so the optimum is finite)."""
+def softmax(n=200, d=5, n_classes=3, l2=0.1, bias=True, separation=1.0, seed=0, l2_bias=True):
+    """Softmax regression on Gaussian clusters (overlapping, so the optimum is finite);
+    ``l2_bias=False`` leaves the bias out of the ridge."""
     from .softmax import SoftmaxRegression
     A, y = classification_data(n, d, n_classes, separation, seed)
-    return SoftmaxRegression(A, y, n_classes, bias=bias, l2=l2)
+    return SoftmaxRegression(A, y, n_classes, bias=bias, l2=l2, l2_bias=l2_bias)
 
 
 def logistic(n=200, d=5, l2=0.0, seed=0):

@@ -384,7 +384,7 @@ class Cells(Sequence):
         sweep, step_key = self.sweep, self.step_key
         config = {
             "kdsim_version": self.version, "store_schema": self.schema,
-            "problem": {"family": prob[0], "params": dict(prob[1])},
+            "problem": {"family": prob[0], "params": _keyed(PROBLEMS[prob[0]], prob[1])},
             "teacher": {"kind": teach[0], "params": dict(teach[1])},
             "lams": list(self.lams),
             "gamma": gamma if step_key == "step" else None,
@@ -547,12 +547,29 @@ def _builder_section(where, table, registry, key):
     params = {}
     for p in builder.params:
         if p.name in table:
-            params[p.name] = _axis(where, p, table[p.name])
+            values = _axis(where, p, table[p.name])
+            if not (p.keyless_default and values == [p.default]):
+                params[p.name] = values
         elif p.default is REQUIRED:
             raise SpecError(f"{where} ({key} = {name!r}): missing required key {p.name!r} ({p.describe_range()})")
-        else:
+        elif not p.keyless_default:
             params[p.name] = [p.default]
     return {key: name, "params": params}
+
+
+def _keyed(builder, params):
+    """A cell's parameters without those added after the first release that are at their default
+    (``Param.keyless_default``: the cell keeps the hash it had before they existed)."""
+    quiet = {p.name: p.default for p in builder.params if p.keyless_default}
+    return {k: v for k, v in dict(params).items() if not (k in quiet and v == quiet[k])}
+
+
+def problem_params(config):
+    """A cell's problem parameters, those left out at their default (``Param.keyless_default``) filled in."""
+    p = config["problem"]
+    given = p["params"]
+    return {q.name: given.get(q.name, q.default) for q in PROBLEMS[p["family"]].params
+            if q.name in given or q.keyless_default}
 
 
 def _problems_section(raw):

@@ -50,7 +50,7 @@ import pandas as pd
 from .._version import __version__
 from ..results import config_hash
 from .registry import SweepUsageError
-from .spec import STORE_SCHEMA, Cells, Sweep, load_spec, make_cell, training_columns
+from .spec import STORE_SCHEMA, Cells, Sweep, load_spec, make_cell, problem_params, training_columns
 
 META_KEY = b"kdsim.sweep"
 MANIFEST = "sweep.json"
@@ -454,10 +454,12 @@ def load(out, spec=None, missing="warn"):
 
 
 def _with_training_columns(frame, config):
-    """A part's frame with the training-setup columns (``spec.training_columns``) it lacks: parts written
+    """A part's frame with the training-setup columns (``spec.training_columns``) and problem parameters
+    (``spec.problem_params``) it lacks: parts written
     before they existed belong to cells with the default setup, whose values (from the cell's configuration)
     are filled in, so frames of old and new parts concatenate with one column set and dtype."""
     missing = {k: v for k, v in training_columns(config).items() if k not in frame.columns}
+    missing.update({f"problem_{k}": v for k, v in problem_params(config).items() if f"problem_{k}" not in frame.columns})
     if not missing:
         return frame
     frame = frame.assign(**missing)

@@ -64,7 +64,7 @@ from ..problems import LeastSquares
 from ..simulate import simulate
 from ..results import config_hash
 from .registry import build_problem, build_teacher
-from .spec import TRAINING, training_columns, training_options
+from .spec import TRAINING, problem_params, training_columns, training_options
 
 RECORDED = ("dist2_opt", "subopt", "dist2_teacher")
 QUANTITIES = RECORDED + ("dist2_centre",)
@@ -245,7 +245,7 @@ def summarise(config, problem, teacher, gamma, c, res, theory_note=""):
 
 def _identity(config, problem, teacher, gamma):
     ident = {"cell_hash": config_hash(config), "problem": config["problem"]["family"]}
-    for k, v in config["problem"]["params"].items():
+    for k, v in problem_params(config).items():
         ident[f"problem_{k}"] = v
     ident["teacher"] = config["teacher"]["kind"]
     for k, v in config["teacher"]["params"].items():

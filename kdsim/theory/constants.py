@@ -186,10 +186,14 @@ def _trivial_basis(problem, x, H=None):
         return q[:, keep].T
     P = _linear_canonical_projector(problem)
     if P is not None:
-        if problem.l2 > 0:
+        if problem.l2 > 0 and problem.l2_mask is None:
             return none
         w, U = np.linalg.eigh(np.eye(problem.dim) - P)
-        return U[:, w > 0.5].T
+        U = U[:, w > 0.5]
+        if problem.l2 > 0:          # l2_bias=False: the flat directions the ridge leaves free
+            wr, V_ = np.linalg.eigh(U.T @ (problem.l2_mask[:, None] * U))
+            U = U @ V_[:, wr < 0.5]
+        return U.T
     if H is None:
         H = problem.hessian(x)
     w, U = np.linalg.eigh(0.5 * (H + H.T))
@@ -230,7 +234,7 @@ def teacher_rows(problem, theta, x_star, teacher_term="f", teacher_space="auto")
         th = problem.check_teacher(raw)
         rows = problem.sample_grads(th)
         if teacher_term == "data":
-            rows = rows - problem.l2 * th
+            rows = rows - problem.ridge_term(problem.l2, th)
         return rows, rows.mean(axis=0), _parameter_teacher_note(problem)
     th = problem.check_teacher(raw)
     terms = problem.teacher_terms(th, teacher_term)

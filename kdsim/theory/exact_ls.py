@@ -80,8 +80,9 @@ class _LSOperators:
         self.b = V.int_in_range("batch_size", batch_size, 1, self.n)
         self.A = problem.A
         self.alpha = problem.l2
+        self.r = np.broadcast_to(np.asarray(problem.l2_weights, dtype=np.float64), (self.d,))   # ridge per coordinate
         self.Hd = self.A.T @ self.A / self.n
-        self.H = self.Hd + self.alpha * np.eye(self.d)
+        self.H = self.Hd + problem.ridge_hessian()
         self.wd, self.wa = pair_weights(self.n, self.b)
 
     # Σ_i Ã_i M Ã_i
@@ -90,8 +91,11 @@ class _LSOperators:
         AM = A @ M
         q = np.einsum("ij,ij->i", AM, A)
         out = A.T @ (q[:, None] * A)
-        if al:
+        if al and self.p.l2_mask is None:
             out = out + al * n * (self.Hd @ M + M @ self.Hd) + n * al * al * M
+        elif al:      # Ã_i = a_i a_iᵀ + R, R = diag(r) the ridge without the bias
+            r = self.r
+            out = out + n * ((self.Hd @ M) * r[None, :] + r[:, None] * (M @ self.Hd)) + n * (r[:, None] * M * r[None, :])
         return out
 
     def EHMH(self, M):
@@ -109,7 +113,7 @@ class _LSOperators:
         diag = self.A.T @ (Am[:, None] * Xi)
         xs = Xi.sum(axis=0)
         if self.alpha:
-            diag = diag + self.alpha * np.outer(m, xs)
+            diag = diag + (self.alpha * np.outer(m, xs) if self.p.l2_mask is None else np.outer(self.r * m, xs))
         return self.wd * diag + self.wa * self.n * np.outer(self.H @ m, xs)
 
     def Q(self, Xi):
@@ -129,14 +133,15 @@ class _LSOperators:
         Tm *= g * g * self.wd
         T4 = Tm.reshape(d, d, d, d)
         # H⊗I and I⊗H parts: −γ(H_ik δ_jl + δ_ik H_jl), plus the ridge part of Σ_i Ã_i⊗Ã_i
-        side = -g * self.H + (g * g * self.wd * al * n) * self.Hd
+        r = self.r
         for j in range(d):
+            side = -g * self.H + (g * g * self.wd * r[j] * n) * self.Hd
             T4[:, j, :, j] += side
             T4[j, :, j, :] += side
         cH = g * g * self.wa * n * n
         for i in range(d):
             T4[i] += cH * self.H[i][None, :, None] * self.H[:, None, :]
-        Tm[np.diag_indices(d * d)] += 1.0 + g * g * self.wd * n * al * al
+        Tm[np.diag_indices(d * d)] += 1.0 + np.outer(g * g * self.wd * n * r, r).ravel()
         return Tm
 
     def spectral_radius(self, step):
@@ -197,17 +202,19 @@ def _noise_rows(problem, theta, lam, estimator):
         return x_star.copy(), G
     T = problem.sample_grads(theta)                       # ∇f_i(θ)
     if est.teacher_term == "data":
-        T = T - al * theta                                # ∇ℓ_i(θ)
+        T = T - problem.ridge_term(al, theta)             # ∇ℓ_i(θ)
     tbar = T.mean(axis=0)
     if est.corrected:
         z = x_star.copy()
     elif est.teacher_term == "f" or al == 0.0:
         z = (1.0 - lam) * x_star + lam * theta            # x_λ (ridge included in H)
     else:
-        H = problem.A.T @ problem.A / problem.n + al * np.eye(problem.dim)
-        z = x_star + lam * (theta - x_star) - lam * al * scipy.linalg.solve(H, theta, assume_a="pos")
+        H = problem.A.T @ problem.A / problem.n + problem.ridge_hessian()
+        shift = (al * scipy.linalg.solve(H, theta, assume_a="pos") if problem.l2_mask is None
+                 else scipy.linalg.solve(H, problem.ridge_term(al, theta), assume_a="pos"))
+        z = x_star + lam * (theta - x_star) - lam * shift
     v = z - x_star
-    Xi = problem.A * (problem.A @ v)[:, None] + al * v + G - a * T + c * tbar
+    Xi = problem.A * (problem.A @ v)[:, None] + problem.ridge_term(al, v) + G - a * T + c * tbar
     return z, Xi
 
 

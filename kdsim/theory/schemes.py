@@ -392,7 +392,7 @@ class _Maps:
         if est.uses_teacher:
             T = p.sample_grads(theta)
             if est.teacher_term == "data":
-                T = T - p.l2 * theta
+                T = T - p.ridge_term(p.l2, theta)
         else:
             T = np.zeros((p.n, p.dim))
         self.Tv = -a1 * T + c1 * T.mean(axis=0)                   # per-sample rows of the λ-slope's noise
@@ -414,7 +414,7 @@ class _Maps:
         p, k = self.p, self.k
         idx = np.asarray(B, dtype=np.int64)
         Ab = p.A[idx]
-        H_B = Ab.T @ Ab / len(idx) + p.l2 * np.eye(self.d)
+        H_B = Ab.T @ Ab / len(idx) + p.ridge_hessian()
         g_B = self.G[idx].mean(axis=0)
         v_B = self.Tv[idx].mean(axis=0)
         out = np.zeros((self.D, self.D))
@@ -578,7 +578,7 @@ def _epoch_quantities(p, theta, lam, step, mu, est, maps, Ss, epochs, K, b, samp
     d, k = p.dim, maps.k
     xs = p.solution()
     delta = theta - xs
-    H = p.A.T @ p.A / p.n + p.l2 * np.eye(d)
+    H = p.A.T @ p.A / p.n + p.ridge_hessian()
     ue, ve, ze = slice(0, d), slice(k, k + d), slice(2 * k, 2 * k + d)
     Suu, Suv, Svv = Ss[:, ue, ue], Ss[:, ue, ve], Ss[:, ve, ve]
     m_u, m_v, m_z = Ss[:, ue, -1], Ss[:, ve, -1], Ss[:, ze, -1]
