@@ -20,6 +20,8 @@ import numpy as np
 
 #: link name -> residual code of the numba layered kernels
 LINK_CODES = {"identity": 0, "softmax": 1, "logistic": 2, "exp": 3}
+#: hidden-layer activation -> code of the numba layered kernels (MLPs; "identity": linear layers)
+ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 #: Taylor coefficients 1/(j + 2)! of h(t) = e^t − 1 − t = t² Σ_j t^j/(j + 2)!
 H_COEF = np.array([1.0 / math.factorial(j + 2) for j in range(19)])
 
@@ -43,6 +45,11 @@ class KernelSpec:
     Tempered KD (softmax links, ``temperature`` τ ≠ 1): ``teacher_probs`` (n, d_out) are the
     teacher's tempered probabilities softmax(z^θ_i/τ), and the output residual of the literal
     KD loss is (1 − a)(softmax(z) − y) + a·τ·(softmax(z/τ) − softmax(z^θ/τ)) (``tempered_residual``).
+    MLPs (family "mlp"): ``activation`` of the hidden layers (a key of ``ACTIVATION_CODES``) and
+    ``biases`` (every layer has one, stored after the weights: ``bias_offsets``); the output layer is
+    linear, the link acts on it. The teacher enters through its output residuals only (the literal
+    KD loss); ``teacher_map`` is unused (zeros) and the full teacher term is a full-data
+    back-propagation at the student.
     """
 
     family: str
@@ -61,10 +68,14 @@ class KernelSpec:
     temperature: float = 1.0
     teacher_probs: np.ndarray | None = None
     l2_mask: np.ndarray | None = None
+    activation: str = "identity"
+    biases: bool = False
 
     def __post_init__(self):
         if self.link not in LINK_CODES:
             raise ValueError(f"link must be one of {', '.join(LINK_CODES)}; got {self.link!r}")
+        if self.activation not in ACTIVATION_CODES:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATION_CODES)}; got {self.activation!r}")
         for name in ("A", "Y", "teacher_residuals", "teacher_map", "teacher_ridge", "x_star", "theta",
                      "teacher_probs", "l2_mask"):
             if getattr(self, name) is None:
@@ -118,8 +129,25 @@ class KernelSpec:
         return _offsets(self.shapes)
 
     @property
+    def bias_offsets(self):
+        """Start of each layer's bias in the flat parameter vector, and the end (dim); None without biases."""
+        if not self.biases:
+            return None
+        w = self.offsets[-1]
+        return tuple(int(w + v) for v in np.concatenate([[0], np.cumsum([r for r, _ in self.shapes])]))
+
+    @property
     def dim(self):
-        return self.offsets[-1]
+        return self.bias_offsets[-1] if self.biases else self.offsets[-1]
+
+    @property
+    def activation_code(self):
+        return ACTIVATION_CODES[self.activation]
+
+    @property
+    def linear_layers(self):
+        """True when z = W_L⋯W_1 a (no activation, no bias): the end-to-end map exists."""
+        return self.activation == "identity" and not self.biases
 
     @property
     def link_code(self):
@@ -148,7 +176,7 @@ class KernelSpec:
             return None if v is None else (xp.asarray(v) if isinstance(v, np.ndarray) else v)
         return RecordRefs(self.family, self.link, self.shapes, self.l2, dev(self.A), dev(self.Y),
                           dev(self.x_star), dev(self.theta), {k: dev(v) for k, v in self.refs.items()},
-                          dev(self.l2_weights) if self.l2_mask is not None else self.l2)
+                          dev(self.l2_weights) if self.l2_mask is not None else self.l2, self.activation, self.biases)
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,6 +193,8 @@ class RecordRefs:
     theta: object
     refs: dict
     l2_weights: object = None       # α, or α·mask as an array of the module (records' ridge term)
+    activation: str = "identity"
+    biases: bool = False
 
     def __post_init__(self):
         if self.l2_weights is None:
@@ -379,8 +409,16 @@ def canonical(refs, X, xp=np):
 
 
 def suboptimality(refs, X, xp=np):
-    """f(x) − f* of rows X (T, dim), float64, without cancellation (one formula per family)."""
+    """f(x) − f* of rows X (T, dim), float64, without cancellation (one formula per family; an MLP's is
+    the plain difference f(x) − f*: its f* is a local minimum's, and no Bregman form applies)."""
     r = refs.refs
+    if refs.family == "mlp":
+        Z = mlp_outputs(xp, X, refs.A, refs.shapes, refs.activation, refs.biases)            # (T, n, d_out)
+        if refs.link == "identity":
+            data = 0.5 * ((Z - refs.Y[None]) ** 2).sum(axis=-1).mean(axis=-1)
+        else:
+            data = (_lse_last(xp, Z) - (Z * refs.Y[None]).sum(axis=-1)).mean(axis=-1)
+        return data + 0.5 * ridge_quadratic(X, refs.l2_weights) - r["f_star"]
     if refs.family == "deep_linear":
         M = end_to_end(X, refs.shapes, _offsets(refs.shapes))
         if refs.link == "identity":
@@ -426,6 +464,81 @@ def record_values(refs, X, xp=np, row_bytes=0, subopt=None):
     d2t = ((C - refs.theta) ** 2).sum(axis=1)
     subopt = subopt or (lambda Xb: suboptimality(refs, Xb, xp))
     return d2o, in_row_blocks(subopt, X, row_bytes, xp), d2t
+
+
+# ----------------------------------------------------------------- MLPs
+def activation(xp, kind, Z):
+    """σ(Z) of a hidden layer: "relu", "sigmoid", "tanh" or "identity"."""
+    if kind == "relu":
+        return xp.maximum(Z, 0.0)
+    if kind == "sigmoid":
+        return expit(xp, Z)
+    if kind == "tanh":
+        return xp.tanh(Z)
+    return Z
+
+
+def activation_d1(xp, kind, H):
+    """σ'(z) from the activation H = σ(z) (ReLU: 1 where h > 0, i.e. z > 0, else 0)."""
+    if kind == "relu":
+        return (H > 0.0).astype(H.dtype)
+    if kind == "sigmoid":
+        return H * (1.0 - H)
+    if kind == "tanh":
+        return 1.0 - H * H
+    return xp.ones_like(H)
+
+
+def mlp_layers(X, shapes, biases):
+    """(Ws, bs) of parameter rows X (..., dim): Ws[l] (..., h_l, h_{l−1}), bs[l] (..., h_l) or None (views)."""
+    lead = X.shape[:-1]
+    offs = _offsets(shapes)
+    Ws = [X[..., o:o + r * c].reshape(lead + (r, c)) for (r, c), o in zip(shapes, offs[:-1])]
+    if not biases:
+        return Ws, [None] * len(shapes)
+    bo = offs[-1] + np.concatenate([[0], np.cumsum([r for r, _ in shapes])])
+    return Ws, [X[..., int(o):int(o) + r] for (r, _), o in zip(shapes, bo[:-1])]
+
+
+def mlp_forward(xp, Ws, bs, Ain, kind):
+    """Layer inputs Us (Us[0] = Ain, then σ of each hidden layer) and the outputs z (linear last layer).
+    Ws[l] (..., h_l, h_{l−1}); Ain (..., b, d_in) or (b, d_in), broadcast against the weights."""
+    U, Us = Ain, [Ain]
+    L = len(Ws)
+    for k in range(L):
+        Z = U @ xp.swapaxes(Ws[k], -1, -2)
+        if bs[k] is not None:
+            Z = Z + bs[k][..., None, :]
+        if k == L - 1:
+            return Us, Z
+        U = activation(xp, kind, Z)
+        Us.append(U)
+
+
+def mlp_backward(xp, Ws, Us, D, kind, biases):
+    """Σ over samples of J_i(x)ᵀ D_i for output deltas D (..., b, d_out): (gWs, gbs) per layer."""
+    L = len(Ws)
+    gWs, gbs = [None] * L, [None] * L
+    for k in range(L - 1, -1, -1):
+        gWs[k] = xp.swapaxes(D, -1, -2) @ Us[k]
+        gbs[k] = D.sum(axis=-2) if biases else None
+        if k > 0:
+            D = (D @ Ws[k]) * activation_d1(xp, kind, Us[k])
+    return gWs, gbs
+
+
+def mlp_pack(xp, gWs, gbs, lead):
+    """The flat parameter rows (lead + (dim,)) of per-layer blocks (``mlp_layers``' layout)."""
+    parts = [g.reshape(lead + (g.shape[-2] * g.shape[-1],)) for g in gWs]
+    if gbs[0] is not None:
+        parts += list(gbs)
+    return xp.concatenate(parts, axis=-1)
+
+
+def mlp_outputs(xp, X, A, shapes, kind, biases):
+    """The outputs z_i of parameter rows X (T, dim) on every row of A: (T, n, d_out)."""
+    Ws, bs = mlp_layers(X, shapes, biases)
+    return mlp_forward(xp, Ws, bs, A, kind)[1]
 
 
 def _offsets(shapes):

@@ -54,9 +54,38 @@ from ._kernels_ls import FASTMATH, _heavy_ball
 SAMPLE_BLOCK = 32
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _activate(act, z):
+    """σ(z) of a hidden layer (``kernelspec.ACTIVATION_CODES``: 1 ReLU, 2 sigmoid, 3 tanh; else z)."""
+    if act == 1:
+        return z if z > 0 else z - z
+    if act == 2:
+        if z >= 0:
+            return 1.0 / (1.0 + np.exp(-z))
+        e = np.exp(z)
+        return e / (1.0 + e)
+    if act == 3:
+        return np.tanh(z)
+    return z
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _activation_d1(act, h):
+    """σ'(z) from h = σ(z) (ReLU: 1 where h > 0)."""
+    if act == 1:
+        return h - h + 1 if h > 0 else h - h
+    if act == 2:
+        return h * (1 - h)
+    if act == 3:
+        return 1 - h * h
+    return h - h + 1
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _forward_batch(x, dims, offs, A, idx, j0, nb, H, hoff, zero):
-    """Activations of the samples idx[j0:j0 + nb]: row j of H holds h_0 = a_{idx[j0 + j]}, h_{k+1} = W_k h_k.
+def _forward_batch(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs):
+    """Activations of the samples idx[j0:j0 + nb]: row j of H holds h_0 = a_{idx[j0 + j]}, h_{k+1} = W_k h_k
+    (MLPs: h_{k+1} = σ(W_k h_k + b_k) below the output layer, W_L h_L + b_L at it; ``act`` the activation
+    code, ``boffs`` the bias offsets, empty without biases).
 
     Layer by layer, each pass takes two rows of W_k against two samples: four independent
     sums share their loads (a sample-by-sample dot product is one dependent chain).
@@ -88,6 +117,18 @@ def _forward_batch(x, dims, offs, A, idx, j0, nb, H, hoff, zero):
                     a01 += w0 * h1
                     a10 += w1 * h0
                     a11 += w1 * h1
+                if boffs.shape[0] > 0:
+                    c0 = x[boffs[k] + r]
+                    c1 = x[boffs[k] + r1]
+                    a00 += c0
+                    a01 += c0
+                    a10 += c1
+                    a11 += c1
+                if act != 0 and k < L - 1:
+                    a00 = _activate(act, a00)
+                    a01 = _activate(act, a01)
+                    a10 = _activate(act, a10)
+                    a11 = _activate(act, a11)
                 H[j, ho + r] = a00
                 H[j1, ho + r] = a01
                 H[j, ho + r1] = a10
@@ -137,8 +178,9 @@ def _residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _backward_batch(x, dims, offs, H, hoff, D, Dn, nb, grad, scale, zero):
-    """grad += scale · Σ_j J(x)ᵀ(δ_j h_{j,0}ᵀ) for the output residuals δ_j = D[j, :d_out].
+def _backward_batch(x, dims, offs, H, hoff, D, Dn, nb, grad, scale, zero, act, boffs):
+    """grad += scale · Σ_j J(x)ᵀ(δ_j h_{j,0}ᵀ) for the output residuals δ_j = D[j, :d_out] (MLPs: the
+    biases' gradients Σ_j δ_j, and δ ← (W_kᵀδ) ⊙ σ'(z) from the saved activations).
 
     Overwrites D and Dn. Row r of layer k's gradient gains δ_j[r]·h_j for four samples per
     pass (then two, then one for the rest), and δ ← W_kᵀδ takes two rows of W_k per pass:
@@ -153,6 +195,12 @@ def _backward_batch(x, dims, offs, H, hoff, D, Dn, nb, grad, scale, zero):
     for k in range(L - 1, -1, -1):
         rows, cols = dims[k + 1], np.uint64(dims[k])
         hi = np.uint64(hoff[k])
+        if boffs.shape[0] > 0:
+            for r in range(rows):
+                s = zero
+                for j in range(nb):
+                    s += cur[j, r]
+                grad[boffs[k] + r] += s
         for r in range(rows):
             base = np.uint64(offs[k] + r * dims[k])
             j = 0
@@ -191,6 +239,9 @@ def _backward_batch(x, dims, offs, H, hoff, D, Dn, nb, grad, scale, zero):
                     d0 = cur[j, rows - 1]
                     for c in range(cols):
                         nxt[j, c] += x[b0 + c] * d0
+                if act != 0:
+                    for c in range(cols):
+                        nxt[j, c] *= _activation_d1(act, H[j, hi + c])
             cur, nxt = nxt, cur
 
 
@@ -257,7 +308,7 @@ def _pullback_add(x, dims, offs, G, coef, qbuf, qoff, vbuf, grad):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
                       ccoef, use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b, scode,
-                      K, mom, tau, Qt, limit, zero, saved, div, xfin):
+                      K, mom, tau, Qt, act, boffs, limit, zero, saved, div, xfin):
     """Body of ``layered_traj`` for one trajectory (serial, nogil; the engine runs ranges on threads)."""
     n = A.shape[0]
     dim = x0.shape[0]
@@ -285,14 +336,16 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     wout = 0
     for k in range(1, L + 1):
         wout = max(wout, dims[k])
+    linear = act == 0 and boffs.shape[0] == 0            # the end-to-end map W_L⋯W_1 exists
+    full_pass = snapshot or (use_teacher and not linear)  # full-data back-propagations (MLP's corrected KD)
     rows_x = min(b, SAMPLE_BLOCK)
-    rows_y = SAMPLE_BLOCK if snapshot else 0
+    rows_y = SAMPLE_BLOCK if full_pass else 0
     Hx = np.empty((rows_x, hoff[L + 1]), dtype=x0.dtype)
     D = np.empty((rows_x, wout), dtype=x0.dtype)
     Hy = np.empty((rows_y, hoff[L + 1]), dtype=x0.dtype)
     Dy = np.empty((rows_y, wout), dtype=x0.dtype)
     Dn = np.empty((max(rows_x, rows_y) if L > 1 else 0, wout), dtype=x0.dtype)
-    rows_all = np.arange(n if snapshot else 0)             # SVRG's full gradient visits every sample
+    rows_all = np.arange(n if full_pass else 0)            # full-data terms visit every sample
     qbuf = np.empty(qoff[L + 1], dtype=x0.dtype)
     vbuf = np.empty(2 * wmax * d_in, dtype=x0.dtype)
     Gy = np.empty((d_out, d_in), dtype=x0.dtype)
@@ -321,14 +374,14 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             # ∇f(y) over all n samples, SAMPLE_BLOCK at a time
             for s0 in range(0, n, SAMPLE_BLOCK):
                 nb = min(SAMPLE_BLOCK, n - s0)
-                if L == 1:
-                    _forward_batch(y, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero)
-                    _residuals(code, Hy, hoff[1], d_out, Y, rows_all, s0, nb, Dy, zero)
+                if L == 1 or not linear:
+                    _forward_batch(y, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs)
+                    _residuals(code, Hy, hoff[L], d_out, Y, rows_all, s0, nb, Dy, zero)
                     if nfw.shape[0] > 0:                 # full gradient weights n·w_i (batch means)
                         for jj in range(nb):
                             for o in range(d_out):
                                 Dy[jj, o] *= nfw[s0 + jj]
-                    _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, gy, inv_n, zero)
+                    _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, gy, inv_n, zero, act, boffs)
                 else:
                     if s0 == 0:
                         _prefix(y, dims, offs, qbuf, qoff)
@@ -346,7 +399,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                             ro = Dy[jj, o] * inv_n * wj
                             for q in range(d_in):
                                 Gy[o, q] += ro * A[s0 + jj, q]
-            if L > 1:
+            if L > 1 and linear:
                 _pullback_add(y, dims, offs, Gy, gam / gam, qbuf, qoff, vbuf, gy)
             for p in range(dim):
                 gy[p] += alpha[p] * y[p]
@@ -358,7 +411,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
         # SAMPLE_BLOCK samples at a time
         for jb in range(0, bt, SAMPLE_BLOCK):
             nb = min(SAMPLE_BLOCK, bt - jb)
-            _forward_batch(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero)
+            _forward_batch(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero, act, boffs)
             _residuals(code, Hx, hoff[L], d_out, Y, idx, jb, nb, D, zero)
             if use_teacher and tau != 1:
                 # literal tempered KD loss (softmax): (1 − a)(p − y) + a·τ·(softmax(z/τ) − q_i)
@@ -378,15 +431,15 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                     for o in range(d_out):
                         D[jj, o] -= a * rt[i, o]
             if snapshot:
-                _forward_batch(y, dims, offs, A, idx, jb, nb, Hy, hoff, zero)
+                _forward_batch(y, dims, offs, A, idx, jb, nb, Hy, hoff, zero, act, boffs)
                 _residuals(code, Hy, hoff[L], d_out, Y, idx, jb, nb, Dy, zero)
                 if L == 1:
                     for jj in range(nb):
                         for o in range(d_out):
                             D[jj, o] -= a * Dy[jj, o]
                 else:
-                    _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, g, -a, zero)
-            _backward_batch(x, dims, offs, Hx, hoff, D, Dn, nb, g, gam / gam, zero)
+                    _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, g, -a, zero, act, boffs)
+            _backward_batch(x, dims, offs, Hx, hoff, D, Dn, nb, g, gam / gam, zero, act, boffs)
         if snapshot:
             for p in range(dim):
                 g[p] = g[p] * inv_b + alpha[p] * (x[p] - a * y[p]) + c * gy[p]
@@ -394,10 +447,19 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             if use_teacher and c != 0:
                 for p in range(dim):
                     g[p] *= inv_b
-                if L == 1:
+                if L == 1 and linear:
                     for o in range(d_out):
                         for q in range(d_in):
                             g[o * d_in + q] += c * Gt[o, q]
+                elif not linear:                         # c·(1/n)Σ_i J_i(x)ᵀ rθ_i, back-propagated at x
+                    for s0 in range(0, n, SAMPLE_BLOCK):
+                        nb = min(SAMPLE_BLOCK, n - s0)
+                        _forward_batch(x, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs)
+                        for jj in range(nb):
+                            wj = nfw[s0 + jj] if nfw.shape[0] > 0 else 1.0
+                            for o in range(d_out):
+                                Dy[jj, o] = rt[s0 + jj, o] * wj
+                        _backward_batch(x, dims, offs, Hy, hoff, Dy, Dn, nb, g, c * inv_n, zero, act, boffs)
                 else:
                     _prefix(x, dims, offs, qbuf, qoff)
                     _pullback_add(x, dims, offs, Gt, c, qbuf, qoff, vbuf, g)
@@ -418,7 +480,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
 @njit(cache=True, nogil=True)
 def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef,
                  use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b, scode, K, mom,
-                 tau, Qt, limit, zero, saved, div, xfin):
+                 tau, Qt, act, boffs, limit, zero, saved, div, xfin):
     """Trajectories lo .. hi−1, one after the other; saves the iterate at every record step.
 
     ``A`` (n, d_in) inputs, ``Y`` (n, d_out) targets (one-hot for softmax), ``rt``
@@ -432,8 +494,11 @@ def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_
     (its full gradient with per-sample weights n·w_i ``nfw`` when not empty).
     ``tau`` ≠ 1 (softmax): the teacher estimators take the literal tempered KD loss's residual with
     the teacher's tempered probabilities ``Qt`` (n, d_out) (``kernelspec.tempered_residual``).
+    MLPs: hidden activation ``act`` (``kernelspec.ACTIVATION_CODES``) and bias offsets ``boffs`` (empty:
+    no biases); their teacher term is J_B(x)ᵀ r_B(θ) and corrected KD's full term c·(1/n)Σ_i J_i(x)ᵀ r_i(θ)
+    a full-data back-propagation at x per step (no end-to-end map); SVRG's ∇f(y) likewise.
     """
     for j0 in range(lo, hi):
         _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
                           ccoef, use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b,
-                          scode, K, mom, tau, Qt, limit, zero, saved, div, xfin)
+                          scode, K, mom, tau, Qt, act, boffs, limit, zero, saved, div, xfin)

@@ -72,6 +72,7 @@ class _Engine:
         self.teacher = est.uses_teacher
         self.snapshot = est.snapshot
         self.deep = spec.depth > 1
+        self.mlp = not spec.linear_layers                   # activations or biases: no end-to-end map
         scales = plan.lambda_scales
         affine_ok = (self.kind == "least_squares" and self.crn and not est.snapshot and scales is not None
                      and spec.l2_mask is None)
@@ -102,14 +103,18 @@ class _Engine:
         self.x0 = dev(plan.x0, wd)
         self.alpha_w = None if spec.l2_mask is None else dev(spec.ridge_vector(), wd)   # α per coordinate
         self._ridge = ridge
-        self._full_map = spec.teacher_map if (self.deep and self.teacher and est.corrected) else None
+        self._full_map = spec.teacher_map if (self.deep and self.teacher and est.corrected and not self.mlp) else None
+        # an MLP's corrected KD adds c·Σ_i w_i J_i(x)ᵀ rθ_i, back-propagated at x through the full data
+        weights = plan.full_weights if plan.full_weights is not None else np.full(spec.n, 1.0 / spec.n)
+        self.rt_full = (dev(rt * weights[:, None], wd) if (self.mlp and self.teacher and est.corrected) else None)
         self._tfull = None if self.deep else spec.teacher_full
         self._epoch = None
         self.layer_shapes = spec.shapes
         self.layer_offsets = spec.offsets
         # records (float64)
         self.refs = spec.record_refs(xp)
-        self.row_block = KS.rows_per_block(10 * spec.n * spec.d_out * 8)          # SVRG's full gradients
+        self.row_block = KS.rows_per_block(spec.record_row_bytes if self.mlp else 10 * spec.n * spec.d_out * 8)
+        # (SVRG's full gradients)
         if self.affine:
             nv = 2 if self.teacher else 1
             lab = np.column_stack([spec.Y[:, 0], rt[:, 0]]) if self.teacher else spec.Y[:, :1]
@@ -140,9 +145,13 @@ class _Engine:
                    + rec_out + 9 * R * f8 + (2 * nv * dim * w if self.momentum else 0)
                    + (2 * n * f8 if plan.sampling != "iid" else 0))
             traj = max(traj, aff)
-        if self.deep:
+        if self.deep and not self.mlp:
             widest = max(max(r, c) for r, c in spec.shapes)
             traj += 6 * L * len(spec.shapes) * widest * widest * w * (2 if self.snapshot else 1)
+        if self.mlp:                                                      # activations and deltas per layer
+            widths = sum(spec.dims)
+            traj += 4 * L * (bb * widths + 2 * dim) * w * (2 if self.snapshot else 1)
+            traj += 3 * L * n * widths * w if self.rt_full is not None else 0
         if plan.keep_iterates:                                            # iterates at every record, and their copy
             traj += 2 * L * R * dim * f8
         self.bytes_per_seed = int(traj)
@@ -180,6 +189,7 @@ class _Engine:
                                else dev(coef[:, 1].reshape(L, 1, 1, 1) * self._full_map[None, None], wd))
             self.a3 = dev(coef[:, 0].reshape(L, 1, 1), wd)
             self.c3 = dev(coef[:, 1].reshape(L, 1, 1), wd)
+            self.c4 = dev(coef[:, 1].reshape(L, 1, 1, 1), wd)
             if self.affine:
                 sc = np.ones((self.nv, 1))
                 sc[1:] = self._scales[e]
@@ -225,6 +235,15 @@ class _Engine:
         for r0 in range(0, Yf.shape[0], self.row_block):
             Yb = Yf[r0:r0 + self.row_block]
             T = Yb.shape[0]
+            if self.mlp:
+                Ws, bs = KS.mlp_layers(Yb, self.layer_shapes, self.spec.biases)
+                Us, Z = KS.mlp_forward(xp, Ws, bs, self.A, self.spec.activation)                 # (T, n, K)
+                Rs = KS.link_apply(self.link_kind, xp, Z) - self.Y
+                if self.nfw is not None:
+                    Rs *= self.nfw[:, None]
+                G = KS.mlp_pack(xp, *KS.mlp_backward(xp, Ws, Us, Rs, self.spec.activation, self.spec.biases), (T,))
+                parts.append(G / self.n + (self.alpha if self.alpha_w is None else self.alpha_w) * Yb)
+                continue
             if self.deep:
                 P, Q = self._chain(Yb)
                 M = Q[-1]
@@ -238,6 +257,45 @@ class _Engine:
             G = self._pull(P, Q, G) if self.deep else G.reshape(T, self.dim)
             parts.append(G + (self.alpha if self.alpha_w is None else self.alpha_w) * Yb)
         return parts[0] if len(parts) == 1 else xp.concatenate(parts)
+
+    def _mlp_backprop(self, X, Ain, D):
+        """Σ_i J_i(x)ᵀ D_i per trajectory for output deltas D (…, b, K), and the network's pieces."""
+        xp, sh, kind, bias = self.xp, self.layer_shapes, self.spec.activation, self.spec.biases
+        Ws, bs = KS.mlp_layers(X, sh, bias)
+        Us, _ = KS.mlp_forward(xp, Ws, bs, Ain, kind)
+        return KS.mlp_pack(xp, *KS.mlp_backward(xp, Ws, Us, D, kind, bias), X.shape[:-1])
+
+    def _mlp_grad(self, X, Ab, Yb, Rtb, idx, snap):
+        """An MLP's minibatch direction before the ridge terms: (1/b) J_B(x)ᵀ(r_B(x) − a·rθ_B) (the literal
+        KD residual, tempered or not), SVRG's −(a/b) J_B(y)ᵀ r_B(y) through the snapshot, and corrected
+        KD's c·Σ_i w_i J_i(x)ᵀ rθ_i through the full data (the numba kernel's order of terms)."""
+        xp, wd, sh, kind, bias = self.xp, self.wd, self.layer_shapes, self.spec.activation, self.spec.biases
+        L, ns, _ = X.shape
+        Ain = self.A if Ab is None else Ab
+        Ws, bs = KS.mlp_layers(X, sh, bias)
+        Us, Z = KS.mlp_forward(xp, Ws, bs, Ain, kind)                                     # (L, ns, b, K)
+        if self.Qt is not None:
+            Qb = self.Qt if idx is None else self.Qt[idx]
+            Rc = KS.tempered_residual(xp, Z, Yb, Qb, self.a4, wd.type(self.tau))
+        else:
+            Rc = KS.link_apply(self.link_kind, xp, Z)
+            Rc -= Yb
+            if self.teacher:
+                Rc -= self.a4 * Rtb
+        G = KS.mlp_pack(xp, *KS.mlp_backward(xp, Ws, Us, Rc, kind, bias), (L, ns))
+        if self.snapshot:
+            Wy, by = KS.mlp_layers(snap, sh, bias)
+            Uy, Zy = KS.mlp_forward(xp, Wy, by, Ain, kind)
+            Rs = KS.link_apply(self.link_kind, xp, Zy)
+            Rs -= Yb
+            Rs *= self.a4
+            G -= KS.mlp_pack(xp, *KS.mlp_backward(xp, Wy, Uy, Rs, kind, bias), (L, ns))
+        bt = Rc.shape[-2]
+        if bt > 1:
+            G /= bt
+        if self.rt_full is not None:
+            G += self._mlp_backprop(X, self.A, xp.broadcast_to(self.c4 * self.rt_full, (L, ns) + self.rt_full.shape))
+        return G
 
     def _logits(self, Ab, M):
         """Z[l, s, i, :] = M[l, s] a_i for the minibatch rows (Ab (Lr, ns, b, d') or None: every row)."""
@@ -299,43 +357,46 @@ class _Engine:
             if self.snapshot and (t == 0 or (t >= start and (t - start) % self.plan.svrg_period == 0)):
                 snap = X.copy()
                 full = self._full_grad(snap.reshape(L * ns, dim)).reshape(L, ns, dim)    # ∇f(y), ridge included
-                if self.deep:
+                if self.deep and not self.mlp:
                     Py, Qy = self._chain(snap)
                     Msnap = Qy[-1]
-                else:
+                elif not self.mlp:                        # (an MLP back-propagates at y in _mlp_grad)
                     Msnap = snap.reshape(L, ns, K, dfeat)
-            if self.deep:
-                P, Q = self._chain(X)
-                M = Q[-1]                                                     # (L, ns, K, d_in)
+            if self.mlp:
+                G = self._mlp_grad(X, Ab, Yb, Rtb, idx, snap)
             else:
-                M = X.reshape(L, ns, K, dfeat)
-            # combined residual r_i(x) − a·r_i(anchor), then one product with the minibatch rows
-            if self.Qt is not None:                   # literal tempered KD loss (softmax)
-                Qb = self.Qt if idx is None else self.Qt[idx]
-                Rc = KS.tempered_residual(xp, self._logits(Ab, M), Yb, Qb, self.a4, wd.type(self.tau))
-            else:
-                Rc = KS.link_apply(self.link_kind, xp, self._logits(Ab, M))
-                Rc -= Yb                                                      # (L, ns, b, K)
-            if self.teacher and self.Qt is None:
-                Rc -= self.a4 * Rtb
-            elif self.snapshot and not self.deep:
-                Rs = KS.link_apply(self.link_kind, xp, self._logits(Ab, Msnap))
-                Rs -= Yb
-                Rs *= self.a4
-                Rc -= Rs
-            Gm = self._map_grad(Ab, Rc)
-            if self.deep:
-                if self.full_map_c is not None:
-                    Gm += self.full_map_c                                     # c·∇g(Θ̄), pulled back at x
-                G = self._pull(P, Q, Gm)
-                if self.snapshot:                     # a·J(y)ᵀ∇g_B(W(y)), pulled back at y
+                if self.deep:
+                    P, Q = self._chain(X)
+                    M = Q[-1]                                                     # (L, ns, K, d_in)
+                else:
+                    M = X.reshape(L, ns, K, dfeat)
+                # combined residual r_i(x) − a·r_i(anchor), then one product with the minibatch rows
+                if self.Qt is not None:                   # literal tempered KD loss (softmax)
+                    Qb = self.Qt if idx is None else self.Qt[idx]
+                    Rc = KS.tempered_residual(xp, self._logits(Ab, M), Yb, Qb, self.a4, wd.type(self.tau))
+                else:
+                    Rc = KS.link_apply(self.link_kind, xp, self._logits(Ab, M))
+                    Rc -= Yb                                                      # (L, ns, b, K)
+                if self.teacher and self.Qt is None:
+                    Rc -= self.a4 * Rtb
+                elif self.snapshot and not self.deep:
                     Rs = KS.link_apply(self.link_kind, xp, self._logits(Ab, Msnap))
                     Rs -= Yb
-                    Gs = self._map_grad(Ab, Rs)
-                    Gs *= self.a4
-                    G -= self._pull(Py, Qy, Gs)
-            else:
-                G = Gm.reshape(L, ns, dim)
+                    Rs *= self.a4
+                    Rc -= Rs
+                Gm = self._map_grad(Ab, Rc)
+                if self.deep:
+                    if self.full_map_c is not None:
+                        Gm += self.full_map_c                                     # c·∇g(Θ̄), pulled back at x
+                    G = self._pull(P, Q, Gm)
+                    if self.snapshot:                     # a·J(y)ᵀ∇g_B(W(y)), pulled back at y
+                        Rs = KS.link_apply(self.link_kind, xp, self._logits(Ab, Msnap))
+                        Rs -= Yb
+                        Gs = self._map_grad(Ab, Rs)
+                        Gs *= self.a4
+                        G -= self._pull(Py, Qy, Gs)
+                else:
+                    G = Gm.reshape(L, ns, dim)
             if self.alpha:
                 G += alpha * X
             if self.teacher:

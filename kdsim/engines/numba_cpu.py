@@ -294,7 +294,7 @@ class _LeastSquaresRunner(_Runner):
 
 
 class _LayeredRunner(_Runner):
-    """Softmax regression, canonical GLMs and deep linear nets: ``_kernels_layered.layered_traj``.
+    """Softmax regression, canonical GLMs, deep linear nets and MLPs: ``_kernels_layered.layered_traj``.
 
     The kernel saves the iterate at each record step; the records are then computed by
     ``kdsim.kernelspec.record_values`` (softmax's f − f* by the compiled twin).
@@ -315,6 +315,8 @@ class _LayeredRunner(_Runner):
         self.ridge = c(spec.teacher_ridge, dtype=wd)
         self.dims = np.asarray(spec.dims, dtype=np.int64)
         self.offs = np.asarray(spec.offsets, dtype=np.int64)
+        self.act = spec.activation_code
+        self.boffs = np.asarray(spec.bias_offsets if spec.biases else (), dtype=np.int64)
         self.code = spec.link_code
         self.alpha = spec.ridge_vector().astype(wd)      # α per coordinate
         self.inv_n = wd.type(1.0 / spec.n)
@@ -329,8 +331,8 @@ class _LayeredRunner(_Runner):
         return (self.A, self.Y, self.rt, self.Gt, self.ridge, self.dims, self.offs, self.code,
                 self.alpha, self.gam, self.inv_bs, self.inv_n, self.x0, a, c, self.est.uses_teacher,
                 self.est.snapshot, self.plan.svrg_period, self.snap_start, self.nfw, self.rec_steps, self.plan.steps, keys,
-                self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.tau, self.Qt, self.limit, self.zero,
-                saved, div, xfin)
+                self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.tau, self.Qt, self.act, self.boffs,
+                self.limit, self.zero, saved, div, xfin)
 
     def run_trajectories(self, seeds):
         ns = len(seeds)

@@ -414,7 +414,7 @@ class Problem(ABC):
         probs = None if temperature == 1.0 else self.tempered_teacher_probs(theta, temperature)
         return KernelSpec(self.spec_family, link, self.A, Y, tuple(shapes), self.l2, R, G, ridge,
                           self.canonical(self.solution()), self.canonical_teacher(theta), self._spec_refs(),
-                          self.record_row_bytes(), float(temperature), probs, self._l2_mask)
+                          self.record_row_bytes(), float(temperature), probs, self._l2_mask, **self._spec_layers())
 
     def supports_temperature(self):
         """True when the loss has a softmax to temper (softmax regression, deep linear with softmax)."""
@@ -446,6 +446,10 @@ class Problem(ABC):
             return V.nonnegative_float("teacher_l2", teacher_l2)
         return self.l2 if term == "f" else 0.0
 
+    def _spec_layers(self):
+        """Extra layer structure of the kernel spec (MLPs: ``activation`` and ``biases``); none by default."""
+        return {}
+
     def _spec_refs(self):
         """The family's constants of the cancellation-free f − f* (``kdsim.kernelspec.suboptimality``)."""
         raise NotImplementedError
@@ -457,7 +461,8 @@ class Problem(ABC):
         link, Y, shapes = self._spec_structure()
         return KernelSpec(self.spec_family, link, self.A, Y, tuple(shapes), self.l2,
                           np.zeros((self.n, shapes[-1][0])), np.zeros((shapes[-1][0], shapes[0][1])),
-                          np.zeros(self.dim), xs, xs, self._spec_refs(), l2_mask=self._l2_mask).record_refs(np)
+                          np.zeros(self.dim), xs, xs, self._spec_refs(), l2_mask=self._l2_mask,
+                          **self._spec_layers()).record_refs(np)
 
     # ------------------------------------------- batched primitives (engines)
     def batch_grad(self, X, idx):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.optimize
-import scipy.special
 
 from .. import _validate as V
+from .. import kernelspec as KS
 from .base import Problem
 from .deep_linear import DeepLinear, _T, _labels, _softmax
 from .deep_linear import _widths as _sequence_of_widths
@@ -67,24 +67,13 @@ def _widths(hidden):
 
 
 def _act(kind, Z):
-    if kind == "relu":
-        return np.maximum(Z, 0.0)
-    if kind == "sigmoid":
-        return scipy.special.expit(Z)
-    if kind == "tanh":
-        return np.tanh(Z)
-    return Z
+    """σ(Z) (``kernelspec.activation``: the engines' definition)."""
+    return KS.activation(np, kind, Z)
 
 
 def _act_d1(kind, Z, H):
-    """σ'(z) from the pre-activation Z and the activation H = σ(Z) (ReLU: 1 for z > 0, else 0)."""
-    if kind == "relu":
-        return (Z > 0.0).astype(Z.dtype)
-    if kind == "sigmoid":
-        return H * (1.0 - H)
-    if kind == "tanh":
-        return 1.0 - H * H
-    return np.ones_like(Z)
+    """σ'(z) from the activation H = σ(Z) (``kernelspec.activation_d1``; ReLU: 1 for z > 0, else 0)."""
+    return KS.activation_d1(np, kind, H)
 
 
 def _act_d2(kind, Z, H):
@@ -190,14 +179,16 @@ class MLP(Problem):
     ``sample_smoothness`` raises ValueError, as the base class does; ``local_sample_smoothness``
     uses dense per-sample Hessians (small networks only).
 
-    Engines. An MLP exports no kernel spec, so ``kdsim.simulate`` runs it on the numpy reference
-    engine (``backend="auto"`` picks it; "numba" and "cupy" refuse it), every estimator, every
-    sampling scheme, momentum and temperature included. Compiled kernels for MLPs are future work.
-    The matrices are small: on a busy machine one BLAS thread is much faster than several
+    Engines. An MLP exports a kernel spec (family "mlp": the layer shapes, the activation, the
+    biases, the teacher's output residuals), so every engine runs it — the numpy reference, the numba
+    layered kernels (``backend="auto"`` picks them) and the array-module engine — with every estimator,
+    sampling scheme, momentum and temperature, trajectory-equal to the reference. The engines see the
+    teacher only through its outputs, as the KD loss does. The matrices are small: on a busy machine one BLAS thread is much faster than several
     (``threadpoolctl.threadpool_limits(1)``; ``solution`` and claim 15 use it).
     """
 
     name = "mlp"
+    spec_family = "mlp"
 
     def __init__(self, A, y, hidden=(32,), activation="relu", loss="softmax", bias=True, l2=0.0,
                  l2_bias=True, init_scale=1.0, init_seed=0, n_classes=None, solve_tol=1e-8, solve_maxiter=None):
@@ -271,7 +262,7 @@ class MLP(Problem):
         return Ws, bs
 
     def _pack(self, gWs, gbs, lead):
-        parts = [np.broadcast_to(g, lead + g.shape[-2:]).reshape(lead + (-1,)) for g in gWs]
+        parts = [np.broadcast_to(g, lead + g.shape[-2:]).reshape(lead + (g.shape[-2] * g.shape[-1],)) for g in gWs]
         if self.bias:
             parts += [np.broadcast_to(g, lead + g.shape[-1:]) for g in gbs]
         return np.concatenate(parts, axis=-1)
@@ -318,14 +309,7 @@ class MLP(Problem):
 
         Returns (gWs, gbs) with gWs[l] (..., h_l, h_{l−1}).
         """
-        L = self.depth
-        gWs, gbs = [None] * L, [None] * L
-        for k in range(L - 1, -1, -1):
-            gWs[k] = _T(D) @ Us[k]
-            gbs[k] = D.sum(axis=-2) if self.bias else None
-            if k > 0:
-                D = (D @ Ws[k]) * _act_d1(self.activation, Zs[k - 1], Us[k])
-        return gWs, gbs
+        return KS.mlp_backward(np, Ws, Us, D, self.activation, self.bias)
 
     def _backward_rows(self, Ws, Zs, Us, D):
         """Per-sample J_i(x)ᵀ D_i for one x: D (b, d_out) -> rows (b, dim)."""
@@ -624,6 +608,21 @@ class MLP(Problem):
             gWs, gbs = self._backward(Ws, Zs, Us, D)
             out[s] = self._pack(gWs, gbs, (X[s].shape[0],))
         return out + terms.ridge
+
+    # ------------------------------------------------------------- kernel spec (compiled engines)
+    def _spec_structure(self):
+        return ("identity" if self.loss_type == "squared" else "softmax"), self._targets, self.shapes
+
+    def _spec_layers(self):
+        return {"activation": self.activation, "biases": self.bias}
+
+    def _spec_teacher(self, theta, term, teacher_l2=None, weights=None):
+        """The teacher's output residuals r_i(θ), no map (the full term is a back-propagation at x), w·θ."""
+        terms = self.teacher_terms(theta, term, teacher_l2, weights)
+        return terms.residuals, np.zeros((self.d_out, self.d_in)), terms.ridge
+
+    def _spec_refs(self):
+        return {"f_star": float(self.f_star)}
 
     # ------------------------------------------------------------- held-out split
     def heldout_names(self):
