@@ -36,6 +36,7 @@ CLAIMS = {
     "digits": (11, "kdsim.checks.claim11_digits"),
     "sampling": (12, "kdsim.checks.claim12_sampling"),
     "real_teachers": (13, "kdsim.checks.claim13_real_teachers"),
+    "power": (14, "kdsim.checks.claim14_power"),
     "mlp": (15, "kdsim.checks.claim15_mlp"),
 }
 
