@@ -34,8 +34,11 @@ from numba import njit
 from ..rng import batch_into_nb, epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
-#: contraction (FMA), reciprocal and no-signed-zero; never nnan/ninf.
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+#: contraction (FMA), approximate functions and no-signed-zero; never nnan/ninf, and never
+#: arcp: with it a loop's vectorised copy may multiply by a hoisted reciprocal where its scalar
+#: copy divides, and which copy runs depends on the runtime alias checks, i.e. on where the
+#: arrays were allocated — the same run then differs in the last bit from one call to the next.
+FASTMATH = {"nsz", "contract", "afn", "reassoc"}
 
 
 #: seeds stepped together by ``ls_affine``; a compile-time constant, so loops over the
