@@ -31,6 +31,9 @@ def test_quick_passes(quick_result):
     # the ≈ rows use a tolerance derived from the bootstrap interval
     approx = frame[frame["relation"] == "≈"]
     assert len(approx) and approx["instance"].str.startswith("LS").all()
+    # softmax runs at step sizes within its proven (global) conditions, and says so
+    soft = frame[frame["instance"].str.startswith("softmax")]
+    assert len(soft) and soft["instance"].str.contains("proven condition").all()
     half = np.maximum(approx["ci_high"] - approx["empirical"], approx["empirical"] - approx["ci_low"])
     assert np.allclose(approx["tolerance"], half)
 
