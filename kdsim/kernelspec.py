@@ -401,6 +401,9 @@ def canonical(refs, X, xp=np):
     """Rows X (T, dim) in the coordinates distances are measured in (float64)."""
     if refs.family == "deep_linear":
         return end_to_end(X, refs.shapes, _offsets(refs.shapes)).reshape(X.shape[0], -1)
+    if refs.family == "mlp":                     # the function on the training data, scaled by 1/√n
+        Z = mlp_outputs(xp, X, refs.A, refs.shapes, refs.activation, refs.biases)
+        return Z.reshape(X.shape[0], -1) / math.sqrt(refs.A.shape[0])
     if refs.family == "softmax":
         K = refs.shapes[0][0]
         W = X.reshape(X.shape[:-1] + (K, -1))

@@ -75,6 +75,39 @@ def _is_deep_linear(problem):
     return hasattr(problem, "end_to_end") and hasattr(problem, "solution_map")
 
 
+def _is_network(problem):
+    return getattr(problem, "spec_family", None) == "mlp"
+
+
+def from_model(problem, model, theta):
+    """A teacher of any architecture for an MLP student: ``model`` (a kdsim problem on the same inputs —
+    a wider or deeper ``MLP``, ``SoftmaxRegression``, ``DeepLinear`` …) with parameters ``theta``, given
+    to the student by its outputs z_i(θ) on the n training samples, (n, d_out) (the literal KD loss sees
+    nothing else). Estimators: "kd_loss" (and "kd"/"corrected" with ``teacher_l2=0``): the teacher's
+    weight decay w·θ needs θ in the student's parameters. Distances are between functions (``MLP.canonical``)."""
+    p, m = _problem(problem), _problem(model)
+    if not _is_network(p):
+        raise TypeError(f"from_model gives an MLP student a teacher by its outputs; got a {type(p).__name__} student")
+    A = getattr(m, "A", None)
+    if A is None or A.shape != p.A.shape or not np.array_equal(A, p.A):
+        raise ValueError("model must be built on the student's inputs A (the same samples in the same order)")
+    Z = _model_outputs(m, m.check_teacher(theta))
+    if Z.shape != (p.n, p.d_out):
+        raise ValueError(f"the model's outputs have shape {Z.shape}; the student needs (n, d_out) = ({p.n}, {p.d_out})")
+    return _made(p, Z, "from_model", {"model": repr(m)})
+
+
+def _model_outputs(model, theta):
+    """z_i(θ) of a kdsim model on its own inputs, (n, d_out): logits for softmax losses."""
+    if hasattr(model, "outputs"):
+        return model.outputs(theta)
+    if _is_deep_linear(model):
+        return model.A @ model.end_to_end(theta).T
+    if hasattr(model, "n_classes") and hasattr(model, "n_features"):        # softmax regression
+        return model.A @ theta.reshape(model.n_classes, model.n_features).T
+    return (model.A @ theta)[:, None]                                       # least squares, GLM predictors
+
+
 def optimum(problem):
     """θ = x*, the perfect teacher."""
     p = _problem(problem)
@@ -85,7 +118,8 @@ def at_distance(problem, r, seed=0):
     """θ at canonical distance exactly ``r`` from x*, in a seeded random direction.
 
     Softmax: the direction is class-centred, so the distance is not spent on the
-    invariant direction. Deep linear: θ is an end-to-end map M* + r·U, ‖U‖_F = 1.
+    invariant direction. Deep linear: θ is an end-to-end map M* + r·U, ‖U‖_F = 1. MLP: θ is
+    given by its outputs, Z(x*) + r·√n·U with ‖U‖_F = 1 (distances are between functions).
     """
     p = _problem(problem)
     r = V.nonnegative_float("r", r)
@@ -95,6 +129,10 @@ def at_distance(problem, r, seed=0):
         M = p.solution_map()
         U = rng.standard_normal(M.shape)
         return _made(p, M + r * U / np.linalg.norm(U), "at_distance", {"r": r, "seed": seed})
+    if _is_network(p):
+        Z = p.outputs(p.solution())
+        U = rng.standard_normal(Z.shape)
+        return _made(p, Z + r * np.sqrt(p.n) * U / np.linalg.norm(U), "at_distance", {"r": r, "seed": seed})
     u = p.canonical(rng.standard_normal(p.dim))
     theta = p.solution() + r * u / np.linalg.norm(u)
     return _made(p, theta, "at_distance", {"r": r, "seed": seed})

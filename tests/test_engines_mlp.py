@@ -129,3 +129,50 @@ def test_repeated_runs_are_bit_identical():
                            seed=3, keep_iterates=True).iterates for _ in range(4)]
     for r in runs[1:]:
         np.testing.assert_array_equal(r, runs[0])
+
+
+# ------------------------------------------------------------ teachers of other architectures
+def test_teacher_of_any_architecture_is_given_by_its_outputs():
+    """A wider MLP or a linear model teaches through its outputs on the training samples: the literal KD
+    gradient with those outputs equals the one with the same-architecture θ that has them, every engine
+    reproduces the reference, and distances are between functions."""
+    from kdsim import teachers
+    p = net("relu")
+    wide = MLP(p.A, np.arange(24) % 3, hidden=(12,), activation="tanh", l2=0.05)
+    lin = kdsim.SoftmaxRegression(p.A, np.arange(24) % 3, 3, l2=0.05)
+    for model in (wide, lin):
+        t = teachers.from_model(p, model, model.solution())
+        assert t.theta.shape == (p.n, 3) and t.kind == "from_model"
+        for est, kw in (("kd_loss", {}), ("kd", {"teacher_l2": 0.0}), ("corrected", {"teacher_l2": 0.0})):
+            compare(p, t.theta, estimator=est, **kw)
+    # a same-architecture θ and its own outputs are the same teacher for the KD loss
+    theta = teacher(p)
+    Z = p.outputs(theta)
+    x, idx = p.default_x0(), np.array([1, 5, 7])
+    np.testing.assert_allclose(p.kd_grad(x, Z, 0.4, idx), p.kd_grad(x, theta, 0.4, idx), rtol=1e-13, atol=1e-15)
+    assert p.kd_loss(x, Z, 0.4, idx, temperature=2.0) == pytest.approx(p.kd_loss(x, theta, 0.4, idx, temperature=2.0),
+                                                                    rel=1e-13)
+    # function-space distances: ‖canonical(x) − canonical_teacher(Z)‖² = (1/n) Σ_i ‖z_i(x) − z_i(θ)‖²
+    d2 = float(np.sum((p.canonical(x) - p.canonical_teacher(Z)) ** 2))
+    assert d2 == pytest.approx(float(np.mean(np.sum((p.outputs(x) - Z) ** 2, axis=1))), rel=1e-12)
+    np.testing.assert_allclose(p.canonical_teacher(theta), p.canonical_teacher(Z), rtol=1e-13)
+    t = teachers.at_distance(p, 0.3, seed=2)
+    assert t.distance == pytest.approx(0.3, rel=1e-12) and t.theta.shape == (p.n, 3)
+
+
+def test_teacher_outputs_refuse_what_needs_parameters():
+    from kdsim import teachers
+    p = net("relu")
+    Z = p.outputs(teacher(p))
+    for est in ("kd", "corrected"):                  # the teacher's weight decay αθ needs parameters
+        with pytest.raises(ValueError, match="parameter space"):
+            kdsim.simulate(p, Z, [0.5], 0.05, 5, 1, estimator=est)
+    with pytest.raises(ValueError, match="parameter space"):
+        p.control_variate_grad(p.default_x0(), Z, 0.5)
+    with pytest.raises(ValueError, match=r"shape \(n, d_out\) = \(24, 3\)"):
+        p.kd_grad(p.default_x0(), Z[:10], 0.5)
+    other = MLP(p.A[:12], np.arange(12) % 3, hidden=(4,), l2=0.1)
+    with pytest.raises(ValueError, match="student's inputs"):
+        teachers.from_model(p, other, other.default_x0())
+    with pytest.raises(TypeError, match="MLP student"):
+        teachers.from_model(kdsim.SoftmaxRegression(p.A, np.arange(24) % 3, 3, l2=0.1), p, p.default_x0())

@@ -116,7 +116,9 @@ class MLP(Problem):
     (σ'' = 0 almost everywhere; f is not twice differentiable where a pre-activation is 0, and
     its gradient jumps there). ``hessian`` applies the HVP to the unit vectors (dim HVPs).
 
-    KD with a same-architecture teacher θ (a flat vector of length ``dim``; the only teacher form).
+    KD with a teacher θ given either as a same-architecture parameter vector (length ``dim``) or by its
+    outputs z_i(θ) on the n training samples, an (n, d_out) array, which is how a teacher of any other
+    architecture (a wider or deeper MLP, a linear model) enters: ``kdsim.teachers.from_model``.
     The KD loss is (1−λ)·ℓ(z_i(x), y_i) + λ·ℓ(z_i(x), teacher's prediction) — softmax: the tempered,
     τ²-weighted cross-entropy to softmax(z_i(θ)/τ); squared: ½‖z_i(x) − z_i(θ)‖² — so the teacher
     enters only through its outputs z_i(θ), and
@@ -141,7 +143,9 @@ class MLP(Problem):
     * ``svrg``:      parameter space, ∇f_B(x) − λ(∇f_B(y) − ∇f(y)) with the snapshot y;
     * ``sgd``.
 
-    A same-architecture θ allows all five (``teacher_l2`` = w replaces α in the teacher term). The
+    A same-architecture θ allows all five (``teacher_l2`` = w replaces α in the teacher term); a teacher
+    given by its outputs allows "sgd", "kd_loss", "svrg", and "kd"/"corrected" with ``teacher_l2=0``
+    (w·θ needs parameters; a clear error otherwise). The
     teacher's weight decay w·θ is a parameter-space term: for a teacher trained from another start
     (other hidden-unit order, another basin) it pulls the student towards θ's *parameters*, which
     say nothing about θ's function (measured: with an independently trained teacher, the fixed point
@@ -168,8 +172,9 @@ class MLP(Problem):
 
     Softmax without a ridge (α = 0) is refused: a network that separates the data has no finite
     minimiser. "x*", f*, ‖x_t − x*‖² and f(x_t) − f* in the engines' records refer to this local
-    minimiser (distances in raw parameters: ``canonical`` is the identity; a run that leaves the
-    basin can even reach f(x_t) < f*).
+    minimiser; a run that leaves the basin can even reach f(x_t) < f*. Distances are between functions
+    on the training data, ‖x − x'‖² := (1/n) Σ_i ‖z_i(x) − z_i(x')‖² (``canonical``): hidden units can be
+    permuted, so parameter distances say little, and a teacher given by its outputs has no parameters.
 
     ``default_x0`` draws W_l ~ N(0, s²·g/h_{l−1}) (g = 2 for ReLU, He's; 1 otherwise, LeCun's;
     s = ``init_scale``) and zero biases, from ``numpy.random.default_rng(init_seed)``.
@@ -330,6 +335,35 @@ class MLP(Problem):
         Ws, bs = self._unpack(x)
         return self._forward(Ws, bs, self.A[idx])[0][-1]
 
+    def _teacher(self, theta):
+        """A teacher: the student's parameters (dim,), or the outputs z_i of any model on the n training
+        samples, (n, d_out) (logits for softmax): a wider or deeper MLP, a linear model
+        (``kdsim.teachers.from_model``). The KD loss sees a teacher only through its outputs."""
+        arr = V.as_float_array("theta", theta)
+        if arr.ndim == 2:
+            if arr.shape != (self.n, self.d_out):
+                raise ValueError(f"theta given as outputs must have shape (n, d_out) = ({self.n}, {self.d_out}) "
+                                 f"(one row per training sample); got {arr.shape}")
+            return arr
+        return V.as_vector("theta", arr, self.dim)
+
+    def canonical(self, x):
+        """Distances between networks are measured between their functions on the training data: the outputs
+        z_i(x) stacked and scaled by 1/√n, so ‖canonical(x) − canonical(x')‖² = (1/n) Σ_i ‖z_i(x) − z_i(x')‖²
+        (hidden units can be permuted, so parameter distances say little). (dim,) → (n·d_out,),
+        (T, dim) → (T, n·d_out)."""
+        X = np.asarray(x, dtype=np.float64)
+        if X.ndim not in (1, 2) or X.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape ({self.dim},) or (T, {self.dim}); got {X.shape}")
+        Z = KS.mlp_outputs(np, np.atleast_2d(X), self.A, self.shapes, self.activation, self.bias)
+        C = Z.reshape(Z.shape[0], -1) / np.sqrt(self.n)
+        return C[0] if X.ndim == 1 else C
+
+    def canonical_teacher(self, theta):
+        """The teacher's outputs on the training data, flattened and scaled by 1/√n (``canonical``)."""
+        theta = self._teacher(theta)
+        return theta.ravel() / np.sqrt(self.n) if theta.ndim == 2 else self.canonical(theta)
+
     def outputs(self, x, idx=None):
         """The network's outputs z_i(x) (logits for softmax), one row per sample of idx, (b, d_out)."""
         return self._outputs(self._x(x), self._idx(idx))
@@ -383,7 +417,7 @@ class MLP(Problem):
         if self.loss_type == "squared":
             return super().tempered_teacher_probs(theta, temperature)
         theta = self._teacher(theta)
-        return _softmax(self._outputs(theta, np.arange(self.n)) / self._temperature(temperature))
+        return _softmax(self._teacher_outputs(theta, np.arange(self.n)) / self._temperature(temperature))
 
     def _kd_residual(self, Z, Zt, targets, lam, temperature):
         """∂/∂z of the per-sample KD loss at student outputs Z and teacher outputs Zt."""
@@ -396,14 +430,14 @@ class MLP(Problem):
 
     def _kd_losses(self, x, theta, lam, idx, temperature):
         self._check_temperature(temperature)
-        return self._kd_output_losses(self._outputs(x, idx), self._outputs(theta, idx), self._targets[idx], lam,
+        return self._kd_output_losses(self._outputs(x, idx), self._teacher_outputs(theta, idx), self._targets[idx], lam,
                                       temperature)
 
     def _kd_grad(self, x, theta, lam, idx, temperature):
         self._check_temperature(temperature)
         Ws, bs = self._unpack(x)
         Zs, Us = self._forward(Ws, bs, self.A[idx])
-        D = self._kd_residual(Zs[-1], self._outputs(theta, idx), self._targets[idx], lam, temperature)
+        D = self._kd_residual(Zs[-1], self._teacher_outputs(theta, idx), self._targets[idx], lam, temperature)
         gWs, gbs = self._backward(Ws, Zs, Us, D / len(idx))
         return self._pack(gWs, gbs, ())
 
@@ -420,8 +454,20 @@ class MLP(Problem):
         idx = self._idx(idx)
         Ws, bs = self._unpack(x)
         Zs, Us = self._forward(Ws, bs, self.A[idx])
-        D = self._kd_residual(Zs[-1], self._outputs(theta, idx), self._targets[idx], lam, t)
+        D = self._kd_residual(Zs[-1], self._teacher_outputs(theta, idx), self._targets[idx], lam, t)
         return self._backward_rows(Ws, Zs, Us, D) + self.ridge_term(self.l2, x)
+
+    def _teacher_outputs(self, theta, idx):
+        """z_i(θ) of the samples idx: a forward pass of a same-architecture θ, or rows of given outputs."""
+        return theta[idx] if theta.ndim == 2 else self._outputs(theta, idx)
+
+    def _parameter_teacher(self, theta, what):
+        """θ as the student's parameters, or a clear error for a teacher given by its outputs."""
+        if theta.ndim == 2:
+            raise ValueError(f"{what} needs θ in the student's parameter space (a vector of length {self.dim}); "
+                             "this teacher is given by its outputs (n, d_out): use estimator 'kd_loss', or "
+                             "teacher_l2=0 with 'kd'/'corrected' (the teacher's weight decay w·θ needs parameters)")
+        return theta
 
     def distillation_grad(self, x, theta, lam, idx=None):
         """Estimator "kd" for an MLP: the literal KD-loss gradient with the teacher's weight decay,
@@ -430,7 +476,7 @@ class MLP(Problem):
         parameter-space control variate ∇f_B(x) − λ∇f_B(θ) is ``control_variate_grad``; the two
         differ by λ(J_B(θ) − J_B(x))ᵀ r_B(θ) (docs/theory.md §2, claim 15).
         """
-        theta = self._teacher(theta)
+        theta = self._parameter_teacher(self._teacher(theta), "estimator 'kd' (its term λαθ)")
         lam = V.finite_float("lam", lam)
         return self.kd_grad(x, theta, lam, idx) - lam * self.ridge_term(self.l2, theta)
 
@@ -440,7 +486,7 @@ class MLP(Problem):
         For an MLP it is *not* the gradient of any KD loss and no estimator of the engines runs it;
         ``kdsim.theory.alignment`` compares it with the KD gradient.
         """
-        theta = self._teacher(theta)
+        theta = self._parameter_teacher(self._teacher(theta), "the control variate ∇f_B(x) − λ∇f_B(θ)")
         lam = V.finite_float("lam", lam)
         return self.grad(x, idx) - lam * self.grad(theta, idx)
 
@@ -586,8 +632,12 @@ class MLP(Problem):
         and the full-term weights."""
         wd = self.teacher_weight_decay(term, teacher_l2)
         theta = self._teacher(theta)
-        R = self._residual(self._outputs(theta, np.arange(self.n)), self._targets)
+        R = self._residual(self._teacher_outputs(theta, np.arange(self.n)), self._targets)
         w = None if weights is None else np.asarray(weights, dtype=np.float64)
+        if theta.ndim == 2:
+            if wd != 0.0:
+                self._parameter_teacher(theta, f"the teacher's weight decay w·θ (w = {wd:g}, term {term!r})")
+            return MLPTeacherTerms(theta, R, np.zeros(self.dim), w, term)
         return MLPTeacherTerms(theta, R, self.ridge_term(wd, theta), w, term)
 
     def batch_teacher_grad(self, X, terms, idx):
