@@ -58,7 +58,8 @@ BACKEND_HELP = {
     "auto": "numba where it has kernels for the problem, else numpy (default)",
     "numpy": "the reference engine",
     "numba": "compiled CPU engine",
-    "cupy": "NVIDIA GPU, needs pip install kdsim[gpu]",
+    "cuda": "NVIDIA GPU (numba-cuda kernels), needs pip install kdsim[gpu]",
+    "cupy": "another name for cuda",
 }
 
 
@@ -150,9 +151,9 @@ def _run_check_command(args):
 
     if args.backend not in BACKENDS:
         raise _UsageError(f"unknown backend {args.backend!r}; valid values: {', '.join(BACKENDS)}")
-    if args.backend == "cupy":                    # say so now, not after the first checks have run
-        from .engines import cupy_gpu
-        cupy_gpu.require()
+    if args.backend in ("cuda", "cupy"):          # say so now, not after the first checks have run
+        from .engines import cuda_gpu
+        cuda_gpu.require()
     names = list(dict.fromkeys(names))
     if args.seeds is not None:                    # refuse before any check runs
         for name in names:

@@ -1,10 +1,13 @@
 """Simulation engines behind one protocol and one driver (``kdsim.engines.driver``).
 
 ``numpy`` is the readable reference engine and the ground truth for the others; ``numba``
-the compiled CPU engine (``numba_cpu``); ``cupy`` the GPU engine (``cupy_gpu``: the
-array-module engine ``batched`` on CuPy arrays; CuPy is imported only when asked for);
-``auto`` the numba engine when numba imports and the problem exports a kernel spec, else
-the reference engine. ``auto`` stays on the CPU: a GPU run must be asked for by name.
+the compiled CPU engine (``numba_cpu``); ``cuda`` the GPU engine (``cuda_gpu``: numba-cuda
+kernels on CuPy arrays, one thread per trajectory; ``cupy`` is another name for it, kept for
+earlier scripts); ``auto`` the numba engine when numba imports and the problem exports a kernel
+spec, else the reference engine. ``auto`` stays on the CPU: a GPU run must be asked for by name.
+The array-module engine on CuPy (``cupy_gpu``) is reachable as an engine module
+(``backend=kdsim.engines.cupy_gpu``): a cross-check and a benchmark baseline, not a user path.
+numba-cuda and CuPy are imported only when asked for.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from .driver import RunOutput, coefficients
 from .driver import run as run_engine
 
 #: every backend name kdsim knows; "auto" picks the fastest available
-BACKENDS = ("auto", "numpy", "numba", "cupy")
+BACKENDS = ("auto", "numpy", "numba", "cuda", "cupy")
 
 __all__ = ["BACKENDS", "RunOutput", "coefficients", "get_engine", "numba_available", "run", "run_engine"]
 
@@ -45,13 +48,13 @@ def get_engine(backend, problem=None):
             raise NotImplementedError(f"backend 'numba' has no kernels for {type(problem).__name__} "
                                       "(it exports no kernel spec); use backend='numpy'")
         return numba_cpu
-    if backend == "cupy":
-        from . import cupy_gpu
-        cupy_gpu.require()    # ImportError naming `pip install kdsim[gpu]`, or RuntimeError: no usable GPU
-        if problem is not None and not cupy_gpu.supports(problem):
-            raise NotImplementedError(f"backend 'cupy' has no kernels for {type(problem).__name__}; "
+    if backend in ("cuda", "cupy"):
+        from . import cuda_gpu
+        cuda_gpu.require()    # ImportError naming `pip install kdsim[gpu]`, or RuntimeError: no usable GPU
+        if problem is not None and not cuda_gpu.supports(problem):
+            raise NotImplementedError(f"backend {backend!r} has no kernels for {type(problem).__name__}; "
                                       "use backend='numpy'")
-        return cupy_gpu
+        return cuda_gpu
     if problem is None:
         raise ValueError("backend 'auto' is resolved per problem: pass the problem to get_engine")
     if numba_available():

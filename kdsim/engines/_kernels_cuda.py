@@ -1,0 +1,354 @@
+"""numba-cuda kernels of the CUDA engine (``cuda_gpu``): one thread per trajectory.
+
+The structure is the numba CPU layered kernel's (``_kernels_layered``), which covers every family
+of the kernel spec — least squares (one 1×d layer, identity link), softmax, the GLMs, deep linear
+nets and MLPs (activations, biases) — with the same index stream (``kdsim.rng``'s counter-based
+keys: Floyd's sampling for i.i.d. minibatches, a Fisher–Yates permutation per epoch for
+reshuffling). Differences that keep a GPU busy:
+
+* every per-trajectory array is stored with the trajectory last, ``(…, T)``: the threads of a
+  warp read and write neighbouring words (coalesced), and no thread allocates;
+* the full-data terms of deep nets (corrected KD's J(x)ᵀ r(θ) and SVRG's ∇f(y)) are full-data
+  back-propagations at the point (for a linear net equal to the CPU kernel's end-to-end pull-back);
+* the iterate is saved at the record steps (record-major, ``(R, dim, T)``); the engine evaluates the
+  records from it on the device with ``kdsim.kernelspec`` (the problems' own formulas).
+
+CUDA has no ``np.exp`` or uint64/int64 promotion rules of numpy: ``math.exp``, and every operand of
+the random number generator is cast to uint64 explicitly. The simulator (``NUMBA_ENABLE_CUDASIM=1``)
+runs these kernels on the CPU; the tests compare them with the reference engine there.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+_G = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_EPOCH_TAG = np.uint64(1 << 63)
+
+#: samples taken through the layers together (the scratch of a trajectory is O(SAMPLE_BLOCK · Σ widths))
+SAMPLE_BLOCK = 16
+#: threads per block
+THREADS = 128
+
+
+# ------------------------------------------------------------------ index stream (kdsim.rng's integers)
+@cuda.jit(device=True, inline=True)
+def _splitmix64(z):
+    z = np.uint64(z) + _G
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@cuda.jit(device=True, inline=True)
+def _uniform_below(h, m):
+    return ((np.uint64(h) >> np.uint64(32)) * np.uint64(m)) >> np.uint64(32)
+
+
+@cuda.jit(device=True)
+def _minibatch_into(key, n, b, idx, taken, j):
+    """Floyd's sampling of b of n (``rng.minibatch_into_nb``) into idx[:b, j]; taken[:, j] all False."""
+    if b == n:
+        for q in range(n):
+            idx[q, j] = q
+        return
+    for q in range(b):
+        c = n - b + q
+        h = _splitmix64(np.uint64(key) + np.uint64(q + 1) * _G)
+        r = np.int64(_uniform_below(h, np.uint64(c + 1)))
+        pick = c if taken[r, j] else r
+        taken[pick, j] = True
+        idx[q, j] = pick
+    for q in range(b):
+        taken[idx[q, j], j] = False
+
+
+@cuda.jit(device=True)
+def _permutation_into(ekey, n, perm, j):
+    """Fisher–Yates permutation of 0 .. n−1 (``rng.permutation_into_nb``) into perm[:, j]."""
+    for q in range(n):
+        perm[q, j] = q
+    for q in range(n - 1, 0, -1):
+        h = _splitmix64(np.uint64(ekey) + np.uint64(n - q) * _G)
+        r = np.int64(_uniform_below(h, np.uint64(q + 1)))
+        held = perm[r, j]
+        perm[r, j] = perm[q, j]
+        perm[q, j] = held
+
+
+@cuda.jit(device=True)
+def _batch_into(stream_key, t, n, b, code, K, perm, perm_epoch, idx, taken, j):
+    """Step t's minibatch of trajectory j into idx[:, j] (``rng.batch_into_nb``); returns its size."""
+    if code == 0:
+        _minibatch_into(_splitmix64(np.uint64(stream_key) ^ np.uint64(t)), n, b, idx, taken, j)
+        return b
+    e = t // K
+    k = t - e * K
+    if code == 2:
+        e = 0
+    if perm_epoch[j] != e:
+        _permutation_into(_splitmix64(np.uint64(stream_key) ^ (_EPOCH_TAG | np.uint64(e))), n, perm, j)
+        perm_epoch[j] = e
+    lo = k * b
+    nb = min(b, n - lo)
+    for q in range(nb):
+        idx[q, j] = perm[lo + q, j]
+    return nb
+
+
+# ------------------------------------------------------------------ layers
+@cuda.jit(device=True, inline=True)
+def _activate(act, z):
+    if act == 1:
+        return z if z > 0 else z - z
+    if act == 2:
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+    if act == 3:
+        return math.tanh(z)
+    return z
+
+
+@cuda.jit(device=True, inline=True)
+def _activation_d1(act, h):
+    if act == 1:
+        return h - h + 1 if h > 0 else h - h
+    if act == 2:
+        return h * (1 - h)
+    if act == 3:
+        return 1 - h * h
+    return h - h + 1
+
+
+@cuda.jit(device=True)
+def _forward(x, dims, offs, boffs, act, A, rows, r0, nb, H, hoff, j):
+    """H[hoff[k] + c, s, j]: layer k's input of sample rows[r0 + s, j] (h_0 = a_i; h_{k+1} = σ(W_k h_k + b_k),
+    linear at the output layer); ``rows`` (…, T) or, with ``r0 < 0``, the samples −r0 − 1 + s themselves."""
+    L = dims.shape[0] - 1
+    for s in range(nb):
+        i = (-r0 - 1 + s) if r0 < 0 else rows[r0 + s, j]
+        for c in range(dims[0]):
+            H[c, s, j] = A[i, c]
+    for k in range(L):
+        rws, cols = dims[k + 1], dims[k]
+        hi, ho = hoff[k], hoff[k + 1]
+        for r in range(rws):
+            base = offs[k] + r * cols
+            bias = x[boffs[k] + r, j] if boffs.shape[0] > 0 else x[0, j] - x[0, j]
+            for s in range(nb):
+                acc = bias
+                for c in range(cols):
+                    acc += x[base + c, j] * H[hi + c, s, j]
+                if act != 0 and k < L - 1:
+                    acc = _activate(act, acc)
+                H[ho + r, s, j] = acc
+
+
+@cuda.jit(device=True)
+def _residuals(code, H, zoff, m, Y, rows, r0, nb, D, j):
+    """D[o, s, j] = ∂g/∂z of sample s at its logits H[zoff + o, s, j] (``_kernels_layered._residuals``)."""
+    for s in range(nb):
+        i = (-r0 - 1 + s) if r0 < 0 else rows[r0 + s, j]
+        if code == 0:
+            for o in range(m):
+                D[o, s, j] = H[zoff + o, s, j] - Y[i, o]
+        elif code == 1:
+            zmax = H[zoff, s, j]
+            for o in range(1, m):
+                if H[zoff + o, s, j] > zmax:
+                    zmax = H[zoff + o, s, j]
+            tot = zmax - zmax
+            for o in range(m):
+                e = math.exp(H[zoff + o, s, j] - zmax)
+                D[o, s, j] = e
+                tot += e
+            for o in range(m):
+                D[o, s, j] = D[o, s, j] / tot - Y[i, o]
+        elif code == 2:
+            for o in range(m):
+                z = H[zoff + o, s, j]
+                if z >= 0:
+                    sig = 1.0 / (1.0 + math.exp(-z))
+                else:
+                    e = math.exp(z)
+                    sig = e / (1.0 + e)
+                D[o, s, j] = sig - Y[i, o]
+        else:
+            for o in range(m):
+                D[o, s, j] = math.exp(H[zoff + o, s, j]) - Y[i, o]
+
+
+@cuda.jit(device=True)
+def _backward(x, dims, offs, boffs, act, H, hoff, D, Dn, nb, grad, scale, j):
+    """grad[:, j] += scale · Σ_s J_s(x)ᵀ δ_s for the output deltas δ_s = D[:d_out, s, j] (overwrites D, Dn)."""
+    L = dims.shape[0] - 1
+    for s in range(nb):
+        for o in range(dims[L]):
+            D[o, s, j] = scale * D[o, s, j]
+    flip = False
+    for k in range(L - 1, -1, -1):
+        rws, cols = dims[k + 1], dims[k]
+        hi = hoff[k]
+        for r in range(rws):
+            base = offs[k] + r * cols
+            tot = grad[0, j] - grad[0, j]
+            for s in range(nb):
+                d = Dn[r, s, j] if flip else D[r, s, j]
+                tot += d
+                for c in range(cols):
+                    grad[base + c, j] += d * H[hi + c, s, j]
+            if boffs.shape[0] > 0:
+                grad[boffs[k] + r, j] += tot
+        if k > 0:
+            for s in range(nb):
+                for c in range(cols):
+                    acc = grad[0, j] - grad[0, j]
+                    for r in range(rws):
+                        d = Dn[r, s, j] if flip else D[r, s, j]
+                        acc += x[offs[k] + r * cols + c, j] * d
+                    if act != 0:
+                        acc *= _activation_d1(act, H[hi + c, s, j])
+                    if flip:
+                        D[c, s, j] = acc
+                    else:
+                        Dn[c, s, j] = acc
+            flip = not flip
+
+
+@cuda.jit(device=True)
+def _full_pass(x, dims, offs, boffs, act, code, A, Y, R, nfw, n, IDX, H, hoff, D, Dn, grad, scale, j):
+    """grad[:, j] += scale · Σ_i w_i J_i(x)ᵀ r_i over every sample: r_i the residual of x itself (``R`` with
+    no rows) or the given rows R[i] (the teacher's), weights n·w_i ``nfw`` (empty: 1)."""
+    L = dims.shape[0] - 1
+    d_out = dims[L]
+    for s0 in range(0, n, SAMPLE_BLOCK):
+        nb = min(SAMPLE_BLOCK, n - s0)
+        _forward(x, dims, offs, boffs, act, A, IDX, -s0 - 1, nb, H, hoff, j)
+        if R.shape[0] == 0:
+            _residuals(code, H, hoff[L], d_out, Y, IDX, -s0 - 1, nb, D, j)
+        else:
+            for s in range(nb):
+                for o in range(d_out):
+                    D[o, s, j] = R[s0 + s, o]
+        if nfw.shape[0] > 0:
+            for s in range(nb):
+                for o in range(d_out):
+                    D[o, s, j] *= nfw[s0 + s]
+        _backward(x, dims, offs, boffs, act, H, hoff, D, Dn, nb, grad, scale, j)
+
+
+# ------------------------------------------------------------------ the trajectory kernel
+@cuda.jit
+def layered_traj(A, Y, rt, Gt, ridge, alpha, dims, offs, boffs, act, code, gam, inv_bs, inv_n, x0, acoef, ccoef,
+                 use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b, scode, K, mom,
+                 tau, Qt, limit, X, G, Ys, GY, VEL, H, D, Dn, IDX, TAKEN, PERM, PEPOCH, saved, div, xfin):
+    """Trajectory j = the thread's index: every step of ``_kernels_layered.layered_traj`` (same arguments,
+    same order of terms), the per-trajectory arrays (…, T) passed in as scratch (module docstring)."""
+    j = cuda.grid(1)
+    T = stream_keys.shape[0]
+    if j >= T:
+        return
+    n = A.shape[0]
+    dim = x0.shape[0]
+    L = dims.shape[0] - 1
+    d_in, d_out = dims[0], dims[L]
+    R = rec_steps.shape[0]
+    E = acoef.shape[1]
+    hoff = cuda.local.array(16, np.int64)
+    hoff[0] = 0
+    for k in range(L + 1):
+        hoff[k + 1] = hoff[k] + dims[k]
+    one_layer = L == 1 and act == 0 and boffs.shape[0] == 0
+    empty = rt[:0]
+    for p in range(dim):
+        X[p, j] = x0[p]
+        VEL[p, j] = x0[p] - x0[p]
+    PEPOCH[j] = -1
+    key = stream_keys[j]
+    rec = 0
+    dead = False
+    for t in range(steps + 1):
+        if rec < R and rec_steps[rec] == t:
+            for p in range(dim):
+                saved[rec, p, j] = X[p, j]
+            rec += 1
+        if t == steps:
+            break
+        ep = min(t // K, E - 1)
+        a = acoef[j, ep]
+        c = ccoef[j, ep]
+        if snapshot and (t == 0 or (t >= snap_start and (t - snap_start) % period == 0)):
+            for p in range(dim):
+                Ys[p, j] = X[p, j]
+                GY[p, j] = X[p, j] - X[p, j]
+            _full_pass(Ys, dims, offs, boffs, act, code, A, Y, empty, nfw, n, IDX, H, hoff, D, Dn, GY, inv_n, j)
+            for p in range(dim):
+                GY[p, j] += alpha[p] * Ys[p, j]
+        bt = _batch_into(key, t, n, b, scode, K, PERM, PEPOCH, IDX, TAKEN, j)
+        inv_b = inv_bs[bt]
+        for p in range(dim):
+            G[p, j] = X[p, j] - X[p, j]
+        for j0 in range(0, bt, SAMPLE_BLOCK):
+            nb = min(SAMPLE_BLOCK, bt - j0)
+            _forward(X, dims, offs, boffs, act, A, IDX, j0, nb, H, hoff, j)
+            _residuals(code, H, hoff[L], d_out, Y, IDX, j0, nb, D, j)
+            if use_teacher and tau != 1:
+                z0 = hoff[L]
+                for s in range(nb):
+                    i = IDX[j0 + s, j]
+                    zmax = H[z0, s, j]
+                    for o in range(1, d_out):
+                        if H[z0 + o, s, j] > zmax:
+                            zmax = H[z0 + o, s, j]
+                    tot = zmax - zmax
+                    for o in range(d_out):
+                        tot += math.exp((H[z0 + o, s, j] - zmax) / tau)
+                    for o in range(d_out):
+                        pt = math.exp((H[z0 + o, s, j] - zmax) / tau) / tot
+                        D[o, s, j] = (1 - a) * D[o, s, j] + a * tau * (pt - Qt[i, o])
+            elif use_teacher:
+                for s in range(nb):
+                    i = IDX[j0 + s, j]
+                    for o in range(d_out):
+                        D[o, s, j] -= a * rt[i, o]
+            _backward(X, dims, offs, boffs, act, H, hoff, D, Dn, nb, G, gam / gam, j)
+            if snapshot:                        # −a·J_B(y)ᵀ r_B(y), through the snapshot
+                _forward(Ys, dims, offs, boffs, act, A, IDX, j0, nb, H, hoff, j)
+                _residuals(code, H, hoff[L], d_out, Y, IDX, j0, nb, D, j)
+                _backward(Ys, dims, offs, boffs, act, H, hoff, D, Dn, nb, G, -a, j)
+        if snapshot:
+            for p in range(dim):
+                G[p, j] = G[p, j] * inv_b + alpha[p] * (X[p, j] - a * Ys[p, j]) + c * GY[p, j]
+        elif use_teacher and c != 0:
+            for p in range(dim):
+                G[p, j] *= inv_b
+            if one_layer:
+                for o in range(d_out):
+                    for q in range(d_in):
+                        G[o * d_in + q, j] += c * Gt[o, q]
+            else:                               # c·Σ_i w_i J_i(x)ᵀ rθ_i, back-propagated at x
+                _full_pass(X, dims, offs, boffs, act, code, A, Y, rt, nfw, n, IDX, H, hoff, D, Dn, G, c * inv_n, j)
+            for p in range(dim):
+                G[p, j] = G[p, j] + alpha[p] * X[p, j] + (c - a) * ridge[p]
+        else:
+            for p in range(dim):
+                G[p, j] = G[p, j] * inv_b + alpha[p] * X[p, j] - a * ridge[p]
+        nx = X[0, j] - X[0, j]
+        for p in range(dim):                    # heavy ball: w ← μw + g, x ← x − γw (μ = 0: SGD)
+            w = mom * VEL[p, j] + G[p, j]
+            VEL[p, j] = w
+            xn = X[p, j] - gam * w
+            X[p, j] = xn
+            nx += xn * xn
+        if not (nx <= limit):
+            div[j] = t + 1
+            dead = True
+            break
+    for p in range(dim):
+        xfin[p, j] = X[p, j] if not dead else math.nan

@@ -1,0 +1,32 @@
+"""Compile the CUDA engine's kernel to PTX for compute capability 9.0 without a GPU (float64, float32).
+
+Run as a script by tests/test_engine_cuda.py: numba-cuda asks the current device for its compute
+capability when it compiles a device function, so the device is stood in for by one with (9, 0).
+"""
+import types
+
+import numba
+import numpy as np
+from numba.cuda import compile_ptx
+import numba.cuda.dispatcher as dispatcher
+
+dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
+
+from kdsim.engines import _kernels_cuda as K  # noqa: E402
+
+
+def args(wd):
+    """Arguments of ``layered_traj`` with the engine's types (shapes do not matter for typing)."""
+    f = lambda *s: np.zeros(s, wd)  # noqa: E731
+    i = lambda *s: np.zeros(s, np.int64)  # noqa: E731
+    return (f(10, 3), f(10, 3), f(10, 3), f(3, 3), f(20), f(20), i(3), i(3), i(0), 1, 1, wd(0.1), f(4), wd(0.1),
+            f(20), f(4, 2), f(4, 2), True, False, 5, 0, f(0), i(3), 10, np.zeros(4, np.uint64), 3, 0, 4, wd(0.0),
+            wd(1.0), f(0, 3), wd(1e30), f(20, 4), f(20, 4), f(20, 4), f(20, 4), f(20, 4), f(10, 16, 4), f(5, 16, 4),
+            f(5, 16, 4), i(3, 4), np.zeros((10, 4), np.bool_), i(10, 4), i(4), np.zeros((3, 20, 4)), i(4), f(20, 4))
+
+
+for wd in (np.float64, np.float32):
+    sig = tuple(numba.typeof(a) for a in args(wd))
+    ptx, _ = compile_ptx(K.layered_traj.py_func, sig, cc=(9, 0))
+    assert ".entry" in ptx
+    print(wd.__name__, "PTX ok")

@@ -1,0 +1,161 @@
+"""The CUDA engine (backend "cuda", kdsim.engines.cuda_gpu) against the reference engine.
+
+The kernels are numba-cuda kernels. Without a GPU, numba-cuda's simulator runs them on the CPU, but
+only when ``NUMBA_ENABLE_CUDASIM=1`` is set before numba is imported, so the tests marked ``cudasim``
+run in a separate pytest process that ``test_cudasim_tests_pass_in_their_own_process`` starts (the
+README's test command therefore runs them; ``pytest -m cudasim`` with the variable set runs them
+directly, and on a machine with a GPU they run on the device). Every kernel path is compared with the
+reference engine trajectory by trajectory (same index stream): every family of the kernel spec ×
+every estimator × every sampling scheme, momentum, temperature, a ridge without the bias, float32,
+kept iterates and divergence, at tiny sizes (the simulator runs each thread in Python). Tolerance:
+1e-9 relative in float64 (the kernels sum in another order than the reference's BLAS products).
+
+Default set, no GPU needed: a clear one-line error without CuPy or a device, and the kernel compiled
+to PTX for a real GPU (compute capability 9.0) when numba-cuda's NVVM is installed.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kdsim
+from kdsim.engines import cuda_gpu, reference
+from kdsim.problems import MLP, synthetic
+from kdsim.simulate import make_plan
+
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_helpers import assert_records_close, run_arrays  # noqa: E402
+
+HERE = Path(__file__).parent
+needs_kernels = pytest.mark.skipif(not cuda_gpu.available(),
+                                   reason="needs NUMBA_ENABLE_CUDASIM=1 (set before numba is imported) or a GPU")
+
+
+def problems():
+    r = np.random.default_rng(0)
+    A = r.standard_normal((10, 3))
+    return {
+        "least_squares": synthetic.least_squares(n=10, d=3, seed=1, l2=0.1),
+        "softmax": synthetic.softmax(n=12, d=2, n_classes=3, l2=0.1),
+        "logistic": synthetic.logistic(n=10, d=3, l2=0.1),
+        "poisson": synthetic.poisson(n=10, d=2, l2=0.1),
+        "deep_linear": synthetic.deep_linear(n=10, d_in=3, d_out=2, hidden=(2,)),
+        "deep_softmax": kdsim.DeepLinear(A, np.arange(10) % 3, hidden=(3,), loss="softmax", l2=0.1),
+        "mlp": MLP(A, np.arange(10) % 3, hidden=(4,), activation="tanh", l2=0.1),
+    }
+
+
+def teacher_of(name, p):
+    return p.default_x0() + 0.1 if name.startswith("deep") else p.solution() + 0.2
+
+
+def compare(p, theta, steps=12, **kw):
+    kw = {"batch_size": 3, "record_every": 4, "seed": 5, "svrg_period": 5, "x0": p.default_x0(), **kw}
+    plan = make_plan(p, theta, [0.0, 0.5], 0.05, steps, 2, **kw)
+    want = run_arrays(reference, p, plan)
+    got = run_arrays(cuda_gpu, p, plan)
+    assert_records_close(got, want, rtol=1e-9, scale_tol=1e-11, x_rtol=1e-9)
+    return got, want
+
+
+# ------------------------------------------------------------------ the kernels (simulator or GPU)
+@pytest.mark.cudasim
+@needs_kernels
+@pytest.mark.parametrize("name", list(problems()))
+@pytest.mark.parametrize("estimator", ["sgd", "kd", "kd_loss", "corrected", "svrg"])
+def test_every_family_and_estimator_matches_the_reference(name, estimator):
+    p = problems()[name]
+    for sampling in ("iid", "reshuffle", "shuffle_once"):
+        compare(p, teacher_of(name, p), estimator=estimator, sampling=sampling)
+
+
+@pytest.mark.cudasim
+@needs_kernels
+@pytest.mark.parametrize("kw", [dict(momentum=0.5), dict(sampling="reshuffle", momentum=0.9, drop_last=True),
+                                dict(batch_size=1), dict(batch_size=10), dict(lam_schedule="decay:0.8",
+                                                                              sampling="reshuffle")])
+def test_momentum_batch_sizes_and_schedules_match_the_reference(kw):
+    for name in ("least_squares", "mlp"):
+        p = problems()[name]
+        compare(p, teacher_of(name, p), estimator="kd", **kw)
+
+
+@pytest.mark.cudasim
+@needs_kernels
+def test_temperature_ridge_without_bias_and_teacher_outputs_match_the_reference():
+    p = problems()["mlp"]
+    compare(p, teacher_of("mlp", p), estimator="kd_loss", temperature=2.0)
+    s = synthetic.softmax(n=12, d=2, n_classes=3, l2=0.1, l2_bias=False)
+    compare(s, s.solution() + 0.2, estimator="kd", temperature=2.0)
+    from kdsim import teachers
+    wide = MLP(p.A, np.arange(10) % 3, hidden=(6,), activation="relu", l2=0.1)
+    compare(p, teachers.from_model(p, wide, wide.default_x0()).theta, estimator="kd_loss")
+
+
+@pytest.mark.cudasim
+@needs_kernels
+def test_float32_iterates_and_divergence():
+    p = problems()["softmax"]
+    theta = teacher_of("softmax", p)
+    plan = make_plan(p, theta, [0.0, 0.5], 0.05, 12, 2, batch_size=3, record_every=4, seed=5, x0=p.default_x0())
+    want = run_arrays(reference, p, plan)
+    got = run_arrays(cuda_gpu, p, plan, dtype="float32")
+    np.testing.assert_allclose(got["dist2_opt"], want["dist2_opt"], rtol=1e-4, atol=1e-6)
+    res = kdsim.simulate(p, theta, [0.5], 0.05, 8, 2, batch_size=3, record_every=4, seed=5, backend="cuda",
+                         keep_iterates=True)
+    ref = kdsim.simulate(p, theta, [0.5], 0.05, 8, 2, batch_size=3, record_every=4, seed=5, backend="numpy",
+                         keep_iterates=True)
+    np.testing.assert_allclose(res.iterates, ref.iterates, rtol=1e-9, atol=1e-12)
+    assert res.timing["engine"] == "cuda"
+    q = problems()["least_squares"]
+    plan = make_plan(q, q.solution() + 0.1, [0.0, 0.5], 10.0, 120, 2, batch_size=2, record_every=8, seed=5)
+    want = run_arrays(reference, q, plan)
+    assert (want["diverged_step"] >= 0).any()
+    assert_records_close(run_arrays(cuda_gpu, q, plan), want, rtol=1e-9, scale_tol=1e-11, x_rtol=None)
+
+
+# ------------------------------------------------------------------ default set
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="already in the simulator's process")
+@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="needs numba-cuda (the test extra)")
+def test_cudasim_tests_pass_in_their_own_process():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cudasim", "-p", "no:cacheprovider",
+                          str(HERE / "test_engine_cuda.py")], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and " failed" not in out.stdout and "skipped" not in out.stdout.split("\n")[-2]
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="the simulator does not compile")
+def test_missing_gpu_or_cupy_is_one_clear_error(monkeypatch):
+    if cuda_gpu.available():
+        pytest.skip("a usable GPU is present")
+    p = problems()["least_squares"]
+    for backend in ("cuda", "cupy"):
+        with pytest.raises((ImportError, RuntimeError)) as err:
+            kdsim.simulate(p, p.solution(), [0.5], 0.05, 5, 2, backend=backend)
+        text = str(err.value)
+        assert "\n" not in text and "backend 'cuda'" in text and ("pip install kdsim[gpu]" in text or "device" in text)
+
+
+def _nvvm_available():
+    try:
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+        return True
+    except Exception:  # noqa: BLE001 - NVVM missing or unusable: the compile test skips
+        return False
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="the simulator does not compile")
+def test_kernel_compiles_to_ptx_for_a_gpu():
+    """The simulator runs Python; this compiles the kernel for a real device (sm_90, both dtypes), so code
+    the simulator accepts but CUDA does not (allocation, numpy calls, mixed integer types) fails here."""
+    if importlib.util.find_spec("numba_cuda") is None or not _nvvm_available():
+        pytest.skip("needs numba-cuda with NVVM (pip install 'numba-cuda[cu13]')")
+    code = HERE / "cuda_ptx_compile.py"
+    out = subprocess.run([sys.executable, str(code)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.count("PTX ok") == 2, out.stdout + out.stderr[-3000:]
