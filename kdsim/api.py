@@ -4,7 +4,9 @@
   ``LambdaCurve``: a tidy frame with one row per λ (mean and interval of a record at the
   end of the run or on its plateau), the empirical optimum λ_emp with a paired bootstrap
   interval over seeds, and every theoretical weight of docs/theory.md §6 (λ̂, λ*_T1, λ*_T2,
-  λ*_published, and the exact λ_opt of §5 on least squares).
+  λ*_published, and the exact λ_opt of §5 on least squares); ``LambdaCurve.variants_table()``
+  lists every variant of ``theory.lambda_variants`` (the RR epoch-end optimum of §5.2 included)
+  beside the empirical optimum: in its interval or not, and by how much it misses.
 * ``plot_lambda_curve`` draws it (``LambdaCurve.plot`` is the same).
 * ``paired_comparison`` compares two λ of one run (e.g. KD against SGD, λ = 0) seed by
   seed: the ratio and the difference of the means, with a paired bootstrap interval.
@@ -20,6 +22,7 @@ Example
 ...                            seeds=200, at="plateau")                  # doctest: +SKIP
 >>> curve.frame                      # lam, mean, ci_low, ci_high, sem, n_seeds, n_diverged   # doctest: +SKIP
 >>> curve.empirical, curve.theory    # λ_emp with its interval; {name: (value, source)}      # doctest: +SKIP
+>>> curve.variants_table()           # every variant: value, source, in_ci, error, gap        # doctest: +SKIP
 >>> curve.plot()                     # matplotlib Axes                                        # doctest: +SKIP
 """
 from __future__ import annotations
@@ -36,7 +39,8 @@ from .results import RECORD_LABELS, SimResult, SimSummary, check_at, check_recor
 from .simulate import simulate
 from .teachers import Teacher
 
-__all__ = ["LambdaCurve", "PairedComparison", "lambda_curve", "paired_comparison", "plot_lambda_curve"]
+__all__ = ["LambdaCurve", "PairedComparison", "lambda_curve", "paired_comparison", "plot_lambda_curve",
+           "rr_moments_from_run"]
 
 #: display names of the theoretical weights (keys of ``theory.all_lambdas``)
 THEORY_LABELS = {
@@ -98,6 +102,10 @@ class LambdaCurve:
         Caveats: the optimum at the grid's edge, divergence, variants that do not apply.
     result : SimResult
         The simulation itself (every record of every seed).
+    variants : kdsim.theory.LambdaVariants or None
+        Every variant of ``theory.lambda_variants`` (``theory``'s five and the RR epoch-end
+        optimum of §5.2: exact for n ≤ 7, else from the run's own λ = 0 records when the run
+        reshuffles, starts at x* and has λ = 0 in its grid); see ``variants_table``.
     """
 
     frame: pd.DataFrame
@@ -112,6 +120,7 @@ class LambdaCurve:
     teacher: str | None
     notes: list = field(default_factory=list)
     result: SimResult | None = None
+    variants: object = None
 
     def theory_frame(self):
         """One row per theoretical weight: name, label, value, source, and whether it lies in
@@ -120,6 +129,33 @@ class LambdaCurve:
         rows = [{"name": k, "label": THEORY_LABELS.get(k, k), "value": v, "source": s,
                  "in_ci": bool(np.isfinite(v) and lo <= v <= hi)} for k, (v, s) in self.theory.items()]
         return pd.DataFrame(rows, columns=["name", "label", "value", "source", "in_ci"])
+
+    def variants_table(self):
+        """Every theoretical weight beside the empirical optimum λ_emp and its interval [lo, hi].
+
+        One row per variant (``variants`` when the curve has them, else ``theory``): ``name``,
+        ``label``, ``value``, ``source``, ``lambda_emp``, ``ci_low``, ``ci_high``, ``in_ci``
+        (lo ≤ value ≤ hi; False for NaN), ``error`` = value − λ_emp, ``gap`` = the distance from
+        the value to the interval (0 inside, NaN when either is NaN) and ``note``. A variant
+        outside the interval is a finding about that formula, not an error of the table.
+        """
+        e = self.empirical
+        lo, hi = e.ci_low, e.ci_high
+        if self.variants is not None:
+            items = [(v.name, v.label, v.value, v.source, v.note) for v in self.variants]
+        else:
+            items = [(k, THEORY_LABELS.get(k, k), v, src, "") for k, (v, src) in self.theory.items()]
+        rows = []
+        for name, label, value, source, note in items:
+            ok = bool(np.isfinite(value) and np.isfinite(lo) and np.isfinite(hi))
+            gap = max(lo - value, value - hi, 0.0) if ok else float("nan")
+            rows.append({"name": name, "label": label, "value": value, "source": source, "lambda_emp": e.lam,
+                         "ci_low": lo, "ci_high": hi, "in_ci": bool(ok and lo <= value <= hi),
+                         "error": value - e.lam, "gap": gap, "note": note})
+        cols = ["name", "label", "value", "source", "lambda_emp", "ci_low", "ci_high", "in_ci", "error", "gap", "note"]
+        out = pd.DataFrame(rows, columns=cols)
+        out.attrs.update(level=self.level, step=self.step, batch_size=self.batch_size, record=self.record, at=self.at)
+        return out
 
     def plot(self, ax=None, logy=False):
         """The curve with its band and the optimum markers (see ``plot_lambda_curve``)."""
@@ -218,15 +254,16 @@ def lambda_curve(problem, theta, lams, step, steps, seeds, batch_size=1, estimat
         notes.append("the theoretical weights assume i.i.d. minibatches, no momentum, a constant λ and τ = 1; this "
                      f"run used {', '.join(f'{k}={v}' for k, v in setup.items())} (docs/theory.md §5.2: under "
                      "reshuffling the optimum is (M − c)/(M + D² − 2c))")
-    variants = _theory_lambdas(problem, res.config, theta, float(step), int(res.config.get("batch_size", batch_size)),
-                               estimator, record, notes)
+    b_run = int(res.config.get("batch_size", batch_size))
+    variants = _theory_lambdas(problem, res.config, theta, float(step), b_run, estimator, record, notes)
+    every = _all_variants(problem, res, theta, float(step), b_run, estimator, at, tail_fraction, simulate_kwargs, notes)
     frame.attrs.update({"record": record, "at": at, "level": float(level), "lambda_emp": empirical.lam,
                         "lambda_emp_ci": (empirical.ci_low, empirical.ci_high),
                         "theory": {k: v for k, (v, _) in variants.items()}})
     return LambdaCurve(frame=frame, empirical=empirical, theory=variants, record=record, at=at, level=float(level),
-                       step=float(step), batch_size=int(res.config.get("batch_size", batch_size)),
+                       step=float(step), batch_size=b_run,
                        estimator=str(res.config.get("estimator", estimator)), teacher=teacher, notes=notes,
-                       result=res)
+                       result=res, variants=every)
 
 
 def _empirical_optimum(lams, per, level, n_boot, notes):
@@ -286,6 +323,53 @@ def _theory_lambdas(problem, config, theta, step, batch_size, estimator, record,
     return out
 
 
+def rr_moments_from_run(result, problem, theta, at="final", tail_fraction=0.5):
+    """(M, c) of docs/theory.md §5.2 from the λ = 0 records of a least-squares run started at x*.
+
+    At λ = 0 the iterate is x* + z_t, so per seed M = ‖z‖² (record "dist2_opt") and
+    ⟨θ − x*, z⟩ = (‖z‖² + D² − ‖x − θ‖²)/2 (with "dist2_teacher"), each at the final step or as
+    the plateau mean (``SimResult.per_seed``); returns their means over the seeds that did not
+    diverge. The caller must make sure the run started at x* and that λ = 0 is one of its λ.
+    """
+    lams = np.asarray(result.lams, dtype=np.float64)
+    k = _lam_index(lams, 0.0, "λ = 0")
+    theta = getattr(theta, "theta", theta)
+    D2 = float(np.sum((np.asarray(theta, dtype=np.float64) - problem.solution()) ** 2))
+    z2 = result.per_seed("dist2_opt", at, tail_fraction)[k]
+    to_teacher = result.per_seed("dist2_teacher", at, tail_fraction)[k]
+    ok = np.isfinite(z2) & np.isfinite(to_teacher)
+    if not ok.any():
+        raise ValueError("every seed diverged at λ = 0")
+    return float(z2[ok].mean()), float(np.mean(0.5 * (z2[ok] + D2 - to_teacher[ok])))
+
+
+def _all_variants(problem, res, theta, step, batch_size, estimator, at, tail_fraction, simulate_kwargs, notes):
+    """theory.lambda_variants for the run (RR moments from its λ = 0 records where they apply); None on failure."""
+    cfg = res.config
+    sampling = cfg.get("sampling", "iid")
+    rr = None
+    if (isinstance(problem, LeastSquares) and sampling in ("reshuffle", "shuffle_once") and estimator == "kd"
+            and not cfg.get("lam_schedule") and cfg.get("teacher_l2") is None):
+        x0 = simulate_kwargs.get("x0")
+        started_at_opt = x0 is not None and np.allclose(np.asarray(x0, dtype=np.float64), problem.solution(),
+                                                        rtol=0.0, atol=1e-12)
+        has_zero = bool(np.any(np.isclose(res.lams, 0.0, rtol=0.0, atol=1e-12)))
+        if started_at_opt and has_zero:
+            rr = rr_moments_from_run(res, problem, theta, at, tail_fraction)
+            notes.append("the RR optimum (M − c)/(M + D² − 2c) uses M and c from this run's λ = 0 records "
+                         f"(Monte Carlo, at={at!r})")
+        elif problem.n > 7:
+            notes.append("the RR optimum (M − c)/(M + D² − 2c) needs the λ = 0 run started at x* "
+                         "(x0=problem.solution() and 0 in the λ grid)")
+    term = "data" if estimator == "kd_loss" else "f"
+    try:
+        return theory.lambda_variants(problem, theta, step, batch_size, rr_moments=rr, teacher_term=term,
+                                      sampling=sampling if sampling in ("reshuffle", "shuffle_once") else "reshuffle")
+    except (ValueError, TypeError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        notes.append(f"no variants table: theory.lambda_variants failed ({exc})")
+        return None
+
+
 def plot_lambda_curve(curve, ax=None, logy=False):
     """Draw a ``LambdaCurve``: the mean with its interval band against λ, the empirical
     optimum with its interval, and one vertical line per theoretical weight.
@@ -326,8 +410,11 @@ def plot_lambda_curve(curve, ax=None, logy=False):
     lo_vis, hi_vis = lam.min() - 0.25 * span, lam.max() + 0.25 * span
     colours = plt.get_cmap("tab10")(np.arange(10))
     styles = ("--", "-.", ":", (0, (5, 2, 1, 2)), (0, (1, 1)))
-    for k, (name, (value, _)) in enumerate(curve.theory.items()):
-        label = THEORY_LABELS.get(name, name)
+    marks = [(name, THEORY_LABELS.get(name, name), value) for name, (value, _) in curve.theory.items()]
+    if curve.variants is not None:     # the variants that ``theory`` lacks (the RR epoch-end optimum), where known
+        marks += [(v.name, v.label, v.value) for v in curve.variants
+                  if v.name not in curve.theory and np.isfinite(v.value)]
+    for k, (name, label, value) in enumerate(marks):
         colour, style = colours[(k + 1) % 10], styles[k % len(styles)]
         if not np.isfinite(value):
             ax.plot([], [], " ", label=f"{label}: n/a")

@@ -6,7 +6,8 @@
   ``sgd_bound`` → ``Bound`` (``curve``, ``neighbourhood``, ``gamma_max``, ``status``).
 * ``lambdas`` (§6): ``lambda_hat``, ``lambda_star_t1``,
   ``lambda_star_t2``, ``lambda_star_published``, ``lambda_opt``; ``all_lambdas``
-  collects them (``lambda_opt`` when given a least-squares ``problem``).
+  collects them (``lambda_opt`` when given a least-squares ``problem``); ``lambda_variants``
+  gives every variant for (problem, θ, γ, b) in one call, the RR epoch-end optimum included.
 * ``exact_ls`` (§5): ``exact_moments``, ``mse_sgd``,
   ``stationary_error``, ``largest_stable_step``, ``spectral_radius``.
 * ``deep_linear_flow`` (§7): mode curves and predicted maps.
@@ -25,18 +26,19 @@ from .deep_linear_flow import (balanced_aligned_init, kd_mode_targets, mode_stre
                                predicted_trajectory, whitened_instance)
 from .exact_ls import (ExactMoments, exact_moments, largest_stable_step, mse_sgd, spectral_radius, stationary_error,
                        stationary_error_from, step_stability)
-from .lambdas import (all_lambdas, lambda_hat, lambda_opt, lambda_opt_from, lambda_star_published, lambda_star_t1,
-                      lambda_star_t2)
+from .lambdas import (LambdaVariants, Variant, all_lambdas, lambda_hat, lambda_opt, lambda_opt_from,
+                      lambda_star_published, lambda_star_t1, lambda_star_t2, lambda_variants)
 from .sampling import batch_inner, batch_outer, batch_sq_norm, inclusion_probabilities, omega
 
 constants = _constants_fn
 del _constants_fn
 
 __all__ = [
-    "Bound", "Constants", "ExactMoments", "NotApplicableError", "all_bounds", "all_lambdas",
+    "Bound", "Constants", "ExactMoments", "LambdaVariants", "NotApplicableError", "Variant", "all_bounds", "all_lambdas",
     "balanced_aligned_init", "batch_inner", "batch_outer", "batch_sq_norm", "constants",
     "exact_moments", "expected_smoothness", "inclusion_probabilities", "kd_mode_targets",
     "lambda_hat", "lambda_opt", "lambda_opt_from", "lambda_star_published", "lambda_star_t1", "lambda_star_t2",
+    "lambda_variants",
     "largest_stable_step", "mode_strength", "mse_sgd", "mu_path", "omega", "pl_path",
     "predicted_map", "predicted_trajectory", "sgd_bound", "spectral_radius", "stationary_error", "stationary_error_from", "step_stability",
     "t1", "t1_prime", "t2", "whitened_instance", "x_lambda",
