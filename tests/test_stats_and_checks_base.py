@@ -57,7 +57,10 @@ def test_make_row(emp, theo, rel, tol, lo, hi, want):
 def test_ratio_and_result():
     assert make_row(1, "i", "q", 2e-11, 0.0, "≤", 1e-10)["ratio"] == pytest.approx(0.2)
     assert make_row(1, "i", "q", 3.0, 2.0, "≤")["ratio"] == 1.5
-    assert make_row(1, "i", "q", 0.25, 0.0, "≥")["ratio"] == 0.25     # sign comparison: the value itself
+    assert np.isnan(make_row(1, "i", "q", 0.25, 0.0, "≥")["ratio"])   # sign comparison: no ratio (blank)
+    r = CheckResult(1, "n", "s")
+    r.rows.append(make_row(1, "i", "q", 0.25, 0.0, "≥"))
+    assert " nan" not in r.table() and "2.500e-01" in r.table()
     with pytest.raises(ValueError, match="relation"):
         make_row(1, "i", "q", 1.0, 1.0, "<")
     res = CheckResult(1, "x", "s", rows=[make_row(1, "i", "q", 1.0, 2.0, "≤")])

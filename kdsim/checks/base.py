@@ -9,7 +9,8 @@ relation, tolerance, passed.
   confidence limit must reach it).
 * ``ratio`` is empirical / theoretical; when the theoretical value is 0 (an
   identity), it is empirical / tolerance, the fraction of the tolerance used; when
-  both are 0 (a sign comparison such as "difference ≥ 0"), the empirical value itself.
+  both are 0 (a sign comparison such as "difference ≥ 0") no ratio means anything and
+  it is blank (NaN).
 * Deterministic quantities have ci_low = ci_high = empirical.
 
 Simulate, then judge. A check runs its simulations through ``simulate`` (``kdsim.simulate``)
@@ -26,6 +27,7 @@ import contextvars
 import functools
 import hashlib
 import inspect
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -58,7 +60,7 @@ def make_row(claim, instance, quantity, empirical, theoretical, relation, tolera
     elif tol > 0.0:
         ratio = emp / tol
     else:
-        ratio = emp
+        ratio = math.nan
     passed = bool(passed and np.isfinite(emp) and np.isfinite(lo) and np.isfinite(hi))
     return {"claim": int(claim), "instance": str(instance), "quantity": str(quantity),
             "empirical": emp, "ci_low": lo, "ci_high": hi, "theoretical": theo, "ratio": float(ratio),
@@ -88,7 +90,8 @@ class CheckResult:
     def table(self):
         """Plain-text table for the terminal."""
         f = self.frame()
-        fmt = {c: "{:.3e}".format for c in ("empirical", "ci_low", "ci_high", "theoretical", "ratio", "tolerance")}
+        fmt = {c: "{:.3e}".format for c in ("empirical", "ci_low", "ci_high", "theoretical", "tolerance")}
+        fmt["ratio"] = lambda v: "" if math.isnan(v) else f"{v:.3e}"
         return f.to_string(index=False, formatters=fmt)
 
     def verdict(self):

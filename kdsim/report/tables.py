@@ -256,7 +256,9 @@ def _markdown(frame):
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame.iterrows():
         # a "|" inside a cell (|MC − exact| / SE) is escaped, or it would split the cell
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", r"\|") for v in row]
+        # a NaN (a ratio that means nothing) is a blank cell
+        cells = [("" if math.isnan(v) else f"{v:.4g}") if isinstance(v, float) else str(v).replace("|", r"\|")
+                 for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
