@@ -25,8 +25,17 @@ def args(wd):
             f(5, 16, 4), i(3, 4), np.zeros((10, 4), np.bool_), i(10, 4), i(4), np.zeros((3, 20, 4)), i(4), f(20, 4))
 
 
+#: a compiler library that is not installed (NVVM, NVRTC): the test skips, it cannot fail on them
+MISSING = ("No such file", "cannot be found", "could not be found", "libnvvm", "libnvrtc", "NVVM not")
+
 for wd in (np.float64, np.float32):
     sig = tuple(numba.typeof(a) for a in args(wd))
-    ptx, _ = compile_ptx(K.layered_traj.py_func, sig, cc=(9, 0))
+    try:
+        ptx, _ = compile_ptx(K.layered_traj.py_func, sig, cc=(9, 0))
+    except Exception as exc:  # noqa: BLE001 - decided below: a missing library skips, anything else fails
+        if any(m in str(exc) for m in MISSING):
+            print("SKIP", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise SystemExit(0)
+        raise
     assert ".entry" in ptx
     print(wd.__name__, "PTX ok")

@@ -158,4 +158,6 @@ def test_kernel_compiles_to_ptx_for_a_gpu():
         pytest.skip("needs numba-cuda with NVVM (pip install 'numba-cuda[cu13]')")
     code = HERE / "cuda_ptx_compile.py"
     out = subprocess.run([sys.executable, str(code)], capture_output=True, text=True, timeout=600)
+    if out.returncode == 0 and out.stdout.startswith("SKIP"):
+        pytest.skip("a CUDA compiler library is missing: " + out.stdout[5:].strip())
     assert out.returncode == 0 and out.stdout.count("PTX ok") == 2, out.stdout + out.stderr[-3000:]

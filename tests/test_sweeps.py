@@ -124,7 +124,7 @@ BAD_SPECS = {
                           r"unknown value 'adam'; valid values: 'sgd', 'kd'"),
     "unknown teacher key": ("[[teachers]]\nkind='at_distance'\nradius=1.0\n",
                             r"unknown key 'radius'; valid keys: kind, r, seed"),
-    "bad backend": ("[sweep]\nbackend='cuda'\n", r"\[sweep\] backend: unknown value 'cuda'"),
+    "bad backend": ("[sweep]\nbackend='tpu'\n", r"\[sweep\] backend: unknown value 'tpu'"),
 }
 
 
