@@ -16,6 +16,11 @@ import); float32 runs keep the iterate arithmetic in float32 and evaluate the
 records in float64. Compilation (``jit(...).lower(...).compile()``) is timed
 separately (``compile_s``) and excluded from ``run_s``.
 
+MLPs (``kdsim.MLP``): the step is a forward pass of the minibatch (biases, hidden
+activation), the combined output residual and back-propagation through the student's
+layers, written out as for deep linear nets (no ``jax.grad``: the update is kdsim's
+estimator, not the gradient of one loss); the records take a forward pass of every sample.
+
 ``available()`` says whether JAX imports; ``build(problem, plan, dtype)`` returns a
 ``Compiled`` (inputs on the device, compiled executable); ``Compiled.run()`` returns
 the arrays of kdsim's engines plus ``timing``; ``run(problem, plan, dtype)`` does both.
@@ -72,6 +77,44 @@ def _functions(spec):
     def layers(x):
         return [x[offs[k]:offs[k + 1]].reshape(dims[k + 1], dims[k]) for k in range(depth)]
 
+    mlp = spec.kind == "mlp"
+    bo = [int(o) for o in spec.bias_offsets] if mlp and spec.biases else None
+
+    def biases(x):
+        return [None] * depth if bo is None else [x[bo[k]:bo[k + 1]] for k in range(depth)]
+
+    def act(Z):
+        if spec.activation == "relu":
+            return jnp.maximum(Z, 0.0)
+        if spec.activation == "sigmoid":
+            E = jnp.exp(-jnp.abs(Z))
+            return jnp.where(Z >= 0, 1.0 / (1.0 + E), E / (1.0 + E))
+        if spec.activation == "tanh":
+            return jnp.tanh(Z)
+        return Z
+
+    def act_d1(H):
+        if spec.activation == "relu":
+            return (H > 0).astype(H.dtype)
+        if spec.activation == "sigmoid":
+            return H * (1.0 - H)
+        if spec.activation == "tanh":
+            return 1.0 - H * H
+        return jnp.ones_like(H)
+
+    def mlp_forward(x, H):
+        """Layer inputs hs (hs[0] = H) and the outputs of the rows of H."""
+        Ws, bs = layers(x), biases(x)
+        hs = [H]
+        for k in range(depth):
+            Z = H @ Ws[k].T
+            if bs[k] is not None:
+                Z = Z + bs[k]
+            if k == depth - 1:
+                return Ws, hs, Z
+            H = act(Z)
+            hs.append(H)
+
     def residual(D, Z, idx, a):
         if spec.loss == "squared":
             R = Z - D["Y"][idx]
@@ -87,6 +130,16 @@ def _functions(spec):
         if ls:
             r = residual(D, (Ab @ x)[:, None], idx, a)[:, 0]     # (b,)
             G = Ab.T @ r
+        elif mlp:
+            Ws, hs, Z = mlp_forward(x, Ab)
+            delta = residual(D, Z, idx, a)
+            blocks, bias_blocks = [None] * depth, [None] * depth
+            for k in range(depth - 1, -1, -1):
+                blocks[k] = (delta.T @ hs[k]).reshape(-1)
+                bias_blocks[k] = delta.sum(axis=0)
+                if k > 0:
+                    delta = (delta @ Ws[k]) * act_d1(hs[k])
+            G = jnp.concatenate(blocks + (bias_blocks if bo is not None else []))
         elif depth == 1:
             W = x.reshape(d_out, d_in)
             G = (residual(D, Ab @ W.T, idx, a).T @ Ab).reshape(-1)
@@ -119,8 +172,24 @@ def _functions(spec):
             G = G + ((-a) if depth == 1 else (c - a)) * D["ridge"]
         return x - gam * G
 
+    def mlp_record(R64, x):
+        Z = mlp_forward(x, R64["A"])[2]                          # (n, d_out)
+        C = Z.reshape(-1) / np.sqrt(spec.n) if spec.function_space else x
+        e = C - R64["xstar"]
+        w = C - R64["theta"]
+        if spec.loss == "squared":
+            Rz = Z - R64["Y"]
+            loss = 0.5 * jnp.sum(Rz * Rz) / spec.n
+        else:
+            zmax = Z.max(axis=1, keepdims=True)
+            lse = zmax[:, 0] + jnp.log(jnp.exp(Z - zmax).sum(axis=1))
+            loss = (lse.sum() - jnp.sum(Z * R64["Y"])) / spec.n
+        return jnp.stack([e @ e, loss + 0.5 * alpha * (x @ x) - spec.f_star, w @ w])
+
     def record(R64, x):
         x = x.astype(jnp.float64)
+        if mlp:
+            return mlp_record(R64, x)
         if ls:
             C = x
         elif spec.kind == "softmax":

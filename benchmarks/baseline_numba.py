@@ -10,9 +10,10 @@ minibatches are kdsim's, drawn in the kernel with ``kdsim.rng``'s numba twins
 (``step_key_nb``, ``minibatch_into_nb``); the fast-math flags are kdsim's (no
 nnan/ninf, so the divergence guard stays).
 
-Families: one-layer models (least squares, softmax regression) and deep linear
-networks whose layers are all square of one width (W4); other shapes raise
-``NotImplementedError``. ``run(problem, plan, dtype)`` returns the arrays of kdsim's
+Families: one-layer models (least squares, softmax regression), deep linear
+networks whose layers are all square of one width (W4) and MLPs with one hidden layer
+(W5: W_1, b_1, W_2, b_2 as 2-D/1-D arrays, the hidden activation by code, biases
+optional); other shapes raise ``NotImplementedError``. ``run(problem, plan, dtype)`` returns the arrays of kdsim's
 engines plus ``timing`` (``compile_s`` of the first call in the process, ``run_s``).
 """
 from __future__ import annotations
@@ -55,6 +56,33 @@ def _residual_rows(Z, Y, rt, idx, a, use_teacher, softmax, inv_b):
                 Z[j, k] -= a * rt[i, k]
         for k in range(m):
             Z[j, k] *= inv_b
+
+
+@njit(cache=True, inline="always")
+def _act(act, z):
+    """σ(z): 0 identity, 1 ReLU, 2 sigmoid, 3 tanh."""
+    if act == 1:
+        return z if z > 0 else z - z
+    if act == 2:
+        if z >= 0:
+            return 1.0 / (1.0 + np.exp(-z))
+        e = np.exp(z)
+        return e / (1.0 + e)
+    if act == 3:
+        return np.tanh(z)
+    return z
+
+
+@njit(cache=True, inline="always")
+def _act_d1(act, h):
+    """σ'(z) from h = σ(z) (ReLU: 1 where h > 0)."""
+    if act == 1:
+        return h - h + 1 if h > 0 else h - h
+    if act == 2:
+        return h * (1 - h)
+    if act == 3:
+        return 1 - h * h
+    return h - h + 1
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -320,6 +348,191 @@ def deep_square(A, Y, rt, Gt, ridge, alpha, gam, inv_b, x0, acoef, ccoef, keys, 
                 for q in range(h):
                     xfin[j, l * h * h + r * h + q] = W[l, r, q]
 
+@njit(cache=True, fastmath=FASTMATH)
+def _mlp_records(W1, b1, W2, b2, x2, act, softmax, function_space, xstar, theta, A64, Y64, alpha, f_star, out):
+    """dist2_opt, subopt, dist2_teacher of a one-hidden-layer MLP (float64 copies) into out[0:3].
+
+    Distances between parameters (x = W_1, W_2, b_1, b_2 flattened) or, with ``function_space``,
+    between the outputs on every sample stacked and scaled by 1/√n; ``x2`` is ‖x‖²."""
+    n, d = A64.shape
+    h = W1.shape[0]
+    m = W2.shape[0]
+    u = np.empty(h)
+    z = np.empty(m)
+    rn = 1.0 / np.sqrt(n)
+    tot = 0.0
+    d1 = 0.0
+    d3 = 0.0
+    for i in range(n):
+        for r in range(h):
+            acc = b1[r]
+            for q in range(d):
+                acc += W1[r, q] * A64[i, q]
+            u[r] = _act(act, acc)
+        for k in range(m):
+            acc = b2[k]
+            for r in range(h):
+                acc += W2[k, r] * u[r]
+            z[k] = acc
+        if function_space:
+            for k in range(m):
+                e = z[k] * rn - xstar[i * m + k]
+                w = z[k] * rn - theta[i * m + k]
+                d1 += e * e
+                d3 += w * w
+        if softmax:
+            zmax = z[0]
+            for k in range(1, m):
+                if z[k] > zmax:
+                    zmax = z[k]
+            s = 0.0
+            zy = 0.0
+            for k in range(m):
+                s += np.exp(z[k] - zmax)
+                zy += z[k] * Y64[i, k]
+            tot += zmax + np.log(s) - zy
+        else:
+            for k in range(m):
+                r2 = z[k] - Y64[i, k]
+                tot += 0.5 * r2 * r2
+    if not function_space:
+        p = 0
+        for blk in (W1.ravel(), W2.ravel(), b1, b2):
+            for q in range(blk.shape[0]):
+                if p >= xstar.shape[0]:                  # no biases: b1, b2 are zeros outside x
+                    break
+                e = blk[q] - xstar[p]
+                w = blk[q] - theta[p]
+                d1 += e * e
+                d3 += w * w
+                p += 1
+    out[0] = d1
+    out[1] = tot / n + 0.5 * alpha * x2 - f_star
+    out[2] = d3
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def mlp_one_hidden(A, Y, rt, ridge, alpha, gam, inv_b, x0, acoef, ccoef, keys, b, steps, rec_steps, softmax,
+                   use_teacher, limit, h, act, has_bias, function_space, xstar, theta, A64, Y64, alpha64, f_star, out,
+                   div, xfin):
+    """MLPs d → h → m (one hidden layer, activation ``act``, biases when ``has_bias``); x = W_1 (h, d),
+    W_2 (m, h), then b_1, b_2 (kdsim's layout). One trajectory per prange iteration. ``ccoef`` is
+    unused (no corrected KD for MLPs: ``common.prepare`` refuses it)."""
+    n, d = A.shape
+    m = Y.shape[1]
+    o2 = h * d
+    ob = o2 + m * h
+    T = keys.shape[0]
+    R = rec_steps.shape[0]
+    dim = x0.shape[0]
+    for j in prange(T):
+        W1 = x0[:o2].reshape(h, d).copy()
+        W2 = x0[o2:ob].reshape(m, h).copy()
+        b1 = np.zeros(h, dtype=x0.dtype)
+        b2 = np.zeros(m, dtype=x0.dtype)
+        if has_bias:
+            b1[:] = x0[ob:ob + h]
+            b2[:] = x0[ob + h:ob + h + m]
+        R1 = ridge[:o2].reshape(h, d)
+        R2 = ridge[o2:ob].reshape(m, h)
+        Rb1 = np.zeros(h, dtype=x0.dtype)
+        Rb2 = np.zeros(m, dtype=x0.dtype)
+        if has_bias:
+            Rb1[:] = ridge[ob:ob + h]
+            Rb2[:] = ridge[ob + h:ob + h + m]
+        G1 = np.empty_like(W1)
+        G2 = np.empty_like(W2)
+        Gb1 = np.empty_like(b1)
+        Gb2 = np.empty_like(b2)
+        U = np.empty((b, h), dtype=x0.dtype)             # hidden activations of the minibatch
+        Z = np.empty((b, m), dtype=x0.dtype)             # logits, then the scaled residuals
+        idx = np.empty(b, dtype=np.int64)
+        taken = np.zeros(n, dtype=np.bool_)
+        a = acoef[j]
+        rec = 0
+        for t in range(steps + 1):
+            if rec < R and rec_steps[rec] == t:
+                x2 = 0.0
+                for blk in (W1.ravel(), W2.ravel(), b1, b2):
+                    for q in range(blk.shape[0]):
+                        x2 += np.float64(blk[q]) * np.float64(blk[q])
+                _mlp_records(W1.astype(np.float64), b1.astype(np.float64), W2.astype(np.float64),
+                             b2.astype(np.float64), x2, act, softmax, function_space, xstar, theta, A64, Y64,
+                             alpha64, f_star, out[j, rec])
+                rec += 1
+            if t == steps:
+                break
+            minibatch_into_nb(step_key_nb(keys[j], t), n, b, idx, taken)
+            for jj in range(b):
+                i = idx[jj]
+                for r in range(h):
+                    acc = b1[r]
+                    for q in range(d):
+                        acc += W1[r, q] * A[i, q]
+                    U[jj, r] = _act(act, acc)
+                for k in range(m):
+                    acc = b2[k]
+                    for r in range(h):
+                        acc += W2[k, r] * U[jj, r]
+                    Z[jj, k] = acc
+            _residual_rows(Z, Y, rt, idx, a, use_teacher, softmax, inv_b)
+            for r in range(h):
+                Gb1[r] = alpha * b1[r] - a * Rb1[r]
+                for q in range(d):
+                    G1[r, q] = alpha * W1[r, q] - a * R1[r, q]
+            for k in range(m):
+                Gb2[k] = alpha * b2[k] - a * Rb2[k]
+                for r in range(h):
+                    G2[k, r] = alpha * W2[k, r] - a * R2[k, r]
+            for jj in range(b):
+                i = idx[jj]
+                for k in range(m):
+                    zk = Z[jj, k]
+                    Gb2[k] += zk
+                    for r in range(h):
+                        G2[k, r] += zk * U[jj, r]
+                for r in range(h):
+                    dl = Z[jj, 0] - Z[jj, 0]
+                    for k in range(m):
+                        dl += Z[jj, k] * W2[k, r]
+                    dl *= _act_d1(act, U[jj, r])
+                    Gb1[r] += dl
+                    for q in range(d):
+                        G1[r, q] += dl * A[i, q]
+            nx = W1[0, 0] - W1[0, 0]
+            for r in range(h):
+                for q in range(d):
+                    w = W1[r, q] - gam * G1[r, q]
+                    W1[r, q] = w
+                    nx += w * w
+            for k in range(m):
+                for r in range(h):
+                    w = W2[k, r] - gam * G2[k, r]
+                    W2[k, r] = w
+                    nx += w * w
+            if has_bias:
+                for r in range(h):
+                    w = b1[r] - gam * Gb1[r]
+                    b1[r] = w
+                    nx += w * w
+                for k in range(m):
+                    w = b2[k] - gam * Gb2[k]
+                    b2[k] = w
+                    nx += w * w
+            if not (nx <= limit):
+                div[j] = t + 1
+                W1[:, :] = np.nan
+                W2[:, :] = np.nan
+                b1[:] = np.nan
+                b2[:] = np.nan
+                break
+        p = 0
+        for blk in (W1.ravel(), W2.ravel(), b1, b2):
+            for q in range(blk.shape[0]):
+                if p < dim:
+                    xfin[j, p] = blk[q]
+                p += 1
+
 
 def _inputs(problem, plan, dtype):
     spec = prepare(problem, plan, dtype)
@@ -341,6 +554,15 @@ def _inputs(problem, plan, dtype):
     R = len(spec.record_steps)
     bufs = dict(out=np.full((T, R, 3), np.nan), div=np.full(T, -1, dtype=np.int64),
                 xfin=np.empty((T, spec.dim), dtype=wd))
+    if spec.kind == "mlp":
+        if spec.depth != 2:
+            raise NotImplementedError(f"the plain numba baseline handles MLPs with one hidden layer; got widths "
+                                      f"{spec.layers}")
+        from kdsim.kernelspec import ACTIVATION_CODES     # the codes only: 0 identity, 1 relu, 2 sigmoid, 3 tanh
+        args = dict(common, ridge=c(spec.ridge, dtype=wd), x0=c(spec.x0, dtype=wd), h=spec.layers[1],
+                    act=ACTIVATION_CODES[spec.activation], has_bias=spec.biases,
+                    function_space=spec.function_space, **bufs)
+        return spec, mlp_one_hidden, args
     if spec.depth == 1:
         m, d = spec.layers[1], spec.layers[0]
         kind = 0 if spec.kind == "least_squares" else 1

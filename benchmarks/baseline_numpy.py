@@ -8,6 +8,10 @@ inside the timed loop (kdsim's kernels draw theirs inside too). Under common ran
 numbers each seed's minibatch rows are gathered once and broadcast over the λ grid
 (the only use the baseline makes of common random numbers; no affine-in-λ form).
 Iterate arithmetic in float64 or float32; records in float64 from the iterate.
+MLPs (``kdsim.MLP``): a forward pass of the minibatch layer by layer (biases, hidden
+activation), the combined output residual r_i(x) − a·rt_i, and back-propagation through
+the student's layers (σ'(z) from the saved activations; ReLU: 1 where h > 0); records
+from a forward pass of every sample.
 
 ``run(problem, plan, dtype)`` returns the arrays of kdsim's engines (``dist2_opt``,
 ``subopt``, ``dist2_teacher`` (L, S, R), ``diverged_step`` (L, S), ``x_final``
@@ -24,6 +28,31 @@ from .common import RECORDS, prepare, minibatches
 
 #: rows of X whose softmax/deep-linear loss over all samples is evaluated at once
 _RECORD_BLOCK = 128
+#: the same for MLPs (a row's hidden activations on all samples are n·h numbers)
+_MLP_RECORD_BLOCK = 16
+
+
+def activation(kind, Z):
+    """σ(Z) of an MLP's hidden layer: "relu", "sigmoid" (the overflow-free form), "tanh" or "identity"."""
+    if kind == "relu":
+        return np.maximum(Z, 0.0)
+    if kind == "sigmoid":
+        E = np.exp(-np.abs(Z))
+        return np.where(Z >= 0, 1.0 / (1.0 + E), E / (1.0 + E))
+    if kind == "tanh":
+        return np.tanh(Z)
+    return Z
+
+
+def activation_d1(kind, H):
+    """σ'(z) from the activation H = σ(z) (ReLU: 1 where h > 0, else 0)."""
+    if kind == "relu":
+        return (H > 0).astype(H.dtype)
+    if kind == "sigmoid":
+        return H * (1.0 - H)
+    if kind == "tanh":
+        return 1.0 - H * H
+    return np.ones_like(H)
 
 
 class _Model:
@@ -75,6 +104,8 @@ class _Model:
             z = np.einsum("...bd,...d->...b", Ab, X)[..., None]       # (L, S, b, 1)
             R = self.residual(z, idx)[..., 0]
             G = np.einsum("...bd,...b->...d", Ab, R)
+        elif s.kind == "mlp":
+            G = self.mlp_grad(X, Ab, idx)
         elif s.depth == 1:                                    # softmax regression
             W = X.reshape(X.shape[:-1] + (s.layers[1], s.layers[0]))
             Z = np.matmul(Ab, np.swapaxes(W, -1, -2))                 # (L, S, b, K)
@@ -117,6 +148,72 @@ class _Model:
         return np.concatenate([np.broadcast_to(B, lead + B.shape[-2:]).reshape(lead + (-1,)) for B in blocks],
                               axis=-1)
 
+    def mlp_layers(self, X):
+        """(Ws, bs) of rows X: Ws[k] (…, d_{k+1}, d_k), bs[k] (…, d_{k+1}) or None (views of X)."""
+        s = self.spec
+        Ws = self.layers(X)
+        if not s.biases:
+            return Ws, [None] * s.depth
+        bo = s.bias_offsets
+        return Ws, [X[..., bo[k]:bo[k + 1]] for k in range(s.depth)]
+
+    def mlp_grad(self, X, Ab, idx):
+        """(1/b) Σ_i J_i(x)ᵀ(r_i(x) − a·rt_i) of an MLP by back-propagation, (L, S, dim)."""
+        s = self.spec
+        Ws, bs = self.mlp_layers(X)
+        hs = [Ab]
+        for k in range(s.depth):
+            Z = np.matmul(hs[-1], np.swapaxes(Ws[k], -1, -2))
+            if bs[k] is not None:
+                Z = Z + bs[k][..., None, :]
+            hs.append(activation(s.activation, Z) if k < s.depth - 1 else Z)
+        delta = self.residual(hs[-1], idx)                    # (L, S, b, d_out)
+        blocks, bias_blocks = [None] * s.depth, [None] * s.depth
+        for k in range(s.depth - 1, -1, -1):
+            blocks[k] = np.matmul(np.swapaxes(delta, -1, -2), hs[k])
+            bias_blocks[k] = delta.sum(axis=-2)
+            if k > 0:
+                delta = np.matmul(delta, Ws[k]) * activation_d1(s.activation, hs[k])
+        lead = X.shape[:-1]
+        parts = [np.broadcast_to(B, lead + B.shape[-2:]).reshape(lead + (-1,)) for B in blocks]
+        if s.biases:
+            parts += [np.broadcast_to(B, lead + B.shape[-1:]) for B in bias_blocks]
+        return np.concatenate(parts, axis=-1)
+
+    def mlp_outputs(self, X):
+        """The outputs z_i of rows X (T, dim) float64 on every sample: (T, n, d_out)."""
+        s = self.spec
+        Ws, bs = self.mlp_layers(X)
+        H = s.A
+        for k in range(s.depth):
+            Z = np.matmul(H, np.swapaxes(Ws[k], -1, -2))
+            if bs[k] is not None:
+                Z = Z + bs[k][:, None, :]
+            H = activation(s.activation, Z) if k < s.depth - 1 else Z
+        return H
+
+    def mlp_records(self, X):
+        """dist2_opt, subopt, dist2_teacher of MLP rows X (T, dim) float64, _MLP_RECORD_BLOCK rows at a time."""
+        s = self.spec
+        out = [np.empty(X.shape[0]) for _ in range(3)]
+        for r0 in range(0, X.shape[0], _MLP_RECORD_BLOCK):
+            Xb = X[r0:r0 + _MLP_RECORD_BLOCK]
+            Z = self.mlp_outputs(Xb)                                    # (rows, n, d_out)
+            C = Z.reshape(Xb.shape[0], -1) / np.sqrt(s.n) if s.function_space else Xb
+            E = C - s.xstar_c
+            W = C - s.theta_c
+            if s.loss == "squared":
+                R = Z - s.targets
+                loss = 0.5 * np.einsum("tnk,tnk->t", R, R) / s.n
+            else:
+                zmax = Z.max(axis=2, keepdims=True)
+                lse = zmax[..., 0] + np.log(np.exp(Z - zmax).sum(axis=2))
+                loss = (lse.sum(axis=1) - np.einsum("tnk,nk->t", Z, s.targets)) / s.n
+            out[0][r0:r0 + len(Xb)] = np.einsum("td,td->t", E, E)
+            out[1][r0:r0 + len(Xb)] = loss + 0.5 * s.l2 * np.einsum("td,td->t", Xb, Xb) - s.f_star
+            out[2][r0:r0 + len(Xb)] = np.einsum("td,td->t", W, W)
+        return tuple(out)
+
     # -- records (float64) -------------------------------------------------------
     def canonical(self, X):
         s = self.spec
@@ -133,6 +230,8 @@ class _Model:
     def records(self, X):
         """dist2_opt, subopt, dist2_teacher of the rows of X (T, dim) float64."""
         s = self.spec
+        if s.kind == "mlp":
+            return self.mlp_records(X)
         C = self.canonical(X)
         E = C - s.xstar_c
         d1 = np.einsum("td,td->t", E, E)

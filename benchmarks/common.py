@@ -15,16 +15,25 @@ guard (after a step, not ‖x‖² ≤ limit marks the trajectory diverged at t 
 iterate becomes NaN) and its records at ``plan.record_steps``:
 
 * ``dist2_opt``     ‖c(x) − c(x*)‖²,  c = the problem's canonical coordinates
-  (least squares: x; softmax: class-centred weights; deep linear: the end-to-end map);
+  (least squares: x; softmax: class-centred weights; deep linear: the end-to-end map;
+  MLP: whichever kdsim's ``MLP.canonical`` is, x itself or the outputs on the n samples
+  stacked and scaled by 1/√n, ``Spec.function_space``);
 * ``dist2_teacher`` ‖c(x) − c(θ)‖²;
 * ``subopt``        f(x) − f*: least squares ½(‖F e‖² + α‖e‖²) with e = x − x* and
   F = R/√n from a QR of A (kdsim's form); softmax and deep linear the direct difference
   f(x) − f* with f* = ``problem.f_star`` (the plain formula; kdsim evaluates a
-  cancellation-free form, equal to rounding while f − f* is not tiny).
+  cancellation-free form, equal to rounding while f − f* is not tiny; for an MLP kdsim
+  too takes the plain difference, f* being a local minimum's).
 
 Families: least squares, softmax regression and deep linear networks (squared or
-softmax loss); estimators sgd, kd, kd_loss and corrected. SVRG's snapshot refresh is
-outside the benchmark workloads and raises ``ValueError``.
+softmax loss); estimators sgd, kd, kd_loss and corrected. MLPs (``kdsim.MLP``, kind
+"mlp": hidden activation, biases after the weights as kdsim lays them out, the ridge on
+every parameter) with estimators sgd, kd and kd_loss at temperature 1: their teacher
+term is the student's back-propagation of the teacher's output residuals rt_i plus the
+teacher's weight decay ``ridge`` = w·θ, so a step back-propagates r_i(x) − a·rt_i through
+the student's own layers; corrected KD (a full-data back-propagation per step) raises
+``ValueError``. SVRG's snapshot refresh is outside the benchmark workloads and raises
+``ValueError``.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ import numpy as np
 
 from kdsim.problems.deep_linear import DeepLinear
 from kdsim.problems.least_squares import LeastSquares
+from kdsim.problems.mlp import MLP
 from kdsim.problems.softmax import SoftmaxRegression
 
 from kdsim.plan import DIVERGENCE_LIMIT, DTYPES, RECORDS, guard_limit  # noqa: F401  (kdsim's own constants)
@@ -82,6 +92,9 @@ class Spec:
     F: np.ndarray              # least squares: R/√n of a QR of A; else empty
     f_star: float
     dtype: str
+    activation: str = "identity"   # MLPs: the hidden layers' activation ("relu", "sigmoid", "tanh")
+    biases: bool = False           # MLPs: every layer has a bias b_k, stored after all the weights
+    function_space: bool = False   # MLPs: canonical coordinates are the outputs on the n samples / √n
 
     @property
     def n(self):
@@ -112,6 +125,13 @@ class Spec:
     def offsets(self):
         sizes = [self.layers[k + 1] * self.layers[k] for k in range(self.depth)]
         return np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+
+    @property
+    def bias_offsets(self):
+        """Start of each layer's bias in x and the end (dim), after the weights; None without biases."""
+        if not self.biases:
+            return None
+        return (self.offsets[-1] + np.concatenate([[0], np.cumsum(self.layers[1:])])).astype(int)
 
     @property
     def limit(self):
@@ -162,7 +182,31 @@ def prepare(problem, plan, dtype="float64"):
             Gt, ridge = np.zeros((p.d_out, p.d_in)), np.zeros(p.dim)
         return Spec("deep_linear", p.A, np.asarray(targets, dtype=np.float64), rt, Gt, ridge, tuple(p.dims),
                     p.loss_type, F=np.zeros((0, 0)), f_star=float(p.f_star), **common)
-    raise NotImplementedError(f"the baselines implement LeastSquares, SoftmaxRegression and DeepLinear; "
+    if type(p) is MLP:
+        if est.corrected or float(plan.temperature) != 1.0 or p.l2_mask is not None:
+            raise ValueError(f"the baselines run MLPs with estimators sgd, kd and kd_loss at temperature 1 and the "
+                             f"ridge on every parameter; got estimator {est.name!r}, temperature "
+                             f"{plan.temperature:g}, l2_bias={p.l2_bias} (corrected KD's full-data "
+                             f"back-propagation per step is not benchmarked)")
+        targets = np.eye(p.n_classes)[p.Y] if p.loss_type == "softmax" else p.Y
+        if est.uses_teacher:
+            terms = p.teacher_terms(theta, est.teacher_term, plan.teacher_l2)
+            rt, ridge = terms.residuals, terms.ridge
+        else:
+            rt, ridge = np.zeros_like(targets), np.zeros(p.dim)
+        # kdsim measures an MLP's distances between parameters (x itself) or between functions (the outputs
+        # z_i(x) on the n samples, stacked and scaled by 1/√n): which one, from its canonical map
+        x0 = common["x0"]
+        c0 = np.asarray(p.canonical(x0), dtype=np.float64)
+        function_space = not (c0.shape == x0.shape and np.array_equal(c0, x0))
+        if function_space and c0.shape != (p.n * p.d_out,):
+            raise NotImplementedError(f"MLP canonical coordinates of shape {c0.shape}: the baselines know x itself "
+                                      f"and the outputs on the n samples / √n ({p.n * p.d_out},)")
+        return Spec("mlp", p.A, np.asarray(targets, dtype=np.float64), np.asarray(rt, dtype=np.float64),
+                    np.zeros((p.d_out, p.d_in)), np.asarray(ridge, dtype=np.float64), tuple(p.dims), p.loss_type,
+                    F=np.zeros((0, 0)), f_star=float(p.f_star), activation=p.activation, biases=p.bias,
+                    function_space=function_space, **common)
+    raise NotImplementedError(f"the baselines implement LeastSquares, SoftmaxRegression, DeepLinear and MLP; "
                               f"got {type(p).__name__}")
 
 
@@ -186,7 +230,7 @@ def all_minibatches(spec):
 
 
 # ------------------------------------------------------------------------- flops
-def step_flops(layers, batch, loss, has_teacher, has_full_term, has_shrink):
+def step_flops(layers, batch, loss, has_teacher, has_full_term, has_shrink, activation=False, biases=False):
     """Useful flops of one step of one trajectory (the math, not an implementation).
 
     Convention: a multiply or an add is one flop (an FMA two), exp is one flop,
@@ -199,14 +243,22 @@ def step_flops(layers, batch, loss, has_teacher, has_full_term, has_shrink):
     term pulled back (deep nets with c ≠ 0: Σ 2 d_out·d_in·(rows+cols) + adds, counted
     as the blocks' products) and the update x ← x − (γ/b)·g (2 per parameter), plus 2
     per parameter for α x or a constant ridge vector when present.
+
+    MLPs (``activation``: hidden layers with an activation; ``biases``: every layer has
+    a bias), per sample: the bias adds of the forward pass and the bias gradients
+    accumulated, Σ_k d_{k+1} each; the activation of each hidden unit (1: ReLU's max) and
+    its derivative's product with the back-propagated delta (1), Σ_{0<k<L} d_k each. The
+    parameters (dim, for the update and the ridge) include the biases.
     """
     L = len(layers) - 1
-    dim = sum(layers[k] * layers[k + 1] for k in range(L))
+    n_bias = sum(layers[1:]) if biases else 0
+    dim = sum(layers[k] * layers[k + 1] for k in range(L)) + n_bias
     fwd = sum(2 * layers[k] * layers[k + 1] for k in range(L))
     d_out = layers[-1]
     resid = d_out * (1 if loss == "squared" else 5) + (2 * d_out if has_teacher else 0)
     back = sum(2 * layers[k] * layers[k + 1] for k in range(1, L))
-    per_sample = 2 * fwd + resid + back
+    hidden = sum(layers[1:-1]) if activation else 0
+    per_sample = 2 * fwd + resid + back + 2 * n_bias + 2 * hidden
     update = 2 * dim + (2 * dim if has_shrink else 0)
     full = 0
     if has_full_term:
@@ -215,7 +267,7 @@ def step_flops(layers, batch, loss, has_teacher, has_full_term, has_shrink):
     return batch * per_sample + update + full
 
 
-def record_flops(kind, layers, n, l2):
+def record_flops(kind, layers, n, l2, biases=False, activation=False, loss="softmax", function_space=False):
     """Useful flops of one record (three numbers) of one trajectory.
 
     dist2_opt and dist2_teacher: 3 per canonical coordinate each (difference, square,
@@ -223,8 +275,21 @@ def record_flops(kind, layers, n, l2):
     with a ridge); softmax the loss over the n samples, 2nKd' for the logits + 5nK for
     log-sum-exp and the label + 2Kd' for the ridge; deep linear the end-to-end map
     (Σ_{k≥1} 2 d_{k+1} d_k d_in) and the loss over the n samples (2n·d_out·d_in + 3n·d_out).
-    Softmax's canonical centring is 2Kd'.
+    Softmax's canonical centring is 2Kd'. MLP (dim with the biases): the forward pass of
+    the n samples (Σ 2 d_k d_{k+1}, the bias adds Σ_k d_{k+1} and one per hidden unit for
+    the activation) and the loss (5 per output, softmax; 3, squared), plus 2·dim for the
+    ridge; its distances are over dim coordinates, or with ``function_space`` over the
+    n·d_out outputs (the same forward pass, counted once).
     """
+    if kind == "mlp":
+        L = len(layers) - 1
+        n_bias = sum(layers[1:]) if biases else 0
+        dim = sum(layers[k] * layers[k + 1] for k in range(L)) + n_bias
+        fwd = sum(2 * layers[k] * layers[k + 1] for k in range(L)) + n_bias \
+            + (sum(layers[1:-1]) if activation else 0)
+        per_loss = (5 if loss == "softmax" else 3) * layers[-1]
+        coords = n * layers[-1] if function_space else dim
+        return 6 * coords + n * (fwd + per_loss) + (2 * dim if l2 else 0)
     if kind == "least_squares":
         d = layers[0]
         return 6 * d + d * (d + 1) + 2 * d + (2 * d if l2 else 0)

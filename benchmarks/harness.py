@@ -8,7 +8,8 @@
   counted as 2 × size bytes (read + write, STREAM's convention: no write-allocate);
 * ``best_of()``        run a callable several times, keep the fastest, record the load;
 * ``best_of_interleaved()`` the same for several callables whose runs alternate (for ratios);
-* ``kdsim_run()``      one run of kdsim's numba engine, with ``numba_cpu.last_timing()``;
+* ``kdsim_run()``      one run of kdsim's numba engine, with its timing (optionally on a limited
+  number of BLAS threads);
 * ``numba_cold_compile()`` compile time of kdsim's kernels with an empty numba cache (a subprocess).
 """
 from __future__ import annotations
@@ -229,11 +230,18 @@ def best_of_interleaved(fns, repeats=3, budget_s=None, min_repeats=2, min_time_s
     return best
 
 
-def kdsim_run(problem, plan, dtype):
-    """One run of kdsim's numba engine; (seconds without compilation, its timing + divergences)."""
+def kdsim_run(problem, plan, dtype, blas_threads=None):
+    """One run of kdsim's numba engine; (seconds without compilation, its timing + divergences).
+    ``blas_threads``: run it under ``threadpoolctl.threadpool_limits(blas_threads)`` (a diagnostic: the
+    records kdsim evaluates with numpy after the kernel then use that many BLAS threads)."""
     from kdsim.engines import driver, numba_cpu
     t0 = time.perf_counter()
-    res = driver.run(problem, plan, numba_cpu, dtype=dtype)
+    if blas_threads is None:
+        res = driver.run(problem, plan, numba_cpu, dtype=dtype)
+    else:
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=blas_threads, user_api="blas"):
+            res = driver.run(problem, plan, numba_cpu, dtype=dtype)
     wall = time.perf_counter() - t0
     out, timing = res.arrays, res.timing
     secs = wall - timing["compile_s"]

@@ -2,6 +2,8 @@
 
     python benchmarks/run.py [--quick] [--workloads W1,W3] [--out benchmarks/results]
 
+Workloads W1–W5 (``benchmarks.workloads``; W5 is the 64-32-10 ReLU MLP on digits).
+
 For each workload (``benchmarks.workloads``) and dtype it times, best of several runs:
 
 * ``kdsim numba``          the engine at full size (numba's compile time excluded and
@@ -9,6 +11,12 @@ For each workload (``benchmarks.workloads``) and dtype it times, best of several
 * ``kdsim numba, records at start/end only`` (W1, W2) the same run recording only at steps
                            0 and T: a diagnostic that separates the steps from the records
                            (its flops count its own two records);
+* ``kdsim numba, 1 BLAS thread`` (W5) the same run under ``threadpool_limits(1)``: kdsim
+                           evaluates an MLP's records after the kernel with numpy (a forward
+                           pass of every sample per record, small matrix products); on
+                           OpenBLAS's 2 threads they become several times slower when another
+                           tenant keeps a core busy; a diagnostic that separates that from the
+                           kernel;
 * ``kdsim numba ls_traj``  (W1) kdsim's per-trajectory least-squares kernel, forced by
                            turning common random numbers off (each (λ, seed) its own stream;
                            measured at the plain numba baseline's size);
@@ -62,6 +70,7 @@ from benchmarks.workloads import WORKLOADS, Size  # noqa: E402
 KDSIM = "kdsim numba"
 KDSIM_TRAJ = "kdsim numba ls_traj (CRN off)"
 KDSIM_STEPS = "kdsim numba, records at start/end only"
+KDSIM_BLAS1 = "kdsim numba, 1 BLAS thread"
 NUMPY = "numpy baseline"
 JAX = "JAX jit(vmap(scan))"
 PLAIN = "plain numba (prange/trajectory)"
@@ -70,6 +79,8 @@ ALTERNATING = "iid (alternating)"
 #: workloads that get the sampling-scheme rows by default (the issue's W1 and W3), and momentum's
 SAMPLING_WORKLOADS = ("W1", "W3")
 MOMENTUM_WORKLOADS = ("W1",)
+#: workloads whose kdsim run is also timed on one BLAS thread (MLPs: records in numpy after the kernel)
+BLAS1_WORKLOADS = ("W5",)
 
 CSV_FIELDS = ["workload", "dtype", "implementation", "lams", "seeds", "steps", "measured_seeds",
               "measured_steps", "scaled", "runs", "best_s", "times_s", "full_size_s", "traj_steps_per_s",
@@ -106,10 +117,10 @@ def _kdsim_extra(t):
             "kernel": e["kernel"]}
 
 
-def measure_kdsim(w, size, dtype, repeats, budget, crn=True, record_every=None):
+def measure_kdsim(w, size, dtype, repeats, budget, crn=True, record_every=None, blas_threads=None):
     plan = w.plan(size.seeds, size.steps, dtype, common_random_numbers=crn, record_every=record_every)
     p = w.problem()
-    t = _best_of(lambda: harness.kdsim_run(p, plan, dtype), repeats, budget)
+    t = _best_of(lambda: harness.kdsim_run(p, plan, dtype, blas_threads), repeats, budget)
     return t, _kdsim_extra(t)
 
 
@@ -397,7 +408,7 @@ def sampling_markdown(sm):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="every workload at a reduced size (< 2 minutes)")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of W1,W2,W3,W4")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of W1,W2,W3,W4,W5")
     ap.add_argument("--out", default=os.path.join(harness.REPO, "benchmarks", "results"),
                     help="directory for the CSV and JSON files")
     ap.add_argument("--repeats", type=int, default=None, help="runs per measurement, best kept "
@@ -497,6 +508,9 @@ def main(argv=None):
             meas = []
             log(f"{name} {dtype}: {KDSIM} at {full}")
             meas.append((KDSIM, full, *measure_kdsim(w, full, dtype, repeats, budget)))
+            if name in BLAS1_WORKLOADS:
+                log(f"{name} {dtype}: {KDSIM_BLAS1} at {full}")
+                meas.append((KDSIM_BLAS1, full, *measure_kdsim(w, full, dtype, repeats, budget, blas_threads=1)))
             if name in ("W1", "W2"):
                 log(f"{name} {dtype}: {KDSIM_STEPS} at {full}")
                 meas.append((KDSIM_STEPS, full, *measure_kdsim(w, full, dtype, repeats, budget,

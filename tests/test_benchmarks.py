@@ -58,6 +58,19 @@ def _deep():
     return p, teachers.at_distance(p, 1.0).theta
 
 
+def _mlp(activation="relu", loss="softmax", bias=True):
+    """A tiny one-hidden-layer MLP (4 → 5 → 3) and a same-architecture teacher near its x*."""
+    r = np.random.default_rng(4)
+    A = r.standard_normal((30, 4))
+    y = np.arange(30) % 3 if loss == "softmax" else r.standard_normal((30, 2))
+    p = kdsim.MLP(A, y, hidden=(5,), activation=activation, loss=loss, bias=bias, l2=0.05)
+    return p, p.solution() + 0.2 * np.random.default_rng(1).standard_normal(p.dim)
+
+
+def _mlp_tanh_squared():
+    return _mlp("tanh", "squared", bias=False)
+
+
 CASES = {
     "ls-kd": (_ls, "kd", 0.05, 2),
     "ls-corrected": (_ls, "corrected", 0.05, 1),
@@ -65,6 +78,8 @@ CASES = {
     "softmax-corrected": (_softmax, "corrected", 0.2, 4),
     "deep-kd": (_deep, "kd", 0.02, 3),
     "deep-sgd": (_deep, "sgd", 0.02, 3),
+    "mlp-kd": (_mlp, "kd", 0.1, 3),
+    "mlp-kd_loss": (_mlp_tanh_squared, "kd_loss", 0.1, 3),
 }
 
 
@@ -134,12 +149,19 @@ def test_prepare_rejects_svrg():
         common.prepare(p, plan)
 
 
+def test_prepare_rejects_corrected_kd_on_mlps():
+    p, theta = _mlp()
+    plan = make_plan(p, theta, [1.0], 0.05, 5, 2, 2, "corrected", 5)
+    with pytest.raises(ValueError, match="corrected"):
+        common.prepare(p, plan)
+
+
 # --------------------------------------------------------------------- JAX baseline
 needs_jax = pytest.mark.skipif(not baseline_jax.available(), reason="JAX not installed (extra 'bench')")
 
 
 @needs_jax
-@pytest.mark.parametrize("case", ["ls-kd", "softmax-corrected", "deep-kd"])
+@pytest.mark.parametrize("case", ["ls-kd", "softmax-corrected", "deep-kd", "mlp-kd", "mlp-kd_loss"])
 def test_jax_baseline_matches_reference_engine(case):
     p, plan = _plan(case)
     got = baseline_jax.run(p, plan)
@@ -191,6 +213,16 @@ def test_plain_numba_baseline_one_layer_matches_reference():
 
 
 @pytest.mark.slow
+def test_plain_numba_baseline_mlp_matches_reference():
+    """W5's kernel (about 14 s to compile with an empty numba cache, hence slow): ReLU with biases and
+    softmax, and tanh without biases and squared loss."""
+    from benchmarks import baseline_numba
+    for case in ("mlp-kd", "mlp-kd_loss"):
+        p, plan = _plan(case)
+        assert_same_run(baseline_numba.run(p, plan), run_arrays(reference, p, plan), sub_atol=_tol(p))
+
+
+@pytest.mark.slow
 def test_plain_numba_baseline_deep_matches_reference():
     from benchmarks import baseline_numba
     p, plan = _plan("deep-kd")
@@ -199,7 +231,7 @@ def test_plain_numba_baseline_deep_matches_reference():
 
 # ------------------------------------------------------------- workloads and harness
 def test_workloads_are_the_issue_sizes():
-    w1, w2, w3, w4 = (WORKLOADS[k] for k in ("W1", "W2", "W3", "W4"))
+    w1, w2, w3, w4, w5 = (WORKLOADS[k] for k in ("W1", "W2", "W3", "W4", "W5"))
     assert (w1.problem().n, w1.problem().dim, w1.seeds, w1.n_lams, w1.steps, w1.batch, w1.record_every) == \
         (1000, 50, 4096, 5, 2000, 1, 10)
     assert w1.dtypes == ("float64", "float32") and w2.dtypes == ("float64", "float32")
@@ -210,6 +242,10 @@ def test_workloads_are_the_issue_sizes():
     p4 = w4.problem()
     assert p4.dims == (32, 32, 32, 32) and p4.loss_type == "squared"
     assert (w4.seeds, w4.steps, w4.batch) == (1024, 2000, 8)
+    p5 = w5.problem()                                      # no solve: the MLP only
+    assert p5.dims == (64, 32, 10) and p5.activation == "relu" and p5.bias and p5.loss_type == "softmax"
+    assert p5.A.shape == (1797, 64) and p5.l2 == 1e-3 and p5.dim == 2410
+    assert (w5.seeds, w5.n_lams, w5.steps, w5.batch, w5.estimator, w5.step_size()) == (1024, 3, 2000, 10, "kd", 0.05)
     for w in WORKLOADS.values():
         for size in [w.quick, *w.baseline.values()]:
             assert size.seeds <= w.seeds and size.steps <= w.steps
@@ -224,6 +260,24 @@ def test_flop_convention_least_squares():
     s, r = w.flop_terms()
     assert (s, r) == (303, 2950)
     assert w.useful_flops(2, 20) == 5 * 2 * (20 * 303 + 3 * 2950)
+
+
+def test_flop_convention_mlp():
+    # W5, 64 → 32 → 10 with biases and ReLU, b = 10, per sample: forward 2(64·32 + 32·10) = 4,736 + 42 bias
+    # adds + 32 ReLUs; softmax residual 50 + teacher 20; weight gradients 4,736 + bias gradients 42; the
+    # hidden delta 2·32·10 = 640 + 32 ReLU derivatives: 10,330. Per step + (2 + 2)·dim, dim = 2,410.
+    assert common.step_flops((64, 32, 10), 10, "softmax", True, False, True, activation=True, biases=True) == \
+        10 * 10330 + 4 * 2410
+    # one record: the forward pass of the 1,797 samples (4,810) and the loss (50) per sample, the ridge
+    # (2·dim) and the two distances (3 per coordinate each): over x, or over the n·K outputs
+    fwd = 4736 + 42 + 32 + 50
+    assert common.record_flops("mlp", (64, 32, 10), 1797, 1e-3, biases=True, activation=True) == \
+        6 * 2410 + 1797 * fwd + 2 * 2410
+    assert common.record_flops("mlp", (64, 32, 10), 1797, 1e-3, biases=True, activation=True,
+                               function_space=True) == 6 * 17970 + 1797 * fwd + 2 * 2410
+    # without biases and activation the MLP's step is the deep linear count
+    assert common.step_flops((4, 3, 2), 5, "squared", False, False, True, activation=False, biases=False) == \
+        common.step_flops((4, 3, 2), 5, "squared", False, False, True)
 
 
 def test_harness_measurements_are_positive():
