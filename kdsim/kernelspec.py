@@ -416,12 +416,7 @@ def suboptimality(refs, X, xp=np):
     the plain difference f(x) − f*: its f* is a local minimum's, and no Bregman form applies)."""
     r = refs.refs
     if refs.family == "mlp":
-        Z = mlp_outputs(xp, X, refs.A, refs.shapes, refs.activation, refs.biases)            # (T, n, d_out)
-        if refs.link == "identity":
-            data = 0.5 * ((Z - refs.Y[None]) ** 2).sum(axis=-1).mean(axis=-1)
-        else:
-            data = (_lse_last(xp, Z) - (Z * refs.Y[None]).sum(axis=-1)).mean(axis=-1)
-        return data + 0.5 * ridge_quadratic(X, refs.l2_weights) - r["f_star"]
+        return _mlp_subopt(xp, refs, X, mlp_outputs(xp, X, refs.A, refs.shapes, refs.activation, refs.biases))
     if refs.family == "deep_linear":
         M = end_to_end(X, refs.shapes, _offsets(refs.shapes))
         if refs.link == "identity":
@@ -458,10 +453,30 @@ def block_bytes(row_bytes, rows):
     return int(min(rows_per_block(row_bytes), max(1, rows)) * row_bytes)
 
 
+def _mlp_subopt(xp, refs, X, Z):
+    """f(x) − f* of an MLP from its outputs Z (T, n, d_out) on the training data."""
+    if refs.link == "identity":
+        data = 0.5 * ((Z - refs.Y[None]) ** 2).sum(axis=-1).mean(axis=-1)
+    else:
+        data = (_lse_last(xp, Z) - (Z * refs.Y[None]).sum(axis=-1)).mean(axis=-1)
+    return data + 0.5 * ridge_quadratic(X, refs.l2_weights) - refs.refs["f_star"]
+
+
+def _mlp_record_values(refs, X, xp):
+    """An MLP's three records from one forward pass of every sample (its distances and f − f* both need it)."""
+    Z = mlp_outputs(xp, X, refs.A, refs.shapes, refs.activation, refs.biases)                # (T, n, d_out)
+    C = Z.reshape(X.shape[0], -1) / math.sqrt(refs.A.shape[0])
+    return (((C - refs.x_star) ** 2).sum(axis=1), _mlp_subopt(xp, refs, X, Z), ((C - refs.theta) ** 2).sum(axis=1))
+
+
 def record_values(refs, X, xp=np, row_bytes=0, subopt=None):
     """(dist2_opt, subopt, dist2_teacher) of rows X (T, dim), float64; f − f* in row blocks
     (``row_bytes``: its temporaries per row, ``KernelSpec.record_row_bytes``). ``subopt`` replaces
     ``suboptimality`` for a compiled twin of it."""
+    if refs.family == "mlp" and subopt is None:
+        parts = [_mlp_record_values(refs, X[r0:r0 + rows_per_block(row_bytes)], xp)
+                 for r0 in range(0, X.shape[0], rows_per_block(row_bytes))] or [_mlp_record_values(refs, X, xp)]
+        return tuple(xp.concatenate([p[k] for p in parts]) for k in range(3))
     C = canonical(refs, X, xp)
     d2o = ((C - refs.x_star) ** 2).sum(axis=1)
     d2t = ((C - refs.theta) ** 2).sum(axis=1)

@@ -502,3 +502,13 @@ def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_
         _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
                           ccoef, use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b,
                           scode, K, mom, tau, Qt, act, boffs, limit, zero, saved, div, xfin)
+
+
+def _forget_stale_cache():
+    from .. import rng
+    from . import _kernels_ls
+    from ._numba_cache import forget_if_stale
+    forget_if_stale(layered_traj.py_func, [_kernels_ls.__file__, rng.__file__])
+
+
+_forget_stale_cache()

@@ -914,3 +914,12 @@ def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, a
         _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef, snapshot,
                      period, snap_start, nfw, rec_steps, steps, stream_keys, b, code, K, mom, xstar, theta_c, F,
                      alpha64, limit, zero, out_d, out_s, out_t, div, xfin, saved)
+
+
+def _forget_stale_cache():
+    from .. import rng
+    from ._numba_cache import forget_if_stale
+    forget_if_stale(ls_traj.py_func, [rng.__file__])
+
+
+_forget_stale_cache()

@@ -93,3 +93,12 @@ def softmax_subopt(lo, hi, X, xstar, A, P, logP, g, l2, h_coef, out):
                         s += math.exp(logP[i, k] + dlt[jj, k] - m)
                     total += m + math.log(s)
         out[t] = total / n + lin + 0.5 * l2 * sq
+
+
+def _forget_stale_cache():
+    from . import _kernels_ls
+    from ._numba_cache import forget_if_stale
+    forget_if_stale(softmax_subopt.py_func, [_kernels_ls.__file__])
+
+
+_forget_stale_cache()

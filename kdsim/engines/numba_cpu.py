@@ -353,6 +353,13 @@ class _LayeredRunner(_Runner):
 
     def records(self, saved, div):
         """dist2_opt, subopt, dist2_teacher from the saved iterates of the trajectories alive then."""
+        if self.spec.family == "mlp":   # a forward pass of every sample per record: small products, one BLAS thread
+            from threadpoolctl import threadpool_limits
+            with threadpool_limits(limits=1, user_api="blas"):
+                return self._records(saved, div)
+        return self._records(saved, div)
+
+    def _records(self, saved, div):
         t0, c0 = time.perf_counter(), self.timers["records_kernel"].compile_s
         valid = ((div[:, :, None] < 0) | (self.rec_steps[None, None, :] < div[:, :, None])).ravel()
         out = [np.full(valid.shape, np.nan) for _ in RECORDS]
@@ -361,7 +368,8 @@ class _LayeredRunner(_Runner):
             keep = b0 + np.flatnonzero(valid[b0:b0 + self.row_block])
             if not len(keep):
                 continue
-            for o, v in zip(out, KS.record_values(self.refs, flat[keep], np, subopt=self.suboptimality)):
+            sub = self.suboptimality if self.spec.family == "softmax" else None       # softmax: the compiled twin
+            for o, v in zip(out, KS.record_values(self.refs, flat[keep], np, subopt=sub)):
                 o[keep] = v
         out = {name: v.reshape(div.shape + (self.R,)) for name, v in zip(RECORDS, out)}
         compiled = self.timers["records_kernel"].compile_s - c0
