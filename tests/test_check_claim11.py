@@ -24,7 +24,8 @@ def test_claim11_passes_quick(quick_check_result):
     result = quick_check_result("digits")
     assert result.rows and not _failed(result), result.table()
     frame = result.frame()
-    assert not frame[["empirical", "ci_low", "ci_high", "theoretical", "ratio"]].isna().any().any()
+    assert not frame[["empirical", "ci_low", "ci_high", "theoretical"]].isna().any().any()
+    assert (frame["ratio"].isna() == ((frame["theoretical"] == 0) & (frame["tolerance"] == 0))).all()
     assert {q[:3] for q in frame["quantity"] if q[0] == "("} >= {"(a)", "(b)", "(c)", "(d)", "(e)", "(re"}
     sweep = [f for f in result.figures if f["kind"] == "lambda_sweep"]
     assert len(sweep) == 1 and {"lam", "mean", "ci_low", "ci_high"} <= set(sweep[0]["data"].columns)

@@ -116,11 +116,17 @@ QUICK = {"n": 360, "l2": 1e-1, "steps": 1000, "seeds": 256, "record_every": 100,
 TEACHER_EPOCHS = 5
 
 
-@functools.lru_cache(maxsize=4)
 def problem(n=None, l2=1e-2):
     """Softmax regression on the standardised digits (+ bias column), optionally the first n images.
 
-    Cached (one Newton solve per process and size): treat the problem as read-only."""
+    Cached (one Newton solve per process and size): treat the problem as read-only. The data file is
+    checked against its checksum on every call (a corrupted file raises, cached problem or not)."""
+    datasets.load_digits()
+    return _problem(n, l2)
+
+
+@functools.lru_cache(maxsize=4)
+def _problem(n, l2):
     ds = datasets.load_digits(standardize=True, bias=True)
     A, y = (ds.A, ds.y) if n is None else (ds.A[:n], ds.y[:n])
     return SoftmaxRegression(A, y, ds.n_classes, bias=False, l2=l2)

@@ -24,6 +24,8 @@ import math
 import numpy as np
 from numba import cuda
 
+from . import _activations
+
 _G = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -101,29 +103,18 @@ def _batch_into(stream_key, t, n, b, code, K, perm, perm_epoch, idx, taken, j):
 
 
 # ------------------------------------------------------------------ layers
-@cuda.jit(device=True, inline=True)
-def _activate(act, z):
-    if act == 1:
-        return z if z > 0 else z - z
-    if act == 2:
-        if z >= 0:
-            return 1.0 / (1.0 + math.exp(-z))
-        e = math.exp(z)
-        return e / (1.0 + e)
-    if act == 3:
-        return math.tanh(z)
-    return z
+_activate = cuda.jit(device=True, inline=True)(_activations.activate)
+_activation_d1 = cuda.jit(device=True, inline=True)(_activations.activation_d1)
 
 
 @cuda.jit(device=True, inline=True)
-def _activation_d1(act, h):
-    if act == 1:
-        return h - h + 1 if h > 0 else h - h
-    if act == 2:
-        return h * (1 - h)
-    if act == 3:
-        return 1 - h * h
-    return h - h + 1
+def _logit_max(H, z0, m, s, j):
+    """max_o H[z0 + o, s, j] over the m logits of sample s (the shift of a stable softmax)."""
+    zmax = H[z0, s, j]
+    for o in range(1, m):
+        if H[z0 + o, s, j] > zmax:
+            zmax = H[z0 + o, s, j]
+    return zmax
 
 
 @cuda.jit(device=True)
@@ -159,10 +150,7 @@ def _residuals(code, H, zoff, m, Y, rows, r0, nb, D, j):
             for o in range(m):
                 D[o, s, j] = H[zoff + o, s, j] - Y[i, o]
         elif code == 1:
-            zmax = H[zoff, s, j]
-            for o in range(1, m):
-                if H[zoff + o, s, j] > zmax:
-                    zmax = H[zoff + o, s, j]
+            zmax = _logit_max(H, zoff, m, s, j)
             tot = zmax - zmax
             for o in range(m):
                 e = math.exp(H[zoff + o, s, j] - zmax)
@@ -302,10 +290,7 @@ def layered_traj(A, Y, rt, Gt, ridge, alpha, dims, offs, boffs, act, code, gam, 
                 z0 = hoff[L]
                 for s in range(nb):
                     i = IDX[j0 + s, j]
-                    zmax = H[z0, s, j]
-                    for o in range(1, d_out):
-                        if H[z0 + o, s, j] > zmax:
-                            zmax = H[z0 + o, s, j]
+                    zmax = _logit_max(H, z0, d_out, s, j)
                     tot = zmax - zmax
                     for o in range(d_out):
                         tot += math.exp((H[z0 + o, s, j] - zmax) / tau)

@@ -47,6 +47,7 @@ import numpy as np
 from numba import njit
 
 from ..rng import batch_into_nb
+from . import _activations
 from ._kernels_ls import FASTMATH, _heavy_ball
 
 #: samples taken through the layers together; the minibatch scratch of a trajectory is
@@ -54,31 +55,8 @@ from ._kernels_ls import FASTMATH, _heavy_ball
 SAMPLE_BLOCK = 32
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _activate(act, z):
-    """σ(z) of a hidden layer (``kernelspec.ACTIVATION_CODES``: 1 ReLU, 2 sigmoid, 3 tanh; else z)."""
-    if act == 1:
-        return z if z > 0 else z - z
-    if act == 2:
-        if z >= 0:
-            return 1.0 / (1.0 + np.exp(-z))
-        e = np.exp(z)
-        return e / (1.0 + e)
-    if act == 3:
-        return np.tanh(z)
-    return z
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _activation_d1(act, h):
-    """σ'(z) from h = σ(z) (ReLU: 1 where h > 0)."""
-    if act == 1:
-        return h - h + 1 if h > 0 else h - h
-    if act == 2:
-        return h * (1 - h)
-    if act == 3:
-        return 1 - h * h
-    return h - h + 1
+_activate = njit(cache=True, nogil=True, inline="always")(_activations.activate)
+_activation_d1 = njit(cache=True, nogil=True, inline="always")(_activations.activation_d1)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -508,7 +486,7 @@ def _forget_stale_cache():
     from .. import rng
     from . import _kernels_ls
     from ._numba_cache import forget_if_stale
-    forget_if_stale(layered_traj.py_func, [_kernels_ls.__file__, rng.__file__])
+    forget_if_stale(layered_traj.py_func, [_kernels_ls.__file__, rng.__file__, _activations.__file__])
 
 
 _forget_stale_cache()
