@@ -258,13 +258,9 @@ class MLP(Problem):
 
     # ------------------------------------------------------------- layout
     def _unpack(self, X):
-        """(Ws, bs) of x (dim,) or X (..., dim): Ws[l] (..., h_l, h_{l−1}), bs[l] (..., h_l) or None."""
-        lead = X.shape[:-1]
-        Ws = [X[..., o:o + r * c].reshape(lead + (r, c)) for (r, c), o in zip(self.shapes, self._w_offsets[:-1])]
-        if not self.bias:
-            return Ws, [None] * self.depth
-        bs = [X[..., o:o + r] for (r, _), o in zip(self.shapes, self._b_offsets[:-1])]
-        return Ws, bs
+        """(Ws, bs) of x (dim,) or X (..., dim): Ws[l] (..., h_l, h_{l−1}), bs[l] (..., h_l) or None
+        (``kernelspec.mlp_layers``: the engines' layout)."""
+        return KS.mlp_layers(X, self.shapes, self.bias)
 
     def _pack(self, gWs, gbs, lead):
         parts = [np.broadcast_to(g, lead + g.shape[-2:]).reshape(lead + (g.shape[-2] * g.shape[-1],)) for g in gWs]
