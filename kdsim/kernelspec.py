@@ -474,8 +474,8 @@ def record_values(refs, X, xp=np, row_bytes=0, subopt=None):
     (``row_bytes``: its temporaries per row, ``KernelSpec.record_row_bytes``). ``subopt`` replaces
     ``suboptimality`` for a compiled twin of it."""
     if refs.family == "mlp" and subopt is None:
-        parts = [_mlp_record_values(refs, X[r0:r0 + rows_per_block(row_bytes)], xp)
-                 for r0 in range(0, X.shape[0], rows_per_block(row_bytes))] or [_mlp_record_values(refs, X, xp)]
+        block = rows_per_block(row_bytes)
+        parts = [_mlp_record_values(refs, X[r0:r0 + block], xp) for r0 in range(0, max(1, X.shape[0]), block)]
         return tuple(xp.concatenate([p[k] for p in parts]) for k in range(3))
     C = canonical(refs, X, xp)
     d2o = ((C - refs.x_star) ** 2).sum(axis=1)
@@ -557,6 +557,22 @@ def mlp_outputs(xp, X, A, shapes, kind, biases):
     """The outputs z_i of parameter rows X (T, dim) on every row of A: (T, n, d_out)."""
     Ws, bs = mlp_layers(X, shapes, biases)
     return mlp_forward(xp, Ws, bs, A, kind)[1]
+
+
+def saved_records(refs, saved, div, rec_steps, row_block, xp=np, subopt=None):
+    """(dist2_opt, subopt, dist2_teacher), each ``div.shape + (R,)``, of iterates ``saved`` (…, R, dim) saved at
+    the record steps ``rec_steps`` (an array of ``xp``): NaN where the trajectory had diverged (``div`` its
+    step, −1 if never), evaluated ``row_block`` saved iterates at a time without copying all of them."""
+    valid = ((div[..., None] < 0) | (rec_steps < div[..., None])).ravel()
+    flat = saved.reshape(-1, saved.shape[-1])
+    out = [xp.full(valid.shape, np.nan) for _ in range(3)]
+    for b0 in range(0, flat.shape[0], row_block):
+        keep = b0 + xp.flatnonzero(valid[b0:b0 + row_block])
+        if int(keep.shape[0]) == 0:
+            continue
+        for o, v in zip(out, record_values(refs, flat[keep], xp, subopt=subopt)):
+            o[keep] = v
+    return tuple(v.reshape(div.shape + (saved.shape[-2],)) for v in out)
 
 
 def _offsets(shapes):

@@ -187,19 +187,10 @@ class _CudaRunner(_Runner):
 
     def records(self, saved, div):
         """dist2_opt, subopt, dist2_teacher (T, R) from the saved iterates (T, R, dim) of the live records."""
-        xp = self.xp
         t0 = time.perf_counter()
-        rec = xp.asarray(self.rec_steps)
-        valid = ((div[:, None] < 0) | (rec[None, :] < div[:, None])).ravel()
-        flat = saved.reshape(-1, self.dim)
-        out = [xp.full(valid.shape, np.nan) for _ in RECORDS]
-        keep_all = xp.flatnonzero(valid)
-        for b0 in range(0, int(keep_all.shape[0]), self.row_block):
-            keep = keep_all[b0:b0 + self.row_block]
-            for o, v in zip(out, KS.record_values(self.refs, flat[keep], xp)):
-                o[keep] = v
+        values = KS.saved_records(self.refs, saved, div, self.xp.asarray(self.rec_steps), self.row_block, self.xp)
         self.timers["records"].run_s += time.perf_counter() - t0
-        return {name: v.reshape(div.shape + (self.R,)) for name, v in zip(RECORDS, out)}
+        return dict(zip(RECORDS, values))
 
 
 def prepare(spec, plan, dtype=None, path="auto"):

@@ -361,24 +361,15 @@ class _LayeredRunner(_Runner):
 
     def _records(self, saved, div):
         t0, c0 = time.perf_counter(), self.timers["records_kernel"].compile_s
-        valid = ((div[:, :, None] < 0) | (self.rec_steps[None, None, :] < div[:, :, None])).ravel()
-        out = [np.full(valid.shape, np.nan) for _ in RECORDS]
-        flat = saved.reshape(-1, self.dim)
-        for b0 in range(0, len(flat), self.row_block):          # blocks of saved iterates, no full copy
-            keep = b0 + np.flatnonzero(valid[b0:b0 + self.row_block])
-            if not len(keep):
-                continue
-            sub = self.suboptimality if self.spec.family == "softmax" else None       # softmax: the compiled twin
-            for o, v in zip(out, KS.record_values(self.refs, flat[keep], np, subopt=sub)):
-                o[keep] = v
-        out = {name: v.reshape(div.shape + (self.R,)) for name, v in zip(RECORDS, out)}
+        sub = self.suboptimality if self.spec.family == "softmax" else None       # softmax: the compiled twin
+        values = KS.saved_records(self.refs, saved, div, self.rec_steps, self.row_block, np, subopt=sub)
+        out = dict(zip(RECORDS, values))
         compiled = self.timers["records_kernel"].compile_s - c0
         self.timers["records"].run_s += time.perf_counter() - t0 - compiled
         return out
 
     def suboptimality(self, X):
-        if self.spec.family != "softmax":
-            return KS.suboptimality(self.refs, X, np)
+        """Softmax regression's f − f* of rows X by the compiled records kernel (``_kernels_records``)."""
         from ._kernels_records import softmax_subopt
         r = self.refs.refs
         X = np.ascontiguousarray(X, dtype=np.float64)
