@@ -559,6 +559,57 @@ def mlp_outputs(xp, X, A, shapes, kind, biases):
     return mlp_forward(xp, Ws, bs, A, kind)[1]
 
 
+def affine_sums(xp, U, V, x_star, theta, F):
+    """The sums of the least-squares records' quadratics in λ at the pairs (u, v): rows U, V (N, d), float64.
+
+    With e = u − x*, w = u − θ: (‖e‖², ⟨e,v⟩, ‖v‖², ‖w‖², ⟨w,v⟩, ‖Fe‖², ⟨Fe,Fv⟩, ‖Fv‖²) stacked (8, N), and Fe,
+    Fv (N, m) (docs/theory.md §5.1: x(λ) = u + λv, so every record is a quadratic in λ).
+    """
+    E = U - x_star
+    W = U - theta
+    FE = E @ F.T
+    FV = V @ F.T
+    sums = xp.stack([(E * E).sum(axis=1), (E * V).sum(axis=1), (V * V).sum(axis=1), (W * W).sum(axis=1),
+                     (W * V).sum(axis=1), (FE * FE).sum(axis=1), (FE * FV).sum(axis=1), (FV * FV).sum(axis=1)])
+    return sums, E, W, FE, FV
+
+
+def affine_coefficients(xp, sums, alpha):
+    """(N, 3, 3): rows dist2_opt, subopt, dist2_teacher of c0 + c1·λ + c2·λ² from ``affine_sums``."""
+    e0, e1, e2, w0, w1, q0, q1, q2 = sums
+    rows = [(e0, 2.0 * e1, e2), (0.5 * (q0 + alpha * e0), q1 + alpha * e1, 0.5 * (q2 + alpha * e2)),
+            (w0, 2.0 * w1, e2)]
+    return xp.stack([xp.stack(r, axis=-1) for r in rows], axis=1)
+
+
+def affine_record_values(xp, U, V, acoef, x_star, theta, F, alpha, quad_tol):
+    """(dist2_opt, subopt, dist2_teacher), each (L, N), of x = u + a_k·v for the pairs U, V (N, d) float64.
+
+    Each record is evaluated from its quadratic in a; where that evaluation may have lost more than its
+    share to cancellation (the value below ``quad_tol`` times the sum of the terms' magnitudes, the
+    rule of the numba kernel ``_kernels_ls._records_block``) it is evaluated directly from e + a·v
+    instead, so records near x* keep their digits.
+    """
+    sums, E, W, FE, FV = affine_sums(xp, U, V, x_star, theta, F)
+    e0, e1, e2, w0, w1, q0, q1, q2 = sums
+    out = [xp.empty((len(acoef), U.shape[0])) for _ in range(3)]
+    for k, a in enumerate(float(v) for v in acoef):
+        s1 = e0 + a * (2.0 * e1 + a * e2)
+        s2 = w0 + a * (2.0 * w1 + a * e2)
+        s3 = q0 + a * (2.0 * q1 + a * q2)
+        ok = ((s1 >= quad_tol * (e0 + abs(2.0 * a * e1) + a * a * e2))
+              & (s2 >= quad_tol * (w0 + abs(2.0 * a * w1) + a * a * e2))
+              & (s3 >= quad_tol * (q0 + abs(2.0 * a * q1) + a * a * q2)))
+        redo = xp.flatnonzero(~ok)
+        if int(redo.shape[0]):
+            Va = a * V[redo]
+            s1[redo] = ((E[redo] + Va) ** 2).sum(axis=1)
+            s2[redo] = ((W[redo] + Va) ** 2).sum(axis=1)
+            s3[redo] = ((FE[redo] + a * FV[redo]) ** 2).sum(axis=1)
+        out[0][k], out[1][k], out[2][k] = s1, 0.5 * (s3 + alpha * s1), s2
+    return tuple(out)
+
+
 def saved_records(refs, saved, div, rec_steps, row_block, xp=np, subopt=None):
     """(dist2_opt, subopt, dist2_teacher), each ``div.shape + (R,)``, of iterates ``saved`` (…, R, dim) saved at
     the record steps ``rec_steps`` (an array of ``xp``): NaN where the trajectory had diverged (``div`` its

@@ -1,8 +1,13 @@
-"""Compile the CUDA engine's kernel to PTX for compute capability 9.0 without a GPU (float64, float32).
+"""Compile the CUDA engine's kernels to PTX for compute capability 9.0 without a GPU (float64, float32).
+
+The per-trajectory kernel, and the affine least-squares kernel at d = 50 (W1's dimension) with and
+without momentum: there, with the coordinate loops of fixed trip count, u and v (and the velocities)
+must be promoted to registers, i.e. the PTX has no local-memory loads or stores.
 
 Run as a script by tests/test_engine_cuda.py: numba-cuda asks the current device for its compute
 capability when it compiles a device function, so the device is stood in for by one with (9, 0).
 """
+import re
 import types
 
 import numba
@@ -28,14 +33,30 @@ def args(wd):
 #: a compiler library that is not installed (NVVM, NVRTC): the test skips, it cannot fail on them
 MISSING = ("No such file", "cannot be found", "could not be found", "libnvvm", "libnvrtc", "NVVM not")
 
-for wd in (np.float64, np.float32):
-    sig = tuple(numba.typeof(a) for a in args(wd))
+def affine_args(wd, d):
+    """Arguments of the affine least-squares kernel with the engine's types."""
+    f = lambda *s: np.zeros(s, wd)  # noqa: E731
+    i = lambda *s: np.zeros(s, np.int64)  # noqa: E731
+    b = lambda *s: np.zeros(s, np.bool_)  # noqa: E731
+    return (f(10, d), f(10), f(10), f(d), np.zeros(10), 0.5, wd(0.9), f(3), wd(0.1), f(1), f(d), f(3), True, False,
+            i(3), 10, np.zeros(4, np.uint64), 1, 0, 10, wd(0.0), 1e100, i(1, 4), f(1, 4), f(1, 4), b(10, 4), i(1, 4),
+            i(4), b(3, 4), f(3, d, 4), f(3, d, 4), i(3, 4), b(4), f(d, 4), f(d, 4))
+
+
+CASES = [(f"{wd.__name__} layered_traj", K.layered_traj.py_func, args(wd), False) for wd in (np.float64, np.float32)]
+CASES += [(f"{wd.__name__} ls_affine d=50 momentum={mom}", K.ls_affine_kernel(50, wd, mom).py_func, affine_args(wd, 50),
+           True) for wd in (np.float64, np.float32) for mom in (False, True)]
+
+for name, fn, arguments, in_registers in CASES:
+    sig = tuple(numba.typeof(a) for a in arguments)
     try:
-        ptx, _ = compile_ptx(K.layered_traj.py_func, sig, cc=(9, 0))
+        ptx, _ = compile_ptx(fn, sig, cc=(9, 0))
     except Exception as exc:  # noqa: BLE001 - decided below: a missing library skips, anything else fails
         if any(m in str(exc) for m in MISSING):
             print("SKIP", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise SystemExit(0)
         raise
-    assert ".entry" in ptx
-    print(wd.__name__, "PTX ok")
+    assert ".entry" in ptx, name
+    local = len(re.findall(r"\b(?:ld|st)\.local", ptx))
+    assert not (in_registers and local), f"{name}: {local} local-memory loads/stores (u, v not in registers)"
+    print(name, "PTX ok")

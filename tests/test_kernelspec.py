@@ -111,3 +111,35 @@ def test_affine_shift_of_corrected_kd():
     terms = p.teacher_terms(theta, "f")
     np.testing.assert_allclose(spec.affine_shift(True), terms.ridge - terms.full, rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(spec.affine_shift(False), terms.ridge)
+
+
+def test_affine_records_are_the_records_of_u_plus_lambda_v_even_under_cancellation():
+    """The affine form's records (quadratics in λ of the pairs (u, v), ``affine_record_values``) equal the
+    problem's own records of x = u + λv, also where x is so close to x* that the quadratic cancels (there
+    the rule evaluates directly; the quadratic alone loses every digit, checked below)."""
+    p = FAMILIES["least_squares"]
+    theta = p.solution() + 0.3
+    spec = p.kernel_spec(theta, ESTIMATORS["kd"])
+    F, alpha = spec.record_factor()
+    refs = spec.record_refs(np)
+    r = np.random.default_rng(3)
+    V = r.standard_normal((6, 4))
+    lams = np.array([0.0, 0.5, 2.0])
+    U = spec.x_star - 2.0 * V + r.standard_normal((6, 4))
+    U[:3] = spec.x_star - 2.0 * V[:3] + 1e-9 * r.standard_normal((3, 4))        # x(2) within 1e-9 of x*
+    tol = 2.0 * (4 + 3) * np.finfo(float).eps / 1e-12
+    got = KS.affine_record_values(np, U, V, lams, spec.x_star, spec.theta, F, alpha, tol)
+    for k, a in enumerate(lams):
+        want = KS.record_values(refs, U + a * V)
+        for g, w in zip(got, want):
+            # rows 0-2 at λ = 2: e ~ 1e-9 carries the inputs' rounding, eps·|u|/1e-9 ~ 1e-7 relative
+            np.testing.assert_allclose(g[k, :3], w[:3], rtol=1e-5 if a == 2.0 else 1e-10, atol=0)
+            np.testing.assert_allclose(g[k, 3:], w[3:], rtol=1e-10, atol=0)
+    direct = (U[:3] + 2.0 * V[:3] - spec.x_star) ** 2
+    sums = KS.affine_sums(np, U[:3], V[:3], spec.x_star, spec.theta, F)[0]
+    quadratic = sums[0] + 2.0 * (2.0 * sums[1] + 2.0 * sums[2])
+    assert np.max(np.abs(quadratic / direct.sum(axis=1) - 1.0)) > 1e-3      # what the rule protects against
+    coef = KS.affine_coefficients(np, KS.affine_sums(np, U, V, spec.x_star, spec.theta, F)[0], alpha)
+    for k, a in enumerate(lams[:2]):
+        for q in range(3):
+            np.testing.assert_allclose(coef[3:, q] @ [1.0, a, a * a], got[q][k, 3:], rtol=1e-9)

@@ -1,4 +1,5 @@
-"""numba-cuda kernels of the CUDA engine (``cuda_gpu``): one thread per trajectory.
+"""numba-cuda kernels of the CUDA engine (``cuda_gpu``): one thread per trajectory, and for least squares
+in the affine form one thread per seed (``ls_affine_kernel``, at the end of this module).
 
 The structure is the numba CPU layered kernel's (``_kernels_layered``), which covers every family
 of the kernel spec — least squares (one 1×d layer, identity link), softmax, the GLMs, deep linear
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import cuda
 
@@ -337,3 +339,190 @@ def layered_traj(A, Y, rt, Gt, ridge, alpha, dims, offs, boffs, act, code, gam, 
             break
     for p in range(dim):
         xfin[p, j] = X[p, j] if not dead else math.nan
+
+
+# ------------------------------------------------------------------ least squares, affine in λ
+_LS_AFFINE = {}
+
+
+def ls_affine_kernel(d, dtype, momentum):
+    """The affine-in-λ least-squares kernel for dimension ``d``, dtype and momentum on/off (compiled once each).
+
+    One thread per seed; its (u, v) pair serves every λ of the grid: x_t(λ) = u_t + a·v_t
+    (docs/theory.md §5.1; the recursion of ``_kernels_ls.ls_affine``). ``d`` is a compile-time
+    constant, so the loops over coordinates have a fixed trip count and u, v (and the velocities
+    with momentum) can live in registers. The iterate pair is saved at the record steps
+    (record-major, ``(R, d, S)``); the records are their quadratics in λ, evaluated afterwards on
+    the device (``kernelspec.affine_record_values``).
+    """
+    key = (int(d), np.dtype(dtype).name, bool(momentum))
+    if key not in _LS_AFFINE:
+        _LS_AFFINE[key] = _make_ls_affine(int(d), numba.from_dtype(np.dtype(dtype)), bool(momentum))
+    return _LS_AFFINE[key]
+
+
+def _make_ls_affine(DP, WD, MOM):
+    DM = DP if MOM else 1
+
+    @cuda.jit
+    def ls_affine(A, bvec, rth, gcv, anorm, gcv_norm, c1, gam_bs, gam_alpha, scales, x0, acw, use_v, plain,
+                  rec_steps, steps, stream_keys, b, scode, K, mom, limit, IDX, RU, RV, TAKEN, PERM, PEPOCH, ALIVE,
+                  usave, vsave, div, unsafe, ufin, vfin):
+        """Seed j = the thread's index: u ← c1·u − (γ/b_t)Σ_B a_i(a_iᵀu − b_i),
+        v ← c1·v − (γ/b_t)Σ_B a_i(a_iᵀv − s_e·rth_i) + s_e·γc (``gcv`` = γc; heavy ball through velocities
+        with momentum), the minibatch of ``_batch_into``. Divergence of λ_k after a step: not
+        (‖u + a_k v‖² <= limit), tested exactly when the running triangle-inequality bound on
+        ‖u‖ + max|a|·‖v‖ could reach the limit; a seed whose alive λ has ‖u‖² or a²‖v‖² beyond it is
+        flagged ``unsafe`` (left for the per-trajectory kernel) and stops."""
+        j = cuda.grid(1)
+        S = stream_keys.shape[0]
+        if j >= S:
+            return
+        n = A.shape[0]
+        L = acw.shape[0]
+        R = rec_steps.shape[0]
+        E = scales.shape[0]
+        u = cuda.local.array(DP, WD)
+        v = cuda.local.array(DP, WD)
+        wu = cuda.local.array(DM, WD)
+        wv = cuda.local.array(DM, WD)
+        zero = x0[0] - x0[0]
+        nrm = 0.0
+        for p in range(DP):
+            u[p] = x0[p]
+            v[p] = zero
+            nrm += np.float64(x0[p]) * np.float64(x0[p])
+        if MOM:
+            for p in range(DP):
+                wu[p] = zero
+                wv[p] = zero
+        ubu = math.sqrt(nrm)
+        ubv = 0.0
+        wbu = 0.0
+        wbv = 0.0
+        amax = 0.0
+        for k in range(L):
+            ALIVE[k, j] = True
+            if use_v and abs(np.float64(acw[k])) > amax:
+                amax = abs(np.float64(acw[k]))
+        n_alive = L
+        PEPOCH[j] = -1
+        key = stream_keys[j]
+        half_limit = 0.5 * np.float64(limit)
+        c1_abs = abs(np.float64(c1))
+        mom_abs = abs(np.float64(mom))
+        ga_abs = abs(np.float64(gam_alpha))
+        rec = 0
+        for t in range(steps + 1):
+            if rec < R and rec_steps[rec] == t:
+                for p in range(DP):
+                    usave[rec, p, j] = u[p]
+                    vsave[rec, p, j] = v[p]
+                rec += 1
+            if t == steps:
+                break
+            sc = scales[min(t // K, E - 1)]
+            nb = _batch_into(key, t, n, b, scode, K, PERM, PEPOCH, IDX, TAKEN, j)
+            gam_b = gam_bs[nb]
+            su = 0.0
+            sv = 0.0
+            for q in range(nb):                 # every residual at the current (u, v) first
+                i = IDX[q, j]
+                au = zero
+                av = zero
+                if use_v:
+                    for p in range(DP):
+                        au += A[i, p] * u[p]
+                        av += A[i, p] * v[p]
+                else:
+                    for p in range(DP):
+                        au += A[i, p] * u[p]
+                r0 = gam_b * (au - bvec[i])
+                r1 = gam_b * (av - sc * rth[i])
+                RU[q, j] = r0
+                RV[q, j] = r1
+                su += abs(np.float64(r0)) * anorm[i]
+                sv += abs(np.float64(r1)) * anorm[i]
+            if MOM:                             # w ← μw + γg, x ← x − w; coordinate loops innermost (unrolled)
+                for p in range(DP):
+                    wu[p] = mom * wu[p] + gam_alpha * u[p]
+                    wv[p] = mom * wv[p] + (gam_alpha * v[p] - sc * gcv[p])
+                for q in range(nb):
+                    i = IDX[q, j]
+                    r0 = RU[q, j]
+                    r1 = RV[q, j]
+                    for p in range(DP):
+                        wu[p] += r0 * A[i, p]
+                        wv[p] += r1 * A[i, p]
+                for p in range(DP):
+                    u[p] -= wu[p]
+                    if use_v:
+                        v[p] -= wv[p]
+                wbu = mom_abs * wbu + ga_abs * ubu + su
+                wbv = mom_abs * wbv + ga_abs * ubv + sv + abs(np.float64(sc)) * gcv_norm
+                ubu += wbu
+                ubv += wbv
+            else:
+                for q in range(nb):
+                    i = IDX[q, j]
+                    r0 = RU[q, j]
+                    r1 = RV[q, j]
+                    if q > 0 or plain:
+                        if use_v:
+                            for p in range(DP):
+                                u[p] -= r0 * A[i, p]
+                                v[p] -= r1 * A[i, p]
+                        else:
+                            for p in range(DP):
+                                u[p] -= r0 * A[i, p]
+                    elif use_v:
+                        for p in range(DP):
+                            u[p] = c1 * u[p] - r0 * A[i, p]
+                            v[p] = c1 * v[p] - r1 * A[i, p] + sc * gcv[p]
+                    else:
+                        for p in range(DP):
+                            u[p] = c1 * u[p] - r0 * A[i, p]
+                ubu = c1_abs * ubu + su
+                ubv = c1_abs * ubv + sv + abs(np.float64(sc)) * gcv_norm
+            bound = ubu + amax * ubv
+            if not (bound * bound <= half_limit):       # the exact test, only when the bound cannot exclude it
+                nu = 0.0
+                nv = 0.0
+                nuv = 0.0
+                for p in range(DP):
+                    up = np.float64(u[p])
+                    vp = np.float64(v[p])
+                    nu += up * up
+                    nv += vp * vp
+                    nuv += up * vp
+                bad = False
+                amax = 0.0
+                for k in range(L):
+                    if not ALIVE[k, j]:
+                        continue
+                    a = np.float64(acw[k])
+                    big = False
+                    q2 = nu
+                    if use_v and a != 0.0:
+                        q2 = nu + 2.0 * a * nuv + a * a * nv
+                        big = not (nu <= limit and a * a * nv <= limit)
+                    if not (q2 <= limit):
+                        ALIVE[k, j] = False
+                        n_alive -= 1
+                        div[k, j] = t + 1
+                    elif big:
+                        bad = True
+                    elif use_v and abs(a) > amax:
+                        amax = abs(a)
+                ubu = math.sqrt(nu)
+                ubv = math.sqrt(nv)
+                if bad:
+                    unsafe[j] = True
+                    break
+                if n_alive == 0:
+                    break
+        for p in range(DP):
+            ufin[p, j] = u[p]
+            vfin[p, j] = v[p]
+
+    return ls_affine

@@ -2,7 +2,11 @@
 
 One thread per trajectory (``_kernels_cuda.layered_traj``, every family of the kernel spec, every
 estimator, sampling scheme, momentum and temperature), the numba CPU engine's index stream, the same
-divergence guard. CuPy allocates, transfers and evaluates the records on the device (the problems'
+divergence guard. Least squares under common random numbers runs in the affine form instead
+(``_kernels_cuda.ls_affine_kernel``: one thread per seed, its (u, v) pair in registers for every λ,
+compiled per dimension), and its records are the quadratics in λ of the saved pairs, with the CPU
+kernel's rule against cancellation (``kernelspec.affine_record_values``); a seed the affine form cannot
+decide is rerun per trajectory by the driver, as on the CPU. CuPy allocates, transfers and evaluates the records on the device (the problems'
 own formulas, ``kdsim.kernelspec``); the kernels take CuPy arrays through ``__cuda_array_interface__``.
 Only the record arrays, ``diverged_step`` and ``x_final`` come back, once per seed chunk (default
 budget: half of the device's free memory).
@@ -26,7 +30,7 @@ import numpy as np
 from .. import kernelspec as KS
 from ..plan import RECORDS, resolve_dtype
 from . import cupy_gpu
-from .numba_cpu import _Runner
+from .numba_cpu import AffineForm, _Runner, affine_path
 
 NAME = "cuda"
 TAKES = "spec"
@@ -193,10 +197,137 @@ class _CudaRunner(_Runner):
         return dict(zip(RECORDS, values))
 
 
+class _CudaLeastSquaresRunner(_CudaRunner):
+    """Least squares: the affine (u, v) kernel (one thread per seed, every λ) under common random numbers,
+    else the per-trajectory kernel. Records of the affine form are the quadratics in λ of the saved pairs,
+    evaluated on the device (``kernelspec.affine_record_values``, the cancellation rule of the CPU kernel)."""
+
+    def __init__(self, spec, plan, dtype, path="auto"):
+        super().__init__(spec, plan, dtype)
+        self.affine = affine_path(spec, plan, path)
+        if not self.affine:
+            return
+        xp, wd = self.xp, dtype
+        dev = lambda a, t=wd: xp.asarray(np.array(a, dtype=t, order="C"))  # noqa: E731 - a writeable copy
+        form = AffineForm(spec, plan, wd)
+        self.form = form
+        self.kernel = "cuda_ls_affine"
+        self.bvec, self.rth_v = dev(spec.Y[:, 0]), dev(spec.teacher_residuals[:, 0])
+        self.gcv, self.anorm = dev(form.gcv), dev(form.anorm, np.float64)
+        self.gam_bs_dev, self.scales = dev(form.gam_bs), dev(form.scales)
+        with np.errstate(over="ignore"):
+            self.acw = dev(self.coef[:, 0])
+        self.acoef = np.asarray(self.coef[:, 0], dtype=np.float64)
+        F, self.alpha64 = spec.record_factor()
+        self.F = dev(F, np.float64)
+        self.xstar, self.theta = dev(spec.x_star, np.float64), dev(spec.theta, np.float64)
+        self.fixed_bytes += F.nbytes
+
+    @property
+    def bytes_per_seed(self):
+        if not self.affine:
+            return super().bytes_per_seed
+        w, d, n, b, R, L = self.wd.itemsize, self.dim, self.spec.n, self.plan.batch_size, self.R, self.L
+        kernel = (2 * R * d * w + 2 * d * w + b * (8 + 2 * w) + n + (8 * n if self.scode else 0) + 8 + 9 * L + 1)
+        records = 3 * L * R * 8 + 8 * R * 8 + L * d * 8      # the records, their sums, x_final(λ)
+        return int(kernel + records + _Runner.bytes_per_seed.fget(self))
+
+    def _run_affine(self, s0, s1):
+        """The kernel on seeds s0 .. s1 − 1: saved pairs (R, d, S), ufin, vfin (d, S), div (L, S), unsafe (S,)."""
+        xp, wd, d, ns = self.xp, self.wd, self.dim, s1 - s0
+        K = self.K
+        keys = xp.asarray(np.ascontiguousarray(self.keys_of(np.arange(s0, s1))[0]))
+        n, b = self.spec.n, self.plan.batch_size
+        usave = xp.full((self.R, d, ns), np.nan, dtype=wd)
+        vsave = xp.full((self.R, d, ns), np.nan, dtype=wd)
+        ufin, vfin = xp.zeros((d, ns), dtype=wd), xp.zeros((d, ns), dtype=wd)
+        div = xp.full((self.L, ns), -1, dtype=np.int64)
+        unsafe = xp.zeros(ns, dtype=np.bool_)
+        alive = xp.zeros((self.L, ns), dtype=np.bool_)
+        IDX = xp.zeros((b, ns), dtype=np.int64)
+        RU, RV = xp.zeros((b, ns), dtype=wd), xp.zeros((b, ns), dtype=wd)
+        TAKEN = xp.zeros((n if (self.scode == 0 and b < n) else 1, ns), dtype=np.bool_)
+        PERM = xp.zeros((n if self.scode else 1, ns), dtype=np.int64)
+        PEPOCH = xp.full(ns, -1, dtype=np.int64)
+        f = self.form
+        kernel = K.ls_affine_kernel(d, wd, self.mom != 0)
+        args = (self.A, self.bvec, self.rth_v, self.gcv, self.anorm, f.gcv_norm, f.c1, self.gam_bs_dev,
+                f.gam_alpha, self.scales, self.x0, self.acw, bool(self.est.uses_teacher), f.plain, self.dev_rec,
+                int(self.plan.steps), keys, int(b), int(self.scode), int(self.epoch_steps), wd.type(self.mom),
+                float(self.limit), IDX, RU, RV, TAKEN, PERM, PEPOCH, alive, usave, vsave, div, unsafe, ufin, vfin)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():         # the simulator's uint64 arithmetic wraps on numpy scalars
+            warnings.filterwarnings("ignore", "overflow encountered in scalar", RuntimeWarning)
+            kernel[-(-ns // K.THREADS), K.THREADS](*args)
+        if xp is not np:
+            xp.cuda.runtime.deviceSynchronize()
+        self.timers["kernel"].run_s += time.perf_counter() - t0
+        return usave, vsave, ufin, vfin, div, unsafe
+
+    def _pairs(self, usave, vsave, r0, r1):
+        """Rows (u, v) of records r0 .. r1 − 1, float64, record-major: ((r1 − r0)·S, d) each."""
+        xp = self.xp
+        flat = lambda a: xp.ascontiguousarray(xp.transpose(a[r0:r1], (0, 2, 1))).reshape(-1, self.dim)  # noqa: E731
+        U, V = flat(usave).astype(np.float64), flat(vsave).astype(np.float64)
+        if not self.est.uses_teacher:
+            V[...] = 0.0
+        return U, V
+
+    def _record_blocks(self, ns):
+        per = max(1, KS.rows_per_block(12 * self.dim * 8) // max(ns, 1))
+        return [(r0, min(self.R, r0 + per)) for r0 in range(0, self.R, per)]
+
+    def run_chunk(self, s0, s1):
+        if not self.affine:
+            return super().run_chunk(s0, s1)
+        xp, ns, L, R = self.xp, s1 - s0, self.L, self.R
+        usave, vsave, ufin, vfin, div, unsafe = self._run_affine(s0, s1)
+        t0 = time.perf_counter()
+        recs = [xp.empty((L, R, ns)) for _ in RECORDS]
+        for r0, r1 in self._record_blocks(ns):
+            U, V = self._pairs(usave, vsave, r0, r1)
+            vals = KS.affine_record_values(xp, U, V, self.acoef, self.xstar, self.theta, self.F, self.alpha64,
+                                           self.form.quad_tol)
+            for o, v in zip(recs, vals):
+                o[:, r0:r1] = v.reshape(L, r1 - r0, ns)
+        steps = xp.asarray(self.rec_steps)
+        dead = (div[:, None, :] >= 0) & (steps[None, :, None] >= div[:, None, :])           # (L, R, S)
+        out = {}
+        for name, o in zip(RECORDS, recs):
+            o[dead] = np.nan
+            out[name] = _host(xp, xp.transpose(o, (0, 2, 1)))
+        uf, vf = ufin.T.astype(np.float64), vfin.T.astype(np.float64)
+        x = xp.stack([uf + a * vf if a != 0.0 else uf for a in self.acoef])                    # (L, S, d)
+        x[div >= 0] = np.nan
+        out["diverged_step"], out["x_final"] = _host(xp, div), _host(xp, x)
+        if self.plan.keep_iterates:
+            U, V = self._pairs(usave, vsave, 0, R)
+            it = xp.stack([U + a * V if a != 0.0 else U for a in self.acoef]).reshape(L, R, ns, self.dim)
+            it[dead] = np.nan
+            out["iterates"] = _host(xp, xp.transpose(it, (0, 2, 1, 3)))
+        self.timers["records"].run_s += time.perf_counter() - t0
+        return out, _host(xp, unsafe)
+
+    def run_coefficients(self, s0, s1):
+        """(div (L, S), unsafe (S,), coefficients (S, R, 3, 3)) of the affine form (``driver.coefficients``)."""
+        xp, ns = self.xp, s1 - s0
+        usave, vsave, _, _, div, unsafe = self._run_affine(s0, s1)
+        coeffs = xp.empty((self.R, ns, 3, 3))
+        for r0, r1 in self._record_blocks(ns):
+            U, V = self._pairs(usave, vsave, r0, r1)
+            sums = KS.affine_sums(xp, U, V, self.xstar, self.theta, self.F)[0]
+            coeffs[r0:r1] = KS.affine_coefficients(xp, sums, self.alpha64).reshape(r1 - r0, ns, 3, 3)
+        return _host(xp, div), _host(xp, unsafe), _host(xp, xp.transpose(coeffs, (1, 0, 2, 3)))
+
+
 def prepare(spec, plan, dtype=None, path="auto"):
-    """A runner of the plan on the CUDA kernels (``path``: "auto" or "trajectory", the only path)."""
+    """A runner of the plan on the CUDA kernels. ``path``: "auto"; for least squares "affine" (required) or
+    "trajectory" (one thread per trajectory, every family's only path)."""
+    if spec.family == "least_squares":
+        require()
+        return _CudaLeastSquaresRunner(spec, plan, resolve_dtype(dtype, plan), path)
     if path not in ("auto", "trajectory"):
-        raise ValueError(f"path must be 'auto' or 'trajectory' for backend 'cuda' (one thread per trajectory); "
-                         f"got {path!r}")
+        raise ValueError(f"path must be 'auto' or 'trajectory' for backend 'cuda' on {spec.family} "
+                         f"(one thread per trajectory); got {path!r}")
     require()
     return _CudaRunner(spec, plan, resolve_dtype(dtype, plan))

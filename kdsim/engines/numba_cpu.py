@@ -153,6 +153,44 @@ class _Runner:
         return self.run_trajectories(np.arange(s0, s1)), None
 
 
+def affine_path(spec, plan, path):
+    """Whether least squares runs in the affine form: ``path`` "auto" (when it applies), "affine" (required:
+    a clear error when it does not apply) or "trajectory" (never)."""
+    V.choice("path", path, ("auto", "affine", "trajectory"))
+    est = plan.estimator
+    ok = (plan.common_random_numbers and not est.snapshot and plan.lambda_scales is not None
+          and spec.l2_mask is None)
+    if path == "affine" and not ok:
+        raise ValueError("the affine form needs least squares, common random numbers, a ridge on every "
+                         "coordinate (l2_bias=True) and an estimator among sgd, kd, kd_loss, corrected; got "
+                         f"estimator {est.name!r}, common_random_numbers={plan.common_random_numbers}, "
+                         f"l2_bias={spec.l2_mask is None}")
+    return ok and path != "trajectory"
+
+
+class AffineForm:
+    """The constants of least squares' affine form (docs/theory.md §5.1) in dtype ``wd``, γ folded in:
+    ``gcv`` = γκ (κ the shift of v's recursion), ``c1`` = 1 − γα, ``gam_bs`` = γ/b_t by batch size,
+    ``gam_alpha`` = γα, the per-epoch λ ``scales``, ``anorm`` = ‖a_i‖, ``plain`` (α = 0 and κ = 0), and
+    ``quad_tol``, the cancellation rule of records evaluated from their quadratics in λ."""
+
+    def __init__(self, spec, plan, wd):
+        from ._kernels_ls import QUAD_RECORD_RTOL
+        gam = float(plan.step)
+        self.gcv64 = gam * spec.affine_shift(plan.estimator.corrected)
+        self.gcv = self.gcv64.astype(wd)
+        self.gcv_norm = float(np.linalg.norm(self.gcv64))
+        self.plain = bool(spec.l2 == 0 and not np.any(self.gcv != 0))
+        self.c1 = wd.type(1.0 - gam * float(spec.l2))
+        self.gam_bs = np.array([0.0] + [gam / k for k in range(1, plan.batch_size + 1)]).astype(wd)
+        self.gam_alpha = wd.type(gam * float(spec.l2))
+        with np.errstate(over="ignore"):
+            self.scales = np.ascontiguousarray(plan.lambda_scales, dtype=wd)
+        self.anorm = np.linalg.norm(spec.A, axis=1)
+        F, _ = spec.record_factor()
+        self.quad_tol = 2.0 * (max(spec.dim, F.shape[0]) + 3) * np.finfo(np.float64).eps / QUAD_RECORD_RTOL
+
+
 class _LeastSquaresRunner(_Runner):
     """Least squares: the affine (u, v) kernel under common random numbers, else per trajectory."""
 
@@ -174,17 +212,9 @@ class _LeastSquaresRunner(_Runner):
         self.xstar = np.ascontiguousarray(spec.x_star, dtype=np.float64)
         self.theta_c = np.ascontiguousarray(spec.theta, dtype=np.float64)
         self.F, self.alpha64 = spec.record_factor()      # a writeable copy: one kernel signature
-        V.choice("path", path, ("auto", "affine", "trajectory"))
-        scales = plan.lambda_scales
-        affine_ok = self.crn and not est.snapshot and scales is not None and spec.l2_mask is None
-        if path == "affine" and not affine_ok:
-            raise ValueError("the affine form needs least squares, common random numbers, a ridge on every "
-                             "coordinate (l2_bias=True) and an estimator among sgd, kd, kd_loss, corrected; got "
-                             f"estimator {est.name!r}, common_random_numbers={self.crn}, "
-                             f"l2_bias={spec.l2_mask is None}")
-        self.affine = affine_ok and path != "trajectory"
+        self.affine = affine_path(spec, plan, path)
         if self.affine:
-            self._affine_setup(A64, spec.affine_shift(est.corrected), scales)
+            self._affine_setup(A64)
         with np.errstate(over="ignore"):
             self.acw = self.coef[:, 0].astype(wd)
         self.use_v = est.uses_teacher
@@ -192,29 +222,23 @@ class _LeastSquaresRunner(_Runner):
         self.fixed_bytes += self.F.nbytes + (self.A_pad.nbytes if self.affine else 0)
 
     # -- affine ------------------------------------------------------------
-    def _affine_setup(self, A64, shift, scales):
+    def _affine_setup(self, A64):
         """Inputs of ``ls_affine``: columns zero-padded to whole SIMD vectors, γ folded in."""
         wd, n, d = self.wd, self.spec.n, self.dim
+        form = AffineForm(self.spec, self.plan, wd)
         lanes = 32 // wd.itemsize                          # one AVX register
         dp = -(-d // lanes) * lanes
-        gam = float(self.plan.step)
         self.A_pad = np.zeros((n, dp), dtype=wd)
         self.A_pad[:, :d] = self.A
         self.x0_pad = np.zeros(dp, dtype=wd)
         self.x0_pad[:d] = self.x0
         self.gcv_pad = np.zeros(dp, dtype=wd)
-        self.gcv_pad[:d] = gam * shift
-        self.gcv_norm = float(np.linalg.norm(gam * shift))
-        self.agcv = (A64 @ (gam * shift)).astype(wd)          # a_iᵀ(γc), for steps taken in pairs
-        self.plain = bool(self.spec.l2 == 0 and not np.any(self.gcv_pad != 0))
-        self.c1 = wd.type(1.0 - gam * float(self.spec.l2))
-        self.gam_bs = np.array([0.0] + [gam / k for k in range(1, self.plan.batch_size + 1)]).astype(wd)
-        self.gam_alpha = wd.type(gam * float(self.spec.l2))
-        with np.errstate(over="ignore"):
-            self.scales = np.ascontiguousarray(scales, dtype=wd)
-        self.anorm = np.linalg.norm(A64, axis=1)
+        self.gcv_pad[:d] = form.gcv
+        self.gcv_norm, self.plain, self.c1 = form.gcv_norm, form.plain, form.c1
+        self.gam_bs, self.gam_alpha, self.scales = form.gam_bs, form.gam_alpha, form.scales
+        self.anorm, self.quad_tol = form.anorm, form.quad_tol
+        self.agcv = (A64 @ form.gcv64).astype(wd)          # a_iᵀ(γc), for steps taken in pairs
         self.Ft_lanes = self.K.lane_factor(self.F)
-        self.quad_tol = 2.0 * (max(d, self.F.shape[0]) + 3) * np.finfo(np.float64).eps / self.K.QUAD_RECORD_RTOL
 
     def _affine_args(self, keys, outs, div, ufin, vfin, unsafe, coeffs, usave, vsave):
         return (self.A_pad, self.bvec, self.rth, self.agcv, self.anorm, self.gcv_pad, self.gcv_norm, self.plain,
