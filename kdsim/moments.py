@@ -19,19 +19,12 @@ class RunningMoments:
         self.m2 = np.zeros((n_lams, n_records))
 
     def add(self, values, keep, *, consume=False):
-        """Merge one chunk; ``consume=True`` lets it overwrite ``values`` (float64) instead of copying."""
-        values = np.asarray(values, dtype=np.float64)
-        keep = np.asarray(keep, dtype=bool)
-        nb = keep.sum(axis=1)
-        dev = values if consume else values.copy()
-        drop = np.broadcast_to(~keep[:, :, None], dev.shape)
-        dev[drop] = 0.0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            total = dev.sum(axis=1)
-            mean_b = np.where(nb[:, None] > 0, total / np.maximum(nb, 1)[:, None], 0.0)
-        dev -= mean_b[:, None, :]
-        dev[drop] = 0.0
-        m2_b = np.einsum("lsr,lsr->lr", dev, dev)
+        """Merge one chunk; ``consume=True`` lets it overwrite ``values`` (float64) instead of copying.
+
+        ``values`` and ``keep`` may be arrays of another array module (CuPy): the chunk's count, mean and
+        M2 are computed there and only those (L, R) arrays come to the host to be merged.
+        """
+        nb, mean_b, m2_b = chunk_moments(values, keep, consume=consume)
         na = self.count
         n = na + nb
         safe_n = np.maximum(n, 1)[:, None]
@@ -46,3 +39,35 @@ class RunningMoments:
             mean = np.where(self.count[:, None] > 0, self.mean, np.nan)
             var = np.where(self.count[:, None] > 1, self.m2 / np.maximum(self.count - 1, 1)[:, None], np.nan)
         return mean, var, self.count.copy()
+
+
+def array_module(a):
+    """numpy, or the module of a non-numpy array (CuPy) without importing it."""
+    if isinstance(a, np.ndarray):
+        return np
+    import importlib
+    return importlib.import_module(type(a).__module__.split(".")[0])
+
+
+def to_host(a):
+    """A numpy array of ``a`` (a CuPy array is copied from the device)."""
+    return a if isinstance(a, np.ndarray) else (a.get() if hasattr(a, "get") else np.asarray(a))
+
+
+def chunk_moments(values, keep, *, consume=False):
+    """(count (L,), mean (L, R), M2 (L, R)) on the host of ``values`` (L, S, R) over the seeds ``keep`` (L, S),
+    computed in the array module of ``values``."""
+    xp = array_module(values)
+    values = xp.asarray(values, dtype=xp.float64)
+    keep = xp.asarray(keep, dtype=bool)
+    nb = keep.sum(axis=1)
+    dev = values if consume else values.copy()
+    drop = ~keep[:, :, None]
+    xp.copyto(dev, 0.0, where=drop)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = dev.sum(axis=1)
+        mean_b = xp.where(nb[:, None] > 0, total / xp.maximum(nb, 1)[:, None], 0.0)
+    dev -= mean_b[:, None, :]
+    xp.copyto(dev, 0.0, where=drop)
+    m2_b = xp.einsum("lsr,lsr->lr", dev, dev)
+    return to_host(nb).astype(np.int64), to_host(mean_b), to_host(m2_b)

@@ -143,7 +143,7 @@ def test_least_squares_affine_divergence_fallback_iterates_and_coefficients():
     want = run_arrays(reference, p, plan)
     assert (want["diverged_step"] >= 0).all()
     out = driver.run(p, plan, cuda_gpu, growth_limit=None)
-    assert out.timing["kernel"] == "cuda_ls_affine"
+    assert out.timing["kernel"] == "cuda_ls_affine" and out.timing["fallback_seeds"] > 0
     np.testing.assert_array_equal(out.arrays["diverged_step"], want["diverged_step"])
     assert_records_close(out.arrays, want, rtol=1e-9, scale_tol=1e-11, x_rtol=None)
     theta = teacher_of("least_squares", p)
@@ -157,6 +157,41 @@ def test_least_squares_affine_divergence_fallback_iterates_and_coefficients():
     assert driver.run(p, plan, cuda_gpu, path="trajectory").timing["kernel"] == "cuda_layered_traj"
     with pytest.raises(ValueError, match="affine form needs"):
         driver.run(p, make_plan(p, theta, [0.5], 0.05, 4, 2, estimator="svrg"), cuda_gpu, path="affine")
+
+
+@pytest.mark.cudasim
+@needs_kernels
+@pytest.mark.parametrize("name", ["least_squares", "softmax", "mlp"])
+def test_reduce_runs_on_the_device_and_equals_the_moments_of_the_full_records(name, monkeypatch):
+    """``reduce=True``: the chunk's records stay where the kernel wrote them (the driver asks for them with
+    ``device=True``); divergence and the moments are computed there. Equal to the moments of the reference's
+    full records, over several chunks, with diverged trajectories and (least squares) seeds the affine form
+    leaves to the per-trajectory kernel."""
+    p = problems()[name]
+    step = 3.0 if name == "least_squares" else 0.05
+    lams = [0.0, 0.5, 3.0] if name == "least_squares" else [0.0, 0.5]
+    plan = make_plan(p, teacher_of(name, p), lams, step, 40, 5, batch_size=2, record_every=8, seed=5)
+    asked = []
+    chunk = driver._chunk
+    monkeypatch.setattr(driver, "_chunk", lambda *a: asked.append(a[-1]) or chunk(*a))
+    got = driver.run(p, plan, cuda_gpu, reduce=True, chunk_seeds=2).arrays
+    assert asked == [True, True, True]
+    full = driver.run(p, plan, reference).arrays
+    keep = full["diverged_step"] < 0
+    np.testing.assert_array_equal(got["diverged_step"], full["diverged_step"])
+    np.testing.assert_array_equal(got["count"], keep.sum(axis=1))
+    if name == "least_squares":
+        assert 0 < keep.sum() < keep.size
+        wild = make_plan(p, p.solution() + 0.1, [0.0, 0.5, 3.0], 10.0, 120, 3, batch_size=2, record_every=8, seed=5)
+        out = driver.run(p, wild, cuda_gpu, reduce=True, chunk_seeds=2)
+        assert out.timing["fallback_seeds"] > 0                   # rerun per trajectory into device arrays
+        np.testing.assert_array_equal(out.arrays["diverged_step"], driver.run(p, wild, reference).arrays["diverged_step"])
+    for rec in ("dist2_opt", "subopt", "dist2_teacher"):
+        for k in range(len(lams)):
+            v = full[rec][k][keep[k]]
+            if len(v) > 1:
+                np.testing.assert_allclose(got["mean"][rec][k], v.mean(axis=0), rtol=1e-9, err_msg=rec)
+                np.testing.assert_allclose(got["var"][rec][k], v.var(axis=0, ddof=1), rtol=1e-8, atol=1e-300)
 
 
 # ------------------------------------------------------------------ default set

@@ -9,7 +9,8 @@ kernel's rule against cancellation (``kernelspec.affine_record_values``); a seed
 decide is rerun per trajectory by the driver, as on the CPU. CuPy allocates, transfers and evaluates the records on the device (the problems'
 own formulas, ``kdsim.kernelspec``); the kernels take CuPy arrays through ``__cuda_array_interface__``.
 Only the record arrays, ``diverged_step`` and ``x_final`` come back, once per seed chunk (default
-budget: half of the device's free memory).
+budget: half of the device's free memory); with ``reduce=True`` the driver decides divergence and
+the chunk's moments on the device, and only the (λ, record) moments and ``diverged_step`` come back.
 
 Without a GPU, numba-cuda's simulator (``NUMBA_ENABLE_CUDASIM=1``, set before numba is imported)
 runs the same kernels on the CPU on numpy arrays: the ``cudasim`` tests compare them there with the
@@ -111,6 +112,7 @@ class _CudaRunner(_Runner):
 
     saved_iterates = True
     kernel = "cuda_layered_traj"
+    reduces_on_device = True            # run_chunk(…, device=True): the driver reduces on the device
 
     def __init__(self, spec, plan, dtype):
         super().__init__(spec, plan, dtype)
@@ -148,8 +150,13 @@ class _CudaRunner(_Runner):
                     + (8 * n if self.scode else 0) + 8 + self.R * self.dim * 8 + self.dim * w)
         return int(self.L * per_traj + super().bytes_per_seed)
 
-    def run_trajectories(self, seeds):
+    def run_chunk(self, s0, s1, device=False):
+        return self.run_trajectories(np.arange(s0, s1), device), None
+
+    def run_trajectories(self, seeds, device=False):
+        """Every λ of the given seeds (local indices); ``device``: the arrays stay on the device."""
         xp, wd, K = self.xp, self.wd, self.K
+        put = (lambda a: a) if device else (lambda a: _host(xp, a))  # noqa: E731
         ns = len(seeds)
         keys = xp.asarray(np.ascontiguousarray(self.keys_of(seeds).ravel()))
         a, c = self.traj_coefs(ns)
@@ -179,14 +186,13 @@ class _CudaRunner(_Runner):
             xp.cuda.runtime.deviceSynchronize()
         self.timers["kernel"].run_s += time.perf_counter() - t0
         shape = (self.L, ns)
-        div_h = _host(xp, div).reshape(shape)
         saved_t = xp.ascontiguousarray(xp.transpose(saved, (2, 0, 1)))                   # (T, R, dim)
-        recs = self.records(saved_t, xp.asarray(div_h.ravel()))
-        out = {name: _host(xp, v).reshape(shape + (self.R,)) for name, v in recs.items()}
-        out["diverged_step"] = div_h
-        out["x_final"] = _host(xp, xfin).T.astype(np.float64).reshape(shape + (dim,))
+        recs = self.records(saved_t, div)
+        out = {name: put(v).reshape(shape + (self.R,)) for name, v in recs.items()}
+        out["diverged_step"] = put(div).reshape(shape)
+        out["x_final"] = put(xfin.T.astype(np.float64)).reshape(shape + (dim,))
         if self.plan.keep_iterates:
-            out["iterates"] = _host(xp, saved_t).reshape(shape + (self.R, dim))
+            out["iterates"] = put(saved_t).reshape(shape + (self.R, dim))
         return out
 
     def records(self, saved, div):
@@ -277,10 +283,11 @@ class _CudaLeastSquaresRunner(_CudaRunner):
         per = max(1, KS.rows_per_block(12 * self.dim * 8) // max(ns, 1))
         return [(r0, min(self.R, r0 + per)) for r0 in range(0, self.R, per)]
 
-    def run_chunk(self, s0, s1):
+    def run_chunk(self, s0, s1, device=False):
         if not self.affine:
-            return super().run_chunk(s0, s1)
+            return super().run_chunk(s0, s1, device)
         xp, ns, L, R = self.xp, s1 - s0, self.L, self.R
+        put = (lambda a: a) if device else (lambda a: _host(xp, a))  # noqa: E731
         usave, vsave, ufin, vfin, div, unsafe = self._run_affine(s0, s1)
         t0 = time.perf_counter()
         recs = [xp.empty((L, R, ns)) for _ in RECORDS]
@@ -295,16 +302,16 @@ class _CudaLeastSquaresRunner(_CudaRunner):
         out = {}
         for name, o in zip(RECORDS, recs):
             o[dead] = np.nan
-            out[name] = _host(xp, xp.transpose(o, (0, 2, 1)))
+            out[name] = put(xp.ascontiguousarray(xp.transpose(o, (0, 2, 1))))
         uf, vf = ufin.T.astype(np.float64), vfin.T.astype(np.float64)
         x = xp.stack([uf + a * vf if a != 0.0 else uf for a in self.acoef])                    # (L, S, d)
         x[div >= 0] = np.nan
-        out["diverged_step"], out["x_final"] = _host(xp, div), _host(xp, x)
+        out["diverged_step"], out["x_final"] = put(div), put(x)
         if self.plan.keep_iterates:
             U, V = self._pairs(usave, vsave, 0, R)
             it = xp.stack([U + a * V if a != 0.0 else U for a in self.acoef]).reshape(L, R, ns, self.dim)
             it[dead] = np.nan
-            out["iterates"] = _host(xp, xp.transpose(it, (0, 2, 1, 3)))
+            out["iterates"] = put(xp.transpose(it, (0, 2, 1, 3)))
         self.timers["records"].run_s += time.perf_counter() - t0
         return out, _host(xp, unsafe)
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import memory
-from ..moments import RunningMoments
+from ..moments import RunningMoments, array_module, to_host
 from ..plan import RECORDS
 
 
@@ -72,16 +72,18 @@ def prepare(problem, plan, engine, **options):
     return engine.prepare(_source(engine, problem, plan), plan, **options)
 
 
-def _chunk(runner, s0, s1, divergence, heldout=None):
+def _chunk(runner, s0, s1, divergence, heldout=None, device=False):
     """One chunk with the unsafe seeds rerun per trajectory, divergence decided and the held-out records
-    added (``heldout``: the problem, when the plan has held-out records); (arrays, seeds rerun)."""
-    res, unsafe = runner.run_chunk(s0, s1)
+    added (``heldout``: the problem, when the plan has held-out records); (arrays, seeds rerun).
+    ``device``: the arrays stay where the engine computed them (``runner.run_chunk(…, device=True)``)."""
+    res, unsafe = runner.run_chunk(s0, s1, device=True) if device else runner.run_chunk(s0, s1)
     nf = 0
     if unsafe is not None and unsafe.any():
         sel = np.flatnonzero(unsafe)
         redo = runner.run_trajectories(s0 + sel)
+        xp = array_module(res["dist2_opt"])
         for k in res:
-            res[k][:, sel] = redo[k]
+            res[k][:, xp.asarray(sel)] = xp.asarray(redo[k])
         nf = len(sel)
     divergence.apply(res)
     if heldout is not None:
@@ -111,27 +113,31 @@ class Divergence:
         self.return_iterates = plan.return_iterates
 
     def apply(self, res):
+        """Decide divergence in place in the chunk's arrays (numpy, or all of another array module: CuPy)."""
+        xp = array_module(res["dist2_opt"])
         div = res["diverged_step"]
         d2o = res["dist2_opt"]
         with np.errstate(invalid="ignore", over="ignore"):
-            if (d2o.max(initial=0.0) <= self.growth_limit * self.scale.min() and np.isfinite(res["subopt"].sum())
-                    and np.isfinite(res["dist2_teacher"].sum())):
+            if (d2o.size == 0 or (float(d2o.max()) <= self.growth_limit * self.scale.min()
+                                  and bool(xp.isfinite(res["subopt"].sum()))
+                                  and bool(xp.isfinite(res["dist2_teacher"].sum())))):
                 return                                   # every record finite and within the limit (fast path)
-        alive = (div[:, :, None] < 0) | (self.rec_steps < div[:, :, None])
+        rec_steps = xp.asarray(self.rec_steps)
+        alive = (div[:, :, None] < 0) | (rec_steps < div[:, :, None])
         with np.errstate(invalid="ignore", over="ignore"):
-            early = np.fmax(np.nanmax(np.fmax(d2o[:, :, :self.window], res["dist2_teacher"][:, :, :self.window]),
-                                      axis=2, initial=0.0), 0.0)
-            scale = np.maximum(early, self.scale[:, None])                                          # (L, S)
-            bad = ~np.isfinite(d2o) | (d2o > self.growth_limit * scale[:, :, None])
+            first_two = xp.fmax(d2o[:, :, :self.window], res["dist2_teacher"][:, :, :self.window])
+            early = xp.fmax(xp.where(xp.isnan(first_two), -xp.inf, first_two).max(axis=2), 0.0)
+            scale = xp.maximum(early, xp.asarray(self.scale)[:, None])                                # (L, S)
+            bad = ~xp.isfinite(d2o) | (d2o > self.growth_limit * scale[:, :, None])
         for name in RECORDS[1:]:
-            bad |= ~np.isfinite(res[name])
+            bad |= ~xp.isfinite(res[name])
         bad &= alive
         hit = bad.any(axis=2)
-        if not hit.any():
+        if not bool(hit.any()):
             return
-        first = self.rec_steps[np.argmax(bad, axis=2)]
+        first = rec_steps[xp.argmax(bad, axis=2)]
         div[hit] = first[hit]
-        dead = (div[:, :, None] >= 0) & (self.rec_steps >= div[:, :, None])
+        dead = (div[:, :, None] >= 0) & (rec_steps >= div[:, :, None])
         for name in RECORDS:
             res[name][dead] = np.nan
         if "iterates" in res:
@@ -171,7 +177,10 @@ def run(problem, plan, engine, *, reduce=False, memory_budget=None, chunk_seeds=
     Full records: ``arrays`` as described in the module docstring, for every seed.
     ``reduce``: ``{"mean": {record: (L, R)}, "var": {record: (L, R)}, "count": (L,),
     "diverged_step": (L, S)}`` over the seeds that never diverged, streamed chunk by chunk
-    through running moments, so the (λ, seed, record) arrays are never allocated.
+    through running moments, so the (λ, seed, record) arrays are never allocated. A runner with
+    ``reduces_on_device`` (the CUDA engine) keeps each chunk's records on the device, where the
+    divergence rule and the chunk's moments are computed; only (λ, record) moments and the
+    divergence steps come back.
     ``memory_budget``: bytes the run may use (default half the available memory);
     ``chunk_seeds`` forces a chunk size. ``growth_limit``: the divergence rule's growth factor
     (None: only the engine's guard and non-finite records, as the engines' own tests use).
@@ -189,10 +198,11 @@ def run(problem, plan, engine, *, reduce=False, memory_budget=None, chunk_seeds=
         if reduce:
             moments = {name: RunningMoments(L, R) for name in names}
             div = np.full((L, S), -1, dtype=np.int64)
+            device = getattr(runner, "reduces_on_device", False) and heldout is None
             for s0, s1 in cplan.chunks:
-                res, nf = _chunk(runner, s0, s1, divergence, heldout)
+                res, nf = _chunk(runner, s0, s1, divergence, heldout, device)
                 fallback += nf
-                div[:, s0:s1] = res["diverged_step"]
+                div[:, s0:s1] = to_host(res["diverged_step"])
                 keep = res["diverged_step"] < 0
                 for name in names:
                     moments[name].add(res[name], keep, consume=True)
