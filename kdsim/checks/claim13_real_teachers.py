@@ -200,42 +200,25 @@ def softmax_teacher(problem, kind):
 def exact_iid(problem, theta, lam, step, record_steps, x0):
     """Exact E‖x_t − x*‖² of i.i.d. KD (b = 1) at ``record_steps`` and its stationary value.
 
-    The recursion of docs/theory.md §5 (``theory.exact_moments``' operators) is affine in the state
-    (m, vec M); its (d + d² + 1)-square augmented matrix is raised to the record gaps, so a run of
+    The recursion of docs/theory.md §5 is affine in the state (vec M, m); its (d² + d + 1)-square
+    augmented matrix (``theory.exact_ls.MomentMap.matrix``) is raised to the record gaps, so a run of
     10⁵–10⁶ steps costs a few matrix products instead of one step each. Equal to
     ``theory.exact_moments`` at the same records (tested).
     """
-    from ..theory.exact_ls import _LSOperators, _noise_rows, _quantities
+    from ..theory.exact_ls import MomentMap
 
-    ops = _LSOperators(problem, 1)
-    d = problem.dim
-    N = d + d * d
-    eye = np.eye(d)
-    z, Xi = _noise_rows(problem, theta, lam, "kd")
-    xbar = Xi.mean(axis=0)
-    A = np.zeros((N + 1, N + 1))
-    A[:d, :d] = eye - step * ops.H
-    A[:d, N] = -step * xbar
-    for i in range(d):
-        C = ops.C(eye[i], Xi)
-        A[d:N, i] = (step * step * (C + C.T) - step * (np.outer(eye[i], xbar) + np.outer(xbar, eye[i]))).ravel()
-    A[d:N, d:N] = ops.T_matrix(step)
-    A[d:N, N] = step * step * ops.Q(Xi).ravel()
-    A[N, N] = 1.0
-    m0 = np.asarray(x0, dtype=np.float64) - z
-    s = np.concatenate([m0, np.outer(m0, m0).ravel(), [1.0]])
-    xs = problem.solution()
+    mm = MomentMap(problem, theta, lam, step, 1, "kd")
+    G = mm.matrix()
+    s = mm.state(x0)
     out, t, powers = [], 0, {}
     for tk in record_steps:
         gap = int(tk) - t
         if gap not in powers:
-            powers[gap] = np.linalg.matrix_power(A, gap)
+            powers[gap] = np.linalg.matrix_power(G, gap)
         s = powers[gap] @ s
         t = int(tk)
-        M = s[d:N].reshape(d, d)
-        out.append(_quantities(ops, s[:d], 0.5 * (M + M.T), z - xs, z - theta)[0])
-    m_inf, M_inf = ops.stationary(step, Xi)
-    return np.array(out), _quantities(ops, m_inf, M_inf, z - xs, z - theta)[0]
+        out.append(mm.quantities(*mm.moments(s))[0])
+    return np.array(out), mm.quantities(*mm.stationary())[0]
 
 
 # --------------------------------------------------------------- helpers

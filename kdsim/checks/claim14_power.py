@@ -147,27 +147,13 @@ class ExactCurve:
 
 
 def affine_step(problem, theta, lam, step, batch_size=1):
-    """(G, centre) with s_{t+1} = G s_t the exact §5 recursion of KD in s = (vec M_t, m_t, 1).
+    """(G, map) with s_{t+1} = G s_t the exact §5 recursion of KD in s = (vec M_t, m_t, 1).
 
     m_t = E x_t − z and M_t = E[(x_t − z)(x_t − z)ᵀ] about the mean fixed point z = x_λ; the recursion
-    (``theory.exact_ls``) is affine in (m, M), so G's columns are its images of the unit states.
+    is affine in (m, M) (``theory.exact_ls.MomentMap``, whose ``matrix`` G is).
     """
-    ops = exact_ls._LSOperators(problem, batch_size)
-    z, Xi = exact_ls._noise_rows(problem, theta, lam, "kd")
-    d = problem.dim
-    xbar, Q = Xi.mean(axis=0), ops.Q(Xi)
-    size = d * d + d + 1
-    G = np.zeros((size, size))
-    for j in range(size):
-        s = np.zeros(size)
-        s[j] = 1.0
-        M, m, one = s[:d * d].reshape(d, d), s[d * d:-1], s[-1]
-        C = ops.C(m, Xi)
-        M_new = (ops.T(M, step) - step * one * (np.outer(m, xbar) + np.outer(xbar, m))
-                 + step * step * (C + C.T) + step * step * one * Q)
-        m_new = m - step * (ops.H @ m) - step * one * xbar
-        G[:, j] = np.concatenate([M_new.ravel(), m_new, [one]])
-    return G, z, ops
+    mm = exact_ls.MomentMap(problem, theta, lam, step, batch_size, "kd")
+    return mm.matrix(), mm
 
 
 def time_grid(horizon):
@@ -186,10 +172,8 @@ def exact_curve(problem, theta, lam, step, batch_size=1, x0=None, horizon=None):
     x0 = problem.default_x0() if x0 is None else np.asarray(x0, dtype=np.float64)
     mu = float(np.linalg.eigvalsh(hessian(problem))[0])
     horizon = HORIZON / (step * mu) if horizon is None else horizon
-    G, z, ops = affine_step(problem, theta, lam, step, batch_size)
-    d = problem.dim
-    m0 = x0 - z
-    s0 = np.concatenate([np.outer(m0, m0).ravel(), m0, [1.0]])
+    G, mm = affine_step(problem, theta, lam, step, batch_size)
+    s0 = mm.state(x0)
     times = time_grid(horizon)
     K = int(np.log2(times[-1]))
     powers = [G]
@@ -205,13 +189,10 @@ def exact_curve(problem, theta, lam, step, batch_size=1, x0=None, horizon=None):
             for j in range(1, 4):
                 s = powers[k - 2] @ s
                 states[2 ** k + j * 2 ** (k - 2)] = s
-    xs = problem.solution()
     rows = []
     for t in times:
-        s = states[int(t)]
-        M = s[:d * d].reshape(d, d)
-        M = 0.5 * (M + M.T)
-        rows.append(exact_ls._quantities(ops, s[d * d:-1], M, z - xs, z - theta)[:2] + (float(np.trace(M)),))
+        d_opt, sub, _, d_centre = mm.quantities(*mm.moments(states[int(t)]))
+        rows.append((d_opt, sub, d_centre))
     rows = np.array(rows)
     st = theory.exact_moments(problem, theta, lam, step, 1, batch_size, 1, "kd", x0)
     stationary = {"dist2_opt": st.stationary_dist2_opt, "subopt": st.stationary_subopt,

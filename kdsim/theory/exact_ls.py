@@ -265,6 +265,72 @@ def _quantities(ops, m, M, v_opt, v_teacher):
     return float(d_opt), float(sub), float(d_th)
 
 
+class MomentMap:
+    """One step of the exact recursion (docs/theory.md §5) as an affine map of the moments about the
+    mean fixed point z: m = E x_t − z and M = E[(x_t − z)(x_t − z)ᵀ] for one least-squares problem,
+    teacher, λ, step γ, batch size and estimator:
+
+        m' = m − γHm − γ·ξ̄,   M' = 𝒯(M) − γ(m ξ̄ᵀ + ξ̄ mᵀ) + γ²(C(m) + C(m)ᵀ) + γ²Q,
+
+    with ξ_i the per-sample noise rows, C(m) = E[H_B m ξ_Bᵀ] and Q = E[ξ_B ξ_Bᵀ]. ``apply`` takes one step
+    (``one`` scales the affine part, so ``one = 0`` gives the linear part); ``matrix`` is the same map as
+    a (d² + d + 1)-square matrix on s = (vec M, m, 1), for recursions over many steps by its powers.
+    """
+
+    def __init__(self, problem, theta, lam, step, batch_size=1, estimator="kd"):
+        p = _require_ls(problem)
+        self.ops = _LSOperators(p, batch_size)
+        self.step = V.positive_float("step", step)
+        V.choice("estimator", estimator, SUPPORTED_ESTIMATORS)
+        self.z, self.Xi = _noise_rows(p, theta, 0.0 if estimator == "sgd" else lam, estimator)
+        self.xbar = self.Xi.mean(axis=0)
+        self.Q = self.ops.Q(self.Xi)
+        self.v_opt, self.v_teacher = self.z - p.solution(), self.z - theta
+        self.d = p.dim
+
+    def apply(self, m, M, one=1.0):
+        """(m', M') after one step from (m, M)."""
+        g, ops, xbar = self.step, self.ops, self.xbar
+        C = ops.C(m, self.Xi)
+        M_new = ops.T(M, g) - g * one * (np.outer(m, xbar) + np.outer(xbar, m)) + g * g * (C + C.T) + g * g * one * self.Q
+        return m - g * (ops.H @ m) - g * one * xbar, M_new
+
+    def matrix(self):
+        """G with s' = G s for s = (vec M (row-major), m, 1); the M block is ``_LSOperators.T_matrix``."""
+        d, g, ops = self.d, self.step, self.ops
+        N = d * d
+        G = np.zeros((N + d + 1, N + d + 1))
+        G[:N, :N] = ops.T_matrix(g)
+        eye = np.eye(d)
+        for i in range(d):
+            C = ops.C(eye[i], self.Xi)
+            G[:N, N + i] = (g * g * (C + C.T) - g * (np.outer(eye[i], self.xbar) + np.outer(self.xbar, eye[i]))).ravel()
+        G[:N, -1] = g * g * self.Q.ravel()
+        G[N:N + d, N:N + d] = eye - g * ops.H
+        G[N:N + d, -1] = -g * self.xbar
+        G[-1, -1] = 1.0
+        return G
+
+    def state(self, x0):
+        """s_0 = (vec M_0, m_0, 1) of the deterministic start x0."""
+        m0 = np.asarray(x0, dtype=np.float64) - self.z
+        return np.concatenate([np.outer(m0, m0).ravel(), m0, [1.0]])
+
+    def moments(self, s):
+        """(m, M) of a state s (M symmetrised)."""
+        N = self.d * self.d
+        M = s[:N].reshape(self.d, self.d)
+        return s[N:N + self.d], 0.5 * (M + M.T)
+
+    def quantities(self, m, M):
+        """(E‖x − x*‖², E[f − f*], E‖x − θ‖², E‖x − z‖²) at the moments (m, M)."""
+        return _quantities(self.ops, m, M, self.v_opt, self.v_teacher) + (float(np.trace(M)),)
+
+    def stationary(self):
+        """(m_∞, M_∞), the fixed point of the map; requires ρ(𝒯) < 1."""
+        return self.ops.stationary(self.step, self.Xi)
+
+
 def exact_moments(problem, theta, lam, step, steps, batch_size=1, record_every=1, estimator="kd", x0=None):
     """Exact E‖x_t − x*‖², E[f(x_t) − f*], E‖x_t − θ‖² and E x_t for least squares.
 
@@ -286,17 +352,9 @@ def exact_moments(problem, theta, lam, step, steps, batch_size=1, record_every=1
         raise ValueError("exact_moments does not cover 'svrg': its snapshot refresh makes the state "
                          "non-Markov in (mean, second moment); valid estimators: "
                          + ", ".join(map(repr, SUPPORTED_ESTIMATORS)))
-    ops = _LSOperators(p, batch_size)
+    mm = MomentMap(p, theta, lam, step, batch_size, estimator)
+    ops, z = mm.ops, mm.z
     x0 = p.default_x0() if x0 is None else V.as_vector("x0", x0, p.dim)
-    if estimator == "sgd":
-        lam_eff = 0.0
-    else:
-        lam_eff = lam
-    z, Xi = _noise_rows(p, theta, lam_eff, estimator)
-    x_star = p.solution()
-    v_opt, v_th = z - x_star, z - theta
-    xbar = Xi.mean(axis=0)
-    Q = ops.Q(Xi)
 
     rec = record_times(steps, record_every)
     R = len(rec)
@@ -305,27 +363,21 @@ def exact_moments(problem, theta, lam, step, steps, batch_size=1, record_every=1
     m = x0 - z
     M = np.outer(m, m)
     k = 0
-    g2 = step * step
     with np.errstate(over="ignore", invalid="ignore"):
         for t in range(steps + 1):
             if rec[k] == t:
-                d_opt[k], sub[k], d_th[k] = _quantities(ops, m, M, v_opt, v_th)
-                d_c[k] = np.trace(M)
+                d_opt[k], sub[k], d_th[k], d_c[k] = mm.quantities(m, M)
                 mean[k] = z + m
                 k += 1
                 if k == R:
                     break
-            C = ops.C(m, Xi)
-            M_new = (ops.T(M, step) - step * (np.outer(m, xbar) + np.outer(xbar, m))
-                     + g2 * (C + C.T) + g2 * Q)
-            m = m - step * (ops.H @ m) - step * xbar
+            m, M_new = mm.apply(m, M)
             M = 0.5 * (M_new + M_new.T)
 
     rho, status = _check_stable(ops, step)
     if status == "stable":
-        m_inf, M_inf = ops.stationary(step, Xi)
-        s_opt, s_sub, s_th = _quantities(ops, m_inf, M_inf, v_opt, v_th)
-        s_c = float(np.trace(M_inf))
+        m_inf, M_inf = mm.stationary()
+        s_opt, s_sub, s_th, s_c = mm.quantities(m_inf, M_inf)
         s_mean = z + m_inf
     else:
         s_opt = s_sub = s_th = s_c = float("nan")
