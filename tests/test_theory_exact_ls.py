@@ -256,3 +256,23 @@ def test_kd_loss_equals_kd_without_ridge_and_differs_with_one():
     xt = c.stationary_mean
     np.testing.assert_allclose(p1.grad(xt), 0.7 * p1.data_grad(theta1), atol=1e-12)
     assert c.stationary_dist2_opt > th.exact_moments(p1, theta1, 0.7, 0.03, 1, estimator="kd").stationary_dist2_opt
+
+
+@pytest.mark.parametrize("estimator,l2,b", [("kd", 0.0, 1), ("kd_loss", 0.3, 2), ("corrected", 0.1, 3)])
+def test_moment_map_matrix_is_its_step_and_its_fixed_point_is_the_stationary_moments(estimator, l2, b):
+    p = make_ls(7, 3, l2=l2)
+    mm = th.MomentMap(p, teacher(p, 0.8), 0.6, 0.05, b, estimator)
+    r = np.random.default_rng(2)
+    m, B = r.standard_normal(3), r.standard_normal((3, 3))
+    M = B @ B.T
+    s = np.concatenate([M.ravel(), m, [1.0]])
+    m1, M1 = mm.moments(mm.matrix() @ s)
+    m2, M2 = mm.apply(m, M)
+    np.testing.assert_allclose(m1, m2, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(M1, 0.5 * (M2 + M2.T), rtol=1e-12, atol=1e-14)
+    m_inf, M_inf = mm.stationary()
+    m3, M3 = mm.apply(m_inf, M_inf)
+    np.testing.assert_allclose(m3, m_inf, atol=1e-12)
+    np.testing.assert_allclose(M3, M_inf, rtol=1e-10, atol=1e-13)
+    ref = exact_ls.exact_moments(p, teacher(p, 0.8), 0.6, 0.05, 3, batch_size=b, estimator=estimator)
+    assert mm.quantities(m_inf, M_inf)[0] == pytest.approx(ref.stationary_dist2_opt, rel=1e-12)

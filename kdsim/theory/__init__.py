@@ -9,7 +9,8 @@
   collects them (``lambda_opt`` when given a least-squares ``problem``); ``lambda_variants``
   gives every variant for (problem, θ, γ, b) in one call, the RR epoch-end optimum included.
 * ``exact_ls`` (§5): ``exact_moments``, ``mse_sgd``,
-  ``stationary_error``, ``largest_stable_step``, ``spectral_radius``.
+  ``stationary_error``, ``largest_stable_step``, ``spectral_radius``; ``MomentMap``, one step of
+  the moment recursion (and its matrix, for horizons of 10⁶ steps by matrix powers).
 * ``deep_linear_flow`` (§7): mode curves and predicted maps.
 * ``sampling``: the ω(b) identity and exact minibatch expectations.
 
@@ -24,7 +25,7 @@ from .constants import Constants, expected_smoothness, mu_path, pl_path
 from .constants import constants as _constants_fn
 from .deep_linear_flow import (balanced_aligned_init, kd_mode_targets, mode_strength, predicted_map,
                                predicted_trajectory, whitened_instance)
-from .exact_ls import (ExactMoments, exact_moments, largest_stable_step, mse_sgd, spectral_radius, stationary_error,
+from .exact_ls import (ExactMoments, MomentMap, exact_moments, largest_stable_step, mse_sgd, spectral_radius, stationary_error,
                        stationary_error_from, step_stability)
 from .lambdas import (LambdaVariants, Variant, all_lambdas, lambda_hat, lambda_opt, lambda_opt_from,
                       lambda_star_published, lambda_star_t1, lambda_star_t2, lambda_variants)
@@ -34,7 +35,7 @@ constants = _constants_fn
 del _constants_fn
 
 __all__ = [
-    "Bound", "Constants", "ExactMoments", "LambdaVariants", "NotApplicableError", "Variant", "all_bounds", "all_lambdas",
+    "Bound", "Constants", "ExactMoments", "LambdaVariants", "MomentMap", "NotApplicableError", "Variant", "all_bounds", "all_lambdas",
     "balanced_aligned_init", "batch_inner", "batch_outer", "batch_sq_norm", "constants",
     "exact_moments", "expected_smoothness", "inclusion_probabilities", "kd_mode_targets",
     "lambda_hat", "lambda_opt", "lambda_opt_from", "lambda_star_published", "lambda_star_t1", "lambda_star_t2",
