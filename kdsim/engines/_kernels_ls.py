@@ -17,7 +17,11 @@ Conventions shared by every kernel module of the numba engine:
   in float32 (1e100 is not representable there);
 * ``fastmath`` is the flag subset ``FASTMATH`` (no ``nnan``/``ninf``), so the guard is
   never optimised away (tests check that it fires);
-* the minibatch of (seed, stream, step) comes from ``kdsim.rng``'s numba twin;
+* the minibatch of (seed, stream, step) is ``kdsim.rng``'s stream; the least-squares kernels
+  write its draw out in their step loops (Floyd's sampling, the epoch's permutation) instead of
+  calling ``rng.batch_into_nb``: there a call taking arrays cost reference-count updates and
+  argument passing worth more than a step's arithmetic at d = 50 (the engine tests compare
+  every sampling scheme with the reference, trajectory by trajectory);
 * hot loops index with ``range`` variables from 0, or with unsigned offsets: numba
   gives a signed index it cannot prove non-negative wraparound code, which stops LLVM
   from vectorising the loop; and they take no array views (``A[i]``), whose
@@ -31,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from ..rng import batch_into_nb, epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
+from ..rng import epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), approximate functions and no-signed-zero; never nnan/ninf, and never
@@ -182,13 +186,15 @@ def _index1(key0, t, n):
 NO_EPOCH = -(1 << 62)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _index1s(key0, t, n, code, perm, perm_start, g):
     """The index of a batch-1 step under sampling ``code`` (an epoch is n steps).
 
     Slot g caches its epoch's permutation and the epoch's first step ``perm_start[g]``
-    (``NO_EPOCH`` at first), so a step inside the cached epoch costs one subtraction and one
-    load, no division and no call: the same indices as ``kdsim.rng.batch_into_nb`` at b = 1.
+    (``NO_EPOCH`` at first); the kernels look a step inside the cached epoch up themselves
+    (``perm[g, t − perm_start[g]]``: one subtraction and one load, no call) and call this
+    only at an epoch's first step, or for i.i.d. sampling. The same indices as
+    ``kdsim.rng.batch_into_nb`` at b = 1.
     """
     if code == 0:
         return _index1(key0, t, n)
@@ -394,29 +400,10 @@ def _after_guard(g, s, t, U, V, use_v, acw, alive, n_alive, limit, div, unsafe, 
     return goes_on
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
-def _next_residuals(g, key0, t, A, bvec, rth, gam_bs, sc, U, V, use_v, b, code, K, perm, perm_epoch, NB, IDX, RU, RV,
-                    taken, zero):
-    """Draw step t's minibatch of seed slot g (``kdsim.rng.batch_into_nb``; its size into NB[g]) and its
-    scaled residuals (γ/b_t)(a_iᵀu − b_i), (γ/b_t)(a_iᵀv − s·rth_i), s the epoch's λ scale."""
-    n = A.shape[0]
-    nb = batch_into_nb(key0, t, n, b, code, K, perm, perm_epoch, g, IDX[g], taken)
-    NB[g] = nb
-    gam_b = gam_bs[nb]
-    dp = A.shape[1]
-    for jj in range(nb):
-        i = IDX[g, jj]
-        au = zero
-        av = zero
-        if use_v:
-            for p in range(dp):
-                au += A[i, p] * U[g, p]
-                av += A[i, p] * V[g, p]
-        else:
-            for p in range(dp):
-                au += A[i, p] * U[g, p]
-        RU[g, jj] = gam_b * (au - bvec[i])
-        RV[g, jj] = gam_b * (av - sc * rth[i])
+@njit(cache=True, nogil=True)
+def _fill_permutation(key0, e, n, perm, g):
+    """perm[g] ← epoch e's permutation of seed key ``key0`` (``rng.permutation_into_nb``), once per epoch."""
+    permutation_into_nb(epoch_key_nb(key0, e), n, perm[g])
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -510,8 +497,16 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
             key0 = stream_keys[s0 + g]
             singles = 1
             if pair:
-                i0 = _index1s(key0, t, n, code, perm, perm_start, g)
-                i1 = _index1s(key0, t + 1, n, code, perm, perm_start, g)
+                # the indices inline: a call that takes the permutation arrays (even one inlined by numba)
+                # costs reference-count updates per step, which were a third of this loop's time
+                if code == 0:
+                    i0 = _index1(key0, t, n)
+                    i1 = _index1(key0, t + 1, n)
+                else:
+                    k0 = t - perm_start[g]
+                    i0 = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t, n, code, perm, perm_start, g)
+                    k0 = t + 1 - perm_start[g]
+                    i1 = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t + 1, n, code, perm, perm_start, g)
                 u0 = zero
                 u1 = zero
                 v0 = zero
@@ -568,7 +563,11 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                     continue
                 singles = 2
             for tt in range(t, t + singles):
-                i = _index1s(key0, tt, n, code, perm, perm_start, g)
+                if code == 0:
+                    i = _index1(key0, tt, n)
+                else:
+                    k0 = tt - perm_start[g]
+                    i = perm[g, k0] if 0 <= k0 < n else _index1s(key0, tt, n, code, perm, perm_start, g)
                 au = zero
                 av = zero
                 if use_v:
@@ -639,10 +638,6 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
     taken = np.zeros(n, dtype=np.bool_)
     half_limit = 0.5 * limit
     c1_abs = abs(np.float64(c1))
-    if steps > 0:
-        for g in range(gn):
-            _next_residuals(g, stream_keys[s0 + g], 0, A, bvec, rth, gam_bs, scales[0], U, V, use_v, b, code, K,
-                            perm, perm_epoch, NB, IDX, RU, RV, taken, zero)
     n_active = gn
     rec = 0
     for t in range(steps + 1):
@@ -653,8 +648,55 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
         if t == steps or n_active == 0:
             break
         sc = scales[min(t // K, E - 1)]
-        # the update of every seed of the block, then the next step's residuals: the
-        # seeds' independent passes overlap in the CPU
+        # step t's minibatch and residuals of every seed of the block (rng.batch_into_nb's stream, written
+        # out here: a call taking arrays, even one numba inlines, costs reference counts per step), then
+        # every update: the seeds' independent passes overlap in the CPU
+        for g in range(gn):
+            if not active[g]:
+                continue
+            key0 = stream_keys[s0 + g]
+            if code == 0:
+                nb = b
+                if b == n:
+                    for q in range(n):
+                        IDX[g, q] = q
+                else:                           # Floyd's sampling (rng.minibatch_into_nb)
+                    skey = step_key_nb(key0, t)
+                    for q in range(b):
+                        c = n - b + q
+                        h = splitmix64_nb(skey + np.uint64(q + 1) * np.uint64(_G_INT))
+                        r = np.int64(uniform_below_nb(h, np.uint64(c + 1)))
+                        pick = c if taken[r] else r
+                        taken[pick] = True
+                        IDX[g, q] = pick
+                    for q in range(b):
+                        taken[IDX[g, q]] = False
+            else:                               # the epoch's permutation (rng.epoch_batch_nb)
+                e = t // K
+                lo = (t - e * K) * b
+                if code == 2:
+                    e = 0
+                if perm_epoch[g] != e:
+                    _fill_permutation(key0, e, n, perm, g)
+                    perm_epoch[g] = e
+                nb = min(b, n - lo)
+                for q in range(nb):
+                    IDX[g, q] = perm[g, lo + q]
+            NB[g] = nb
+            gam_b = gam_bs[nb]
+            for q in range(nb):                 # (γ/b_t)(a_iᵀu − b_i), (γ/b_t)(a_iᵀv − s·rth_i)
+                i = IDX[g, q]
+                au = zero
+                av = zero
+                if use_v:
+                    for p in range(dp):
+                        au += A[i, p] * U[g, p]
+                        av += A[i, p] * V[g, p]
+                else:
+                    for p in range(dp):
+                        au += A[i, p] * U[g, p]
+                RU[g, q] = gam_b * (au - bvec[i])
+                RV[g, q] = gam_b * (av - sc * rth[i])
         for g in range(gn):
             if not active[g]:
                 continue
@@ -718,12 +760,6 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
                                     ubv, amax):
                     active[g] = False
                     n_active -= 1
-        if t + 1 < steps:
-            sc1 = scales[min((t + 1) // K, E - 1)]
-            for g in range(gn):
-                if active[g]:
-                    _next_residuals(g, stream_keys[s0 + g], t + 1, A, bvec, rth, gam_bs, sc1, U, V, use_v, b,
-                                    code, K, perm, perm_epoch, NB, IDX, RU, RV, taken, zero)
     _block_finish(s0, gn, rec, R, L, U, V, d, out_d, out_s, out_t, ufin, vfin)
 
 
@@ -857,7 +893,35 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, 
                     gy[p] += A[i, p] * acc
             for p in range(d):
                 gy[p] = gy[p] * inv_n + alpha[p] * y[p]
-        nb = batch_into_nb(key0, t, n, b, code, K, perm, perm_epoch, 0, idx, taken)
+        # step t's minibatch (rng.batch_into_nb's stream, written out as in _ls_affine_block: the call
+        # cost more than the step's arithmetic at small d)
+        if code == 0:
+            nb = b
+            if b == n:
+                for q in range(n):
+                    idx[q] = q
+            else:
+                skey = step_key_nb(key0, t)
+                for q in range(b):
+                    cq = n - b + q
+                    h = splitmix64_nb(skey + np.uint64(q + 1) * np.uint64(_G_INT))
+                    r = np.int64(uniform_below_nb(h, np.uint64(cq + 1)))
+                    pick = cq if taken[r] else r
+                    taken[pick] = True
+                    idx[q] = pick
+                for q in range(b):
+                    taken[idx[q]] = False
+        else:
+            pe = t // K
+            lo = (t - pe * K) * b
+            if code == 2:
+                pe = 0
+            if perm_epoch[0] != pe:
+                _fill_permutation(key0, pe, n, perm, 0)
+                perm_epoch[0] = pe
+            nb = min(b, n - lo)
+            for q in range(nb):
+                idx[q] = perm[0, lo + q]
         inv_b = inv_bs[nb]
         for jj in range(nb):
             i = idx[jj]
