@@ -27,24 +27,38 @@ SVRG back-propagates r_i(x) through x and −a·r_i(y) through the snapshot y an
 ``period`` steps (for one layer through the minibatch functions below, for deep nets
 through the end-to-end map ``_prefix`` and ``_pullback_add``).
 
-The minibatch is handled as small matrices, layer by layer (``_forward_batch``,
-``_residuals``, ``_backward_batch``), ``SAMPLE_BLOCK`` samples at a time: each pass
-over a row of W_k serves several samples, so the sums are independent chains and the
-gradient is loaded and stored once per group of samples, not once per sample; and the
-calls are per block of samples, not per sample (each call with array arguments costs
-reference-count updates).
+The minibatch is handled as small matrices, layer by layer (``_forward``,
+``_output_residuals``, ``_backward_step`` or ``_backward_batch``), ``SAMPLE_BLOCK`` samples
+at a time, with explicit ``LANES``-wide vectors (whole AVX-512 registers; section below):
+register-blocked products (``_gemm_nt``: rows of W_k against the samples' rows, reduced by
+transposing horizontal sums; ``_gemm_nn``: result rows from broadcast entries, for the
+gradient and for δ ← W_kᵀδ; ``_forward_lanes``: linear layers, one sample per lane, when the
+block is whole groups of LANES samples), exponentials by ``_vexp``. A step whose minibatch is
+one block and whose g has no full-data term (no SVRG, c = 0) is fused into its backward pass:
+each layer's gradient block is formed and x steps on it at once (``_step_range``), ‖x‖² from
+the same pass; otherwise the gradient accumulates in g and ``_heavy_ball`` steps. The step
+loop passes borrowed views of its arrays (``_borrow``): a call with array arguments would
+otherwise cost two atomic reference-count updates per array. The engine may pad d_in with
+zero inputs (whole vectors per row of W_1); ``keep`` maps x back to the problem's coordinates.
 
 Records are not evaluated here: the kernel saves the iterate (float64) at every
 record step and the engine computes the problem's canonical distances and its
 cancellation-free ``suboptimality`` with the problem's own numpy code, exactly as
 the reference engine does; memory for the saved iterates is bounded by chunking.
 Conventions (dtype, guard, fastmath, unsigned offsets in inner loops) are those of
-``_kernels_ls``.
+``_kernels_ls``; the explicit-vector code indexes with signed flat offsets (it does not rely
+on LLVM's loop vectoriser, which the unsigned offsets are for).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, models, register_model
 
 from ..rng import batch_into_nb
 from . import _activations
@@ -59,58 +73,680 @@ _activate = njit(cache=True, nogil=True, inline="always")(_activations.activate)
 _activation_d1 = njit(cache=True, nogil=True, inline="always")(_activations.activation_d1)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Explicit SIMD vectors. LLVM's loop vectoriser on this project's targets stops at 256-bit vectors
+# (the host tuning prefers them), and a dot product over a short row leaves a scalar remainder and a
+# horizontal sum per output. The small matrix products of a minibatch are written instead with
+# LANES-element vectors that lower to whole AVX-512 registers (two AVX2 registers, or four SSE ones,
+# on machines without AVX-512), with masked loads and stores for the last partial vector of a row.
+# Every intrinsic takes a C-contiguous array and a flat element index into it (no views).
+
+#: elements of one explicit vector (``_Vec``): an AVX-512 register of float64
+LANES = 8
+
+
+class _Vec(types.Type):
+    """LANES elements of a float dtype held in one LLVM vector value."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        super().__init__(name=f"Vec({dtype} x {LANES})")
+
+
+@register_model(_Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), LANES))
+
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+def _float_array(arr):
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(arr.dtype, types.Float)):
+        raise TypingError(f"explicit vectors need a C-contiguous float array, got {arr}")
+
+
+def _vname(vty):
+    """LLVM's name suffix of a float vector type (v8f64, v8f32)."""
+    return f"v{vty.count}f{64 if vty.element == ir.DoubleType() else 32}"
+
+
+def _elem_ptr(context, builder, aryty, ary, idxty, idx):
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.gep(data, [context.cast(builder, idx, idxty, types.intp)])
+
+
+def _lane_mask(context, builder, nty, n):
+    """<LANES x i1>: lane l < n."""
+    n = context.cast(builder, n, nty, types.int64)
+    vty = ir.VectorType(_I64, LANES)
+    nv = builder.insert_element(ir.Constant(vty, ir.Undefined), n, ir.Constant(_I32, 0))
+    nv = builder.shuffle_vector(nv, nv, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+    return builder.icmp_signed("<", ir.Constant(vty, list(range(LANES))), nv)
+
+
+def _splat(builder, vty, s):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), s, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _intrinsic(builder, name, ret, args, fastmath=()):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args, fastmath=fastmath)
+
+
+@intrinsic
+def _vload(typingctx, arr, i):
+    """arr.flat[i : i + LANES]."""
+    _float_array(arr)
+    vt = _Vec(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.load(builder.bitcast(ptr, context.get_value_type(vt).as_pointer()), align=1)
+    return vt(arr, i), codegen
+
+
+def _whole(context, builder, nty, n):
+    """i1: n >= LANES (a whole vector: plain loads and stores, which store forwarding serves; a masked
+    store is not forwarded to a later load of the same bytes, which then waits for the store to retire)."""
+    n = context.cast(builder, n, nty, types.int64)
+    return builder.icmp_signed(">=", n, ir.Constant(_I64, LANES))
+
+
+@intrinsic
+def _vload_n(typingctx, arr, i, n):
+    """arr.flat[i : i + n] in the first n lanes (n >= LANES: all), zeros after; reads nothing beyond."""
+    _float_array(arr)
+    vt = _Vec(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        vty = context.get_value_type(vt)
+        with builder.if_else(_whole(context, builder, sig.args[2], args[2])) as (whole, part):
+            with whole:
+                v0 = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=1)
+                b0 = builder.block
+            with part:
+                mask = _lane_mask(context, builder, sig.args[2], args[2])
+                v1 = _intrinsic(builder, f"llvm.masked.load.{_vname(vty)}.p0", vty,
+                                [ptr, ir.Constant(_I32, 1), mask, ir.Constant(vty, None)])
+                b1 = builder.block
+        phi = builder.phi(vty)
+        phi.add_incoming(v0, b0)
+        phi.add_incoming(v1, b1)
+        return phi
+    return vt(arr, i, n), codegen
+
+
+@intrinsic
+def _vstore(typingctx, arr, i, v):
+    """arr.flat[i : i + LANES] = v."""
+    _float_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        builder.store(args[2], builder.bitcast(ptr, args[2].type.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.none(arr, i, v), codegen
+
+
+def _masked_store(context, builder, ptr, v, mask):
+    _intrinsic(builder, f"llvm.masked.store.{_vname(v.type)}.p0", ir.VoidType(),
+               [v, ptr, ir.Constant(_I32, 1), mask])
+
+
+@intrinsic
+def _vstore_n(typingctx, arr, i, v, n):
+    """arr.flat[i : i + n] = the first n lanes of v (n >= LANES: all); writes nothing beyond."""
+    _float_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        with builder.if_else(_whole(context, builder, sig.args[3], args[3])) as (whole, part):
+            with whole:
+                builder.store(args[2], builder.bitcast(ptr, args[2].type.as_pointer()), align=1)
+            with part:
+                _masked_store(context, builder, ptr, args[2], _lane_mask(context, builder, sig.args[3], args[3]))
+        return context.get_dummy_value()
+    return types.none(arr, i, v, n), codegen
+
+
+@intrinsic
+def _vstore_half_n(typingctx, arr, i, v, half, n):
+    """arr.flat[i : i + n] = lanes half·LANES/2 + (0 .. n − 1) of v, n <= LANES/2 taken as at most that."""
+    _float_array(arr)
+    if not isinstance(half, types.IntegerLiteral):
+        raise TypingError("half must be a literal 0 or 1")
+    h = half.literal_value
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        q = LANES // 2
+        lanes = ir.Constant(ir.VectorType(_I32, q), list(range(h * q, h * q + q)))
+        sub = builder.shuffle_vector(args[2], args[2], lanes)
+        n = context.cast(builder, args[4], sig.args[4], types.int64)
+        vty = ir.VectorType(_I64, q)
+        nv = builder.insert_element(ir.Constant(vty, ir.Undefined), n, ir.Constant(_I32, 0))
+        nv = builder.shuffle_vector(nv, nv, ir.Constant(ir.VectorType(_I32, q), [0] * q))
+        _masked_store(context, builder, ptr, sub, builder.icmp_signed("<", ir.Constant(vty, list(range(q))), nv))
+        return context.get_dummy_value()
+    return types.none(arr, i, v, half, n), codegen
+
+
+@intrinsic
+def _vbcast(typingctx, arr, i):
+    """arr.flat[i] in every lane."""
+    _float_array(arr)
+    vt = _Vec(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return _splat(builder, context.get_value_type(vt), builder.load(ptr))
+    return vt(arr, i), codegen
+
+
+@intrinsic
+def _vsplat(typingctx, s):
+    """s in every lane."""
+    if not isinstance(s, types.Float):
+        raise TypingError(f"_vsplat needs a float, got {s}")
+    vt = _Vec(s)
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, context.get_value_type(vt), args[0])
+    return vt(s), codegen
+
+
+@intrinsic
+def _vfma(typingctx, a, b, c):
+    """a·b + c, fused."""
+    def codegen(context, builder, sig, args):
+        return _intrinsic(builder, f"llvm.fma.{_vname(args[0].type)}", args[0].type, list(args))
+    return a(a, b, c), codegen
+
+
+def _vbinop(op):
+    @intrinsic
+    def f(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+        return a(a, b), codegen
+    return f
+
+
+_vadd, _vsub, _vmul, _vdiv = (_vbinop(op) for op in ("fadd", "fsub", "fmul", "fdiv"))
+
+
+@intrinsic
+def _vsum(typingctx, v):
+    """Σ of the lanes (tree order)."""
+    def codegen(context, builder, sig, args):
+        el = args[0].type.element
+        return _intrinsic(builder, f"llvm.vector.reduce.fadd.{_vname(args[0].type)}", el,
+                          [ir.Constant(el, -0.0), args[0]], fastmath=("reassoc",))
+    return v.dtype(v), codegen
+
+
+@intrinsic
+def _vhsum8(typingctx, a0, a1, a2, a3, a4, a5, a6, a7):
+    """The vector of the lane sums (Σ a0, …, Σ a7): a transposing reduction, 7 adds for 8 sums."""
+    if LANES != 8:
+        raise TypingError("_vhsum8 is written for 8 lanes")
+
+    def codegen(context, builder, sig, args):
+        def shuf(x, y, idx):
+            return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, 8), idx))
+
+        def level(x, y, lo, hi):
+            return builder.fadd(shuf(x, y, lo), shuf(x, y, hi))
+        s = [level(args[2 * p], args[2 * p + 1], [0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15])
+             for p in range(4)]
+        t = [level(s[2 * p], s[2 * p + 1], [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15])
+             for p in range(2)]
+        return level(t[0], t[1], [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
+    return a0(a0, a1, a2, a3, a4, a5, a6, a7), codegen
+
+
+@intrinsic
+def _vtranspose8(typingctx, a0, a1, a2, a3, a4, a5, a6, a7):
+    """The 8×8 transpose of the rows a0 … a7: a tuple of the 8 columns (24 shuffles)."""
+    if LANES != 8:
+        raise TypingError("_vtranspose8 is written for 8 lanes")
+    rt = types.UniTuple(a0, 8)
+
+    def codegen(context, builder, sig, args):
+        def shuf(x, y, idx):
+            return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(_I32, 8), idx))
+        t = []
+        for p in range(4):
+            t += [shuf(args[2 * p], args[2 * p + 1], [0, 8, 2, 10, 4, 12, 6, 14]),
+                  shuf(args[2 * p], args[2 * p + 1], [1, 9, 3, 11, 5, 13, 7, 15])]
+        u = []
+        for h in range(2):             # rows 0-3, rows 4-7
+            t0, t1, t2, t3 = t[4 * h:4 * h + 4]
+            u += [shuf(t0, t2, [0, 1, 8, 9, 4, 5, 12, 13]), shuf(t1, t3, [0, 1, 8, 9, 4, 5, 12, 13]),
+                  shuf(t0, t2, [2, 3, 10, 11, 6, 7, 14, 15]), shuf(t1, t3, [2, 3, 10, 11, 6, 7, 14, 15])]
+        lo, hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+        cols = [shuf(u[c], u[4 + c], lo) for c in range(4)] + [shuf(u[c], u[4 + c], hi) for c in range(4)]
+        return context.make_tuple(builder, sig.return_type, cols)
+    return rt(a0, a1, a2, a3, a4, a5, a6, a7), codegen
+
+
+@intrinsic
+def _vkeep_n(typingctx, v, n):
+    """v in the first n lanes, zeros after."""
+    def codegen(context, builder, sig, args):
+        mask = _lane_mask(context, builder, sig.args[1], args[1])
+        return builder.select(mask, args[0], ir.Constant(args[0].type, None))
+    return v(v, n), codegen
+
+
+#: ln 2^-1022: ``_vexp`` is 0 below it (no subnormal results)
+_EXP_MIN = -708.3964185322641
+
+#: Taylor coefficients 1/k! of e^r, k = 0 .. 13: on |r| <= ln2/2 the truncation is below 1e-17 relative
+_EXP_COEFS = [1.0 / math.factorial(k) for k in range(14)]
+
+
+@intrinsic
+def _vexp(typingctx, v):
+    """e^v per lane, computed in float64: v = k·ln2 + r (Cody–Waite, |r| <= ln2/2), e^r by its Taylor
+    polynomial, 2^k applied as two exponent-field scalings (overflow to inf); within one ulp of the
+    correctly rounded value (fast-math ``afn`` allows as much of ``np.exp``), except that results below
+    the smallest normal number are 0; NaN stays NaN."""
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        vin = x.type
+        vd = ir.VectorType(ir.DoubleType(), LANES)
+        vi = ir.VectorType(_I64, LANES)
+        if vin.element != ir.DoubleType():
+            x = builder.fpext(x, vd)
+
+        def c(val):
+            return ir.Constant(vd, [val] * LANES)
+        # below ln 2^-1022 the result is 0, not a subnormal: computing subnormals costs a microcode
+        # assist per instruction (the clamped lanes are computed too, so they stay normal)
+        small = builder.fcmp_ordered("<", x, c(_EXP_MIN))
+        xc = builder.select(small, c(_EXP_MIN + 0.01), x)
+        xc = builder.select(builder.fcmp_ordered(">", xc, c(710.0)), c(710.0), xc)
+        fma = f"llvm.fma.{_vname(vd)}"
+        k = _intrinsic(builder, f"llvm.rint.{_vname(vd)}", vd, [builder.fmul(xc, c(1.4426950408889634))])
+        r = _intrinsic(builder, fma, vd, [builder.fneg(k), c(6.93147180369123816490e-01), xc])   # ln2 hi
+        r = _intrinsic(builder, fma, vd, [builder.fneg(k), c(1.90821492927058770002e-10), r])    # ln2 lo
+        p = c(_EXP_COEFS[-1])
+        for coef in reversed(_EXP_COEFS[:-1]):
+            p = _intrinsic(builder, fma, vd, [p, r, c(coef)])
+        ki = builder.fptosi(k, vi)
+        k1 = builder.ashr(ki, ir.Constant(vi, [1] * LANES))
+        k2 = builder.sub(ki, k1)
+        for kk in (k1, k2):
+            bits = builder.shl(builder.add(kk, ir.Constant(vi, [1023] * LANES)), ir.Constant(vi, [52] * LANES))
+            p = builder.fmul(p, builder.bitcast(bits, vd))
+        p = builder.select(small, c(0.0), p)
+        p = builder.select(builder.fcmp_unordered("uno", x, x), x, p)
+        return p if vin.element == ir.DoubleType() else builder.fptrunc(p, vin)
+    return v(v), codegen
+
+
+@intrinsic
+def _vzero(typingctx, arr):
+    """Zeros in arr's dtype."""
+    _float_array(arr)
+    vt = _Vec(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+    return vt(arr), codegen
+
+
+@intrinsic
+def _address(typingctx, arr):
+    """The address of arr's data."""
+    def codegen(context, builder, sig, args):
+        return builder.ptrtoint(context.make_array(sig.args[0])(context, builder, args[0]).data, _I64)
+    return types.int64(arr), codegen
+
+
+@intrinsic
+def _borrow(typingctx, arr):
+    """arr without its owner reference (a null meminfo): a function called with it skips the atomic
+    reference counting of its array arguments (NRT_incref/decref return at once on null). The owner
+    must outlive it (``_alive``)."""
+    if not isinstance(arr, types.Array):
+        raise TypingError(f"_borrow needs an array, got {arr}")
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        dst = context.make_array(sig.return_type)(context, builder)
+        for name in ("data", "shape", "strides", "itemsize", "nitems"):
+            setattr(dst, name, getattr(src, name))
+        dst.meminfo = cgutils.get_null_value(dst.meminfo.type)
+        dst.parent = cgutils.get_null_value(dst.parent.type)
+        return dst._getvalue()
+    return arr(arr), codegen
+
+
+@intrinsic
+def _alive(typingctx, arr):
+    """Nothing: a use of arr (an array or a tuple of them) that keeps it, the owner of ``_borrow`` views,
+    alive until here (numba releases a variable after its last use)."""
+    def codegen(context, builder, sig, args):
+        return context.get_dummy_value()
+    return types.none(arr), codegen
+
+
+#: bytes of a cache line: vectors of a row that starts on one are never split across two
+ALIGN = 64
+
+
+@njit(cache=True, nogil=True)
+def _aligned_empty(rows, cols, like):
+    """An uninitialised (rows, cols) array of like's dtype whose data starts on a cache line (numba's
+    own allocations are 32-byte aligned): a row of cols a multiple of LANES is then whole lines."""
+    item = like.itemsize
+    buf = np.empty(rows * cols + ALIGN // item, dtype=like.dtype)
+    off = (-_address(buf)) % ALIGN // item
+    return buf[off:off + rows * cols].reshape((rows, cols))
+
+
+@njit(cache=True, nogil=True)
+def _gemm_nt(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K):
+    """C.flat[c0 + i·cs + r] = Σ_q A.flat[a0 + i·sa + q] · B.flat[b0 + r·sb + q] for i < M, r < N, q < K.
+
+    Blocks of 2 rows of A × 4 rows of B: eight independent sums over q, LANES terms at a time (the
+    last vector masked), reduced together by one transposing horizontal sum. A partial block repeats
+    its last row (computed twice, stored once). The rows of B (a layer's weights) are the outer loop:
+    each block of them is read from memory once.
+    """
+    kf = K - K % LANES
+    kr = K - kf
+    for r in range(0, N, 4):
+        pb0 = b0 + r * sb
+        pb1 = b0 + min(r + 1, N - 1) * sb
+        pb2 = b0 + min(r + 2, N - 1) * sb
+        pb3 = b0 + min(r + 3, N - 1) * sb
+        for i in range(0, M, 2):
+            i1 = min(i + 1, M - 1)
+            pa0 = a0 + i * sa
+            pa1 = a0 + i1 * sa
+            a00 = _vzero(C)
+            a01 = a00
+            a02 = a00
+            a03 = a00
+            a10 = a00
+            a11 = a00
+            a12 = a00
+            a13 = a00
+            for q in range(0, kf, LANES):
+                h0 = _vload(A, pa0 + q)
+                h1 = _vload(A, pa1 + q)
+                w0 = _vload(B, pb0 + q)
+                w1 = _vload(B, pb1 + q)
+                w2 = _vload(B, pb2 + q)
+                w3 = _vload(B, pb3 + q)
+                a00 = _vfma(w0, h0, a00)
+                a01 = _vfma(w1, h0, a01)
+                a02 = _vfma(w2, h0, a02)
+                a03 = _vfma(w3, h0, a03)
+                a10 = _vfma(w0, h1, a10)
+                a11 = _vfma(w1, h1, a11)
+                a12 = _vfma(w2, h1, a12)
+                a13 = _vfma(w3, h1, a13)
+            if kr > 0:
+                h0 = _vload_n(A, pa0 + kf, kr)
+                h1 = _vload_n(A, pa1 + kf, kr)
+                w0 = _vload_n(B, pb0 + kf, kr)
+                w1 = _vload_n(B, pb1 + kf, kr)
+                w2 = _vload_n(B, pb2 + kf, kr)
+                w3 = _vload_n(B, pb3 + kf, kr)
+                a00 = _vfma(w0, h0, a00)
+                a01 = _vfma(w1, h0, a01)
+                a02 = _vfma(w2, h0, a02)
+                a03 = _vfma(w3, h0, a03)
+                a10 = _vfma(w0, h1, a10)
+                a11 = _vfma(w1, h1, a11)
+                a12 = _vfma(w2, h1, a12)
+                a13 = _vfma(w3, h1, a13)
+            s = _vhsum8(a00, a01, a02, a03, a10, a11, a12, a13)
+            nr = min(4, N - r)
+            _vstore_half_n(C, c0 + i1 * cs + r, s, 1, nr)
+            _vstore_half_n(C, c0 + i * cs + r, s, 0, nr)
+
+
+@njit(cache=True, nogil=True)
+def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate):
+    """C.flat[c0 + i·cs + q] (+)= Σ_k A.flat[a0 + i·ai + k·ak] · B.flat[b0 + k·sb + q] for i < M, q < N,
+    k < K (``accumulate``: add to C, else overwrite it).
+
+    Blocks of 2 rows × 4 vectors of q, each A entry broadcast: eight independent sums, six loads per
+    eight fused multiply-adds; the vectors of q left over (the last one masked) in blocks of 8 rows.
+    A partial block repeats its last row (both copies load C before either stores the same values).
+    """
+    n4 = N - N % (4 * LANES)
+    for i in range(0, M, 2):
+        i1 = min(i + 1, M - 1)
+        pa0 = a0 + i * ai
+        pa1 = a0 + i1 * ai
+        pc0 = c0 + i * cs
+        pc1 = c0 + i1 * cs
+        for q in range(0, n4, 4 * LANES):
+            if accumulate:
+                c00 = _vload(C, pc0 + q)
+                c01 = _vload(C, pc0 + q + LANES)
+                c02 = _vload(C, pc0 + q + 2 * LANES)
+                c03 = _vload(C, pc0 + q + 3 * LANES)
+                c10 = _vload(C, pc1 + q)
+                c11 = _vload(C, pc1 + q + LANES)
+                c12 = _vload(C, pc1 + q + 2 * LANES)
+                c13 = _vload(C, pc1 + q + 3 * LANES)
+            else:
+                c00 = _vzero(C)
+                c01 = c00
+                c02 = c00
+                c03 = c00
+                c10 = c00
+                c11 = c00
+                c12 = c00
+                c13 = c00
+            for k in range(K):
+                s0 = _vbcast(A, pa0 + k * ak)
+                s1 = _vbcast(A, pa1 + k * ak)
+                pb = b0 + k * sb + q
+                v0 = _vload(B, pb)
+                v1 = _vload(B, pb + LANES)
+                v2 = _vload(B, pb + 2 * LANES)
+                v3 = _vload(B, pb + 3 * LANES)
+                c00 = _vfma(s0, v0, c00)
+                c01 = _vfma(s0, v1, c01)
+                c02 = _vfma(s0, v2, c02)
+                c03 = _vfma(s0, v3, c03)
+                c10 = _vfma(s1, v0, c10)
+                c11 = _vfma(s1, v1, c11)
+                c12 = _vfma(s1, v2, c12)
+                c13 = _vfma(s1, v3, c13)
+            _vstore(C, pc0 + q, c00)
+            _vstore(C, pc0 + q + LANES, c01)
+            _vstore(C, pc0 + q + 2 * LANES, c02)
+            _vstore(C, pc0 + q + 3 * LANES, c03)
+            _vstore(C, pc1 + q, c10)
+            _vstore(C, pc1 + q + LANES, c11)
+            _vstore(C, pc1 + q + 2 * LANES, c12)
+            _vstore(C, pc1 + q + 3 * LANES, c13)
+    for q in range(n4, N, LANES):
+        nq = N - q
+        for i in range(0, M, 8):
+            r0 = i
+            r1 = min(i + 1, M - 1)
+            r2 = min(i + 2, M - 1)
+            r3 = min(i + 3, M - 1)
+            r4 = min(i + 4, M - 1)
+            r5 = min(i + 5, M - 1)
+            r6 = min(i + 6, M - 1)
+            r7 = min(i + 7, M - 1)
+            if accumulate:
+                c0_ = _vload_n(C, c0 + r0 * cs + q, nq)
+                c1_ = _vload_n(C, c0 + r1 * cs + q, nq)
+                c2_ = _vload_n(C, c0 + r2 * cs + q, nq)
+                c3_ = _vload_n(C, c0 + r3 * cs + q, nq)
+                c4_ = _vload_n(C, c0 + r4 * cs + q, nq)
+                c5_ = _vload_n(C, c0 + r5 * cs + q, nq)
+                c6_ = _vload_n(C, c0 + r6 * cs + q, nq)
+                c7_ = _vload_n(C, c0 + r7 * cs + q, nq)
+            else:
+                c0_ = _vzero(C)
+                c1_ = c0_
+                c2_ = c0_
+                c3_ = c0_
+                c4_ = c0_
+                c5_ = c0_
+                c6_ = c0_
+                c7_ = c0_
+            for k in range(K):
+                v = _vload_n(B, b0 + k * sb + q, nq)
+                pa = a0 + k * ak
+                c0_ = _vfma(_vbcast(A, pa + r0 * ai), v, c0_)
+                c1_ = _vfma(_vbcast(A, pa + r1 * ai), v, c1_)
+                c2_ = _vfma(_vbcast(A, pa + r2 * ai), v, c2_)
+                c3_ = _vfma(_vbcast(A, pa + r3 * ai), v, c3_)
+                c4_ = _vfma(_vbcast(A, pa + r4 * ai), v, c4_)
+                c5_ = _vfma(_vbcast(A, pa + r5 * ai), v, c5_)
+                c6_ = _vfma(_vbcast(A, pa + r6 * ai), v, c6_)
+                c7_ = _vfma(_vbcast(A, pa + r7 * ai), v, c7_)
+            _vstore_n(C, c0 + r7 * cs + q, c7_, nq)
+            _vstore_n(C, c0 + r6 * cs + q, c6_, nq)
+            _vstore_n(C, c0 + r5 * cs + q, c5_, nq)
+            _vstore_n(C, c0 + r4 * cs + q, c4_, nq)
+            _vstore_n(C, c0 + r3 * cs + q, c3_, nq)
+            _vstore_n(C, c0 + r2 * cs + q, c2_, nq)
+            _vstore_n(C, c0 + r1 * cs + q, c1_, nq)
+            _vstore_n(C, c0 + r0 * cs + q, c0_, nq)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _forward_batch(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs):
+    """``_forward`` with its own scratch."""
+    _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, _forward_scratch(nb, H))
+
+
+@njit(cache=True, nogil=True)
+def _forward_scratch(rows, H):
+    """The scratch of ``_forward`` for ``rows`` samples and activations H: the transposed activations of
+    whole groups of LANES samples."""
+    return _aligned_empty(rows // LANES, H.shape[1] * LANES, H)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, HT):
     """Activations of the samples idx[j0:j0 + nb]: row j of H holds h_0 = a_{idx[j0 + j]}, h_{k+1} = W_k h_k
     (MLPs: h_{k+1} = σ(W_k h_k + b_k) below the output layer, W_L h_L + b_L at it; ``act`` the activation
     code, ``boffs`` the bias offsets, empty without biases).
 
-    Layer by layer, each pass takes two rows of W_k against two samples: four independent
-    sums share their loads (a sample-by-sample dot product is one dependent chain).
+    Linear layers and whole groups of LANES samples: ``_forward_lanes`` (no horizontal sums; H's slots
+    ``hoff`` must then start whole vectors and hold whole vectors); otherwise each layer is one
+    ``_gemm_nt`` (the samples' rows of H against the rows of W_k), biases and activations applied after
+    it. ``HT`` (``_forward_scratch``) holds transposed activations.
     """
     L = dims.shape[0] - 1
+    hw = H.shape[1]
+    d0 = dims[0]
     for j in range(nb):
         i = idx[j0 + j]
-        for c in range(np.uint64(dims[0])):
-            H[j, c] = A[i, c]                      # hoff[0] = 0
+        for c in range(0, d0, LANES):              # hoff[0] = 0
+            _vstore_n(H, j * hw + c, _vload_n(A, i * d0 + c, d0 - c), d0 - c)
+    lanes = act == 0 and boffs.shape[0] == 0 and nb % LANES == 0 and nb // LANES <= HT.shape[0]
+    for k in range(1, L + 1):                      # and H's slots of whole vectors (as the kernel makes them)
+        end = hoff[k + 1] if k < L else hw
+        if hoff[k] % LANES != 0 or end - hoff[k] < (dims[k] + LANES - 1) // LANES * LANES:
+            lanes = False
+    if lanes:
+        for g in range(nb // LANES):
+            _forward_lanes(x, dims, offs, H, hoff, g, HT)
+        return
     for k in range(L):
-        rows, cols = dims[k + 1], np.uint64(dims[k])
-        hi, ho = np.uint64(hoff[k]), hoff[k + 1]
-        for r in range(0, rows, 2):
-            r1 = min(r + 1, rows - 1)              # an odd last row is computed twice
-            b0 = np.uint64(offs[k] + r * dims[k])
-            b1 = np.uint64(offs[k] + r1 * dims[k])
-            for j in range(0, nb, 2):
-                j1 = min(j + 1, nb - 1)
-                a00 = zero
-                a01 = zero
-                a10 = zero
-                a11 = zero
-                for c in range(cols):
-                    w0 = x[b0 + c]
-                    w1 = x[b1 + c]
-                    h0 = H[j, hi + c]
-                    h1 = H[j1, hi + c]
-                    a00 += w0 * h0
-                    a01 += w0 * h1
-                    a10 += w1 * h0
-                    a11 += w1 * h1
-                if boffs.shape[0] > 0:
-                    c0 = x[boffs[k] + r]
-                    c1 = x[boffs[k] + r1]
-                    a00 += c0
-                    a01 += c0
-                    a10 += c1
-                    a11 += c1
-                if act != 0 and k < L - 1:
-                    a00 = _activate(act, a00)
-                    a01 = _activate(act, a01)
-                    a10 = _activate(act, a10)
-                    a11 = _activate(act, a11)
-                H[j, ho + r] = a00
-                H[j1, ho + r] = a01
-                H[j, ho + r1] = a10
-                H[j1, ho + r1] = a11
+        rows, cols = dims[k + 1], dims[k]
+        ho = hoff[k + 1]
+        _gemm_nt(H, ho, hw, H, hoff[k], hw, x, offs[k], cols, nb, rows, cols)
+        hidden = act != 0 and k < L - 1
+        if boffs.shape[0] > 0 or hidden:
+            for j in range(nb):
+                for r in range(rows):
+                    v = H[j, ho + r]
+                    if boffs.shape[0] > 0:
+                        v += x[boffs[k] + r]
+                    if hidden:
+                        v = _activate(act, v)
+                    H[j, ho + r] = v
+
+
+@njit(cache=True, nogil=True)
+def _forward_lanes(x, dims, offs, H, hoff, g, HT):
+    """Linear layers for the LANES samples of group g (rows g·LANES … of H, h_0 filled), one sample per
+    lane: row g of HT holds each layer's input transposed (component c of the group's samples at
+    LANES·(hoff[k] + c)), so h_{k+1}[r] = Σ_c W_k[r, c]·h_k[c] for all samples at once is LANES-wide fused
+    multiply-adds with W_k[r, c] broadcast, no horizontal sums. Blocks of 8 rows of W_k (a last partial
+    block repeats its last row); an 8×8 transpose turns each block back into the rows of H.
+    """
+    L = dims.shape[0] - 1
+    hw = H.shape[1]
+    j0 = g * LANES
+    ht = HT.shape[1]
+    gb = g * ht
+    for c in range(0, dims[0], LANES):             # h_0 transposed
+        n = dims[0] - c
+        t = _vtranspose8(_vload_n(H, j0 * hw + c, n), _vload_n(H, (j0 + 1) * hw + c, n),
+                         _vload_n(H, (j0 + 2) * hw + c, n), _vload_n(H, (j0 + 3) * hw + c, n),
+                         _vload_n(H, (j0 + 4) * hw + c, n), _vload_n(H, (j0 + 5) * hw + c, n),
+                         _vload_n(H, (j0 + 6) * hw + c, n), _vload_n(H, (j0 + 7) * hw + c, n))
+        for l in range(min(LANES, n)):
+            _vstore(HT, gb + (c + l) * LANES, t[l])
+    for k in range(L):
+        rows, cols = dims[k + 1], dims[k]
+        hi = gb + hoff[k] * LANES
+        ho = hoff[k + 1]
+        for r in range(0, rows, 8):
+            w0 = offs[k] + r * cols
+            w1 = offs[k] + min(r + 1, rows - 1) * cols
+            w2 = offs[k] + min(r + 2, rows - 1) * cols
+            w3 = offs[k] + min(r + 3, rows - 1) * cols
+            w4 = offs[k] + min(r + 4, rows - 1) * cols
+            w5 = offs[k] + min(r + 5, rows - 1) * cols
+            w6 = offs[k] + min(r + 6, rows - 1) * cols
+            w7 = offs[k] + min(r + 7, rows - 1) * cols
+            a0 = _vzero(H)
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            a4 = a0
+            a5 = a0
+            a6 = a0
+            a7 = a0
+            for c in range(cols):
+                h = _vload(HT, hi + c * LANES)
+                a0 = _vfma(_vbcast(x, w0 + c), h, a0)
+                a1 = _vfma(_vbcast(x, w1 + c), h, a1)
+                a2 = _vfma(_vbcast(x, w2 + c), h, a2)
+                a3 = _vfma(_vbcast(x, w3 + c), h, a3)
+                a4 = _vfma(_vbcast(x, w4 + c), h, a4)
+                a5 = _vfma(_vbcast(x, w5 + c), h, a5)
+                a6 = _vfma(_vbcast(x, w6 + c), h, a6)
+                a7 = _vfma(_vbcast(x, w7 + c), h, a7)
+            if k < L - 1:                          # the next layer's input, transposed
+                ot = gb + (ho + r) * LANES
+                _vstore(HT, ot, a0)
+                _vstore(HT, ot + LANES, a1)
+                _vstore(HT, ot + 2 * LANES, a2)
+                _vstore(HT, ot + 3 * LANES, a3)
+                _vstore(HT, ot + 4 * LANES, a4)
+                _vstore(HT, ot + 5 * LANES, a5)
+                _vstore(HT, ot + 6 * LANES, a6)
+                _vstore(HT, ot + 7 * LANES, a7)
+            t = _vtranspose8(a0, a1, a2, a3, a4, a5, a6, a7)
+            nr = rows - r
+            for l in range(LANES):
+                _vstore_n(H, (j0 + l) * hw + ho + r, t[l], nr)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -124,23 +760,109 @@ def _logit_max(H, j, z0, m):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _output_residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero, a, rt, teacher):
+    """``_residuals``, less a·rθ_i (``rt``) when ``teacher``: the combined residuals of a step.
+
+    Softmax with LANES < m <= 2·LANES classes: two samples per pass, whose chains of max, ``_vexp``,
+    sum and divide are independent (an odd last sample is computed twice); up to LANES classes one
+    sample per pass; squared loss LANES outputs at a time; otherwise ``_residuals``, then the teacher
+    term. Each vector is formed in registers and stored once, whole where D's rows have room.
+    """
+    hw = H.shape[1]
+    dw = D.shape[1]
+    nv = m if dw < (m + LANES - 1) // LANES * LANES else dw       # lanes a store may write
+    ma = _vsplat(-a)
+    if code == 1 and LANES < m <= 2 * LANES:
+        for j in range(0, nb, 2):
+            j1 = min(j + 1, nb - 1)
+            i = idx[j0 + j]
+            i1 = idx[j0 + j1]
+            zm = _vsplat(_logit_max(H, j, zoff, m))
+            zmb = _vsplat(_logit_max(H, j1, zoff, m))
+            hj = j * hw + zoff
+            hj1 = j1 * hw + zoff
+            e0 = _vexp(_vsub(_vload(H, hj), zm))
+            f0 = _vexp(_vsub(_vload(H, hj1), zmb))
+            e1 = _vkeep_n(_vexp(_vsub(_vload_n(H, hj + LANES, m - LANES), zm)), m - LANES)
+            f1 = _vkeep_n(_vexp(_vsub(_vload_n(H, hj1 + LANES, m - LANES), zmb)), m - LANES)
+            sv = _vsplat(_vsum(_vadd(e0, e1)))
+            sw = _vsplat(_vsum(_vadd(f0, f1)))
+            d0 = _vsub(_vdiv(e0, sv), _vload(Y, i * m))
+            d1 = _vsub(_vdiv(e1, sv), _vload_n(Y, i * m + LANES, m - LANES))
+            c0 = _vsub(_vdiv(f0, sw), _vload(Y, i1 * m))
+            c1 = _vsub(_vdiv(f1, sw), _vload_n(Y, i1 * m + LANES, m - LANES))
+            if teacher:
+                d0 = _vfma(ma, _vload(rt, i * m), d0)
+                d1 = _vfma(ma, _vload_n(rt, i * m + LANES, m - LANES), d1)
+                c0 = _vfma(ma, _vload(rt, i1 * m), c0)
+                c1 = _vfma(ma, _vload_n(rt, i1 * m + LANES, m - LANES), c1)
+            _vstore_n(D, j1 * dw, c0, nv)
+            _vstore_n(D, j1 * dw + LANES, c1, nv - LANES)
+            _vstore_n(D, j * dw, d0, nv)
+            _vstore_n(D, j * dw + LANES, d1, nv - LANES)
+        return
+    if code == 1 and m <= LANES:
+        for j in range(nb):
+            i = idx[j0 + j]
+            zm = _vsplat(_logit_max(H, j, zoff, m))
+            e = _vkeep_n(_vexp(_vsub(_vload_n(H, j * hw + zoff, m), zm)), m)
+            d = _vsub(_vdiv(e, _vsplat(_vsum(e))), _vload_n(Y, i * m, m))
+            if teacher:
+                d = _vfma(ma, _vload_n(rt, i * m, m), d)
+            _vstore_n(D, j * dw, d, nv)
+        return
+    if code == 0:
+        for j in range(nb):
+            i = idx[j0 + j]
+            for o in range(0, m, LANES):
+                d = _vsub(_vload_n(H, j * hw + zoff + o, m - o), _vload_n(Y, i * m + o, m - o))
+                if teacher:
+                    d = _vfma(ma, _vload_n(rt, i * m + o, m - o), d)
+                _vstore_n(D, j * dw + o, d, nv - o)
+        return
+    _residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero)
+    if teacher:
+        for j in range(nb):
+            i = idx[j0 + j]
+            for o in range(m):
+                D[j, o] -= a * rt[i, o]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _softmax_residuals(H, zoff, m, Y, idx, j0, nb, D, zero):
+    """D[j, :m] = softmax(z_j) − y_i at the logits z_j = H[j, zoff:zoff + m] of sample i = idx[j0 + j],
+    LANES logits at a time (``_vexp``; lanes past m are dropped before the sum)."""
+    hw = H.shape[1]
+    dw = D.shape[1]
+    for j in range(nb):
+        i = idx[j0 + j]
+        zmax = _vsplat(_logit_max(H, j, zoff, m))
+        hj = j * hw + zoff
+        dj = j * dw
+        s = zero
+        for o in range(0, m, LANES):
+            e = _vkeep_n(_vexp(_vsub(_vload_n(H, hj + o, m - o), zmax)), m - o)
+            _vstore_n(D, dj + o, e, m - o)
+            s += _vsum(e)
+        sv = _vsplat(s)
+        for o in range(0, m, LANES):
+            _vstore_n(D, dj + o, _vsub(_vdiv(_vload_n(D, dj + o, m - o), sv), _vload_n(Y, i * m + o, m - o)), m - o)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero):
     """D[j, :m] = ∂g/∂z of sample idx[j0 + j] at its logits H[j, zoff:zoff + m] (see the module table)."""
     z0 = np.uint64(zoff)
+    hw = H.shape[1]
+    dw = D.shape[1]
+    if code == 1:
+        _softmax_residuals(H, zoff, m, Y, idx, j0, nb, D, zero)
+        return
     for j in range(nb):
         i = idx[j0 + j]
         if code == 0:
             for o in range(m):
                 D[j, o] = H[j, z0 + o] - Y[i, o]
-        elif code == 1:
-            zmax = _logit_max(H, j, z0, m)
-            s = zero
-            for o in range(m):
-                e = np.exp(H[j, z0 + o] - zmax)
-                D[j, o] = e
-                s += e
-            for o in range(m):
-                D[j, o] = D[j, o] / s - Y[i, o]
         elif code == 2:
             for o in range(m):
                 z = H[j, z0 + o]
@@ -160,67 +882,172 @@ def _backward_batch(x, dims, offs, H, hoff, D, Dn, nb, grad, scale, zero, act, b
     """grad += scale · Σ_j J(x)ᵀ(δ_j h_{j,0}ᵀ) for the output residuals δ_j = D[j, :d_out] (MLPs: the
     biases' gradients Σ_j δ_j, and δ ← (W_kᵀδ) ⊙ σ'(z) from the saved activations).
 
-    Overwrites D and Dn. Row r of layer k's gradient gains δ_j[r]·h_j for four samples per
-    pass (then two, then one for the rest), and δ ← W_kᵀδ takes two rows of W_k per pass:
-    the gradient is loaded and stored once per four samples instead of once per sample.
+    Overwrites D and Dn. Layer k's gradient gains Σ_j δ_j h_jᵀ and δ ← W_kᵀδ, each one ``_gemm_nn``
+    (the first reads δ transposed, the second W_k's rows).
     """
     L = dims.shape[0] - 1
+    hw = H.shape[1]
     for j in range(nb):
         for o in range(dims[L]):
             D[j, o] = scale * D[j, o]
     cur = D
     nxt = Dn
     for k in range(L - 1, -1, -1):
-        rows, cols = dims[k + 1], np.uint64(dims[k])
-        hi = np.uint64(hoff[k])
+        rows, cols = dims[k + 1], dims[k]
+        hi = hoff[k]
         if boffs.shape[0] > 0:
             for r in range(rows):
                 s = zero
                 for j in range(nb):
                     s += cur[j, r]
                 grad[boffs[k] + r] += s
-        for r in range(rows):
-            base = np.uint64(offs[k] + r * dims[k])
-            j = 0
-            while j + 3 < nb:
-                d0 = cur[j, r]
-                d1 = cur[j + 1, r]
-                d2 = cur[j + 2, r]
-                d3 = cur[j + 3, r]
-                for c in range(cols):
-                    grad[base + c] += (d0 * H[j, hi + c] + d1 * H[j + 1, hi + c]) + (d2 * H[j + 2, hi + c]
-                                                                                    + d3 * H[j + 3, hi + c])
-                j += 4
-            if j + 1 < nb:
-                d0 = cur[j, r]
-                d1 = cur[j + 1, r]
-                for c in range(cols):
-                    grad[base + c] += d0 * H[j, hi + c] + d1 * H[j + 1, hi + c]
-                j += 2
-            if j < nb:
-                d0 = cur[j, r]
-                for c in range(cols):
-                    grad[base + c] += d0 * H[j, hi + c]
+        # row r of the gradient += Σ_j δ_j[r] h_j
+        _gemm_nn(grad, offs[k], cols, cur, 0, 1, cur.shape[1], H, hi, hw, rows, nb, cols, True)
         if k > 0:
-            for j in range(nb):
-                for c in range(cols):
-                    nxt[j, c] = zero
-                for r in range(0, rows - 1, 2):
-                    b0 = np.uint64(offs[k] + r * dims[k])
-                    b1 = b0 + cols
-                    d0 = cur[j, r]
-                    d1 = cur[j, r + 1]
-                    for c in range(cols):
-                        nxt[j, c] += x[b0 + c] * d0 + x[b1 + c] * d1
-                if rows % 2 == 1:
-                    b0 = np.uint64(offs[k] + (rows - 1) * dims[k])
-                    d0 = cur[j, rows - 1]
-                    for c in range(cols):
-                        nxt[j, c] += x[b0 + c] * d0
-                if act != 0:
+            # δ_j ← W_kᵀ δ_j = Σ_r δ_j[r] (row r of W_k)
+            _gemm_nn(nxt, 0, nxt.shape[1], cur, 0, cur.shape[1], 1, x, offs[k], cols, nb, rows, cols, False)
+            if act != 0:
+                for j in range(nb):
                     for c in range(cols):
                         nxt[j, c] *= _activation_d1(act, H[j, hi + c])
             cur, nxt = nxt, cur
+
+
+@njit(nogil=True, inline="always")
+def _step_math(G, xv, av, rv, vv, ib, ma, mg, mu, alpha_on, ridge_on, momentum):
+    """The step of one vector from its gradient sums G: g = G·inv_b + α⊙x − a·ridge, v = μ·vel + g,
+    x − γv (``_heavy_ball``); (v, x_new). Values only: an inlined helper with array arguments would cost
+    reference counts per call. ``alpha_on`` false: α = 0 (no α⊙x)."""
+    g = _vmul(G, ib)
+    if alpha_on:
+        g = _vfma(av, xv, g)
+    if ridge_on:
+        g = _vfma(ma, rv, g)
+    if momentum:
+        g = _vfma(mu, vv, g)
+    return g, _vfma(mg, g, xv)
+
+
+@njit(cache=True, nogil=True)
+def _step_range(x, g, lo, hi, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on, gam, mom, vel):
+    """The step of x[lo:hi] from its gradient sums g[lo:hi] (``_step_math``; ``uniform``: α is ``alpha_u``
+    and not read; ``ridge_on``: ridge is read); returns Σ x_new² over the range. Four vectors at a time
+    (four independent sums of squares), then one at a time (the last masked)."""
+    ib = _vsplat(inv_b)
+    au = _vsplat(alpha_u)
+    ma = _vsplat(-a)
+    mg = _vsplat(-gam)
+    mu = _vsplat(mom)
+    z = _vzero(x)
+    momentum = mom != 0
+    alpha_on = not (uniform and alpha_u == 0)
+    s0 = z
+    s1 = z
+    s2 = z
+    s3 = z
+    h4 = lo + (hi - lo) // (4 * LANES) * (4 * LANES)
+    for p in range(lo, h4, 4 * LANES):
+        p1 = p + LANES
+        p2 = p + 2 * LANES
+        p3 = p + 3 * LANES
+        x0 = _vload(x, p)
+        x1 = _vload(x, p1)
+        x2 = _vload(x, p2)
+        x3 = _vload(x, p3)
+        if uniform:
+            a0 = au
+            a1 = au
+            a2 = au
+            a3 = au
+        else:
+            a0 = _vload(alpha, p)
+            a1 = _vload(alpha, p1)
+            a2 = _vload(alpha, p2)
+            a3 = _vload(alpha, p3)
+        if ridge_on:
+            r0 = _vload(ridge, p)
+            r1 = _vload(ridge, p1)
+            r2 = _vload(ridge, p2)
+            r3 = _vload(ridge, p3)
+        else:
+            r0 = z
+            r1 = z
+            r2 = z
+            r3 = z
+        if momentum:
+            v0 = _vload(vel, p)
+            v1 = _vload(vel, p1)
+            v2 = _vload(vel, p2)
+            v3 = _vload(vel, p3)
+        else:
+            v0 = z
+            v1 = z
+            v2 = z
+            v3 = z
+        v0, x0 = _step_math(_vload(g, p), x0, a0, r0, v0, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+        v1, x1 = _step_math(_vload(g, p1), x1, a1, r1, v1, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+        v2, x2 = _step_math(_vload(g, p2), x2, a2, r2, v2, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+        v3, x3 = _step_math(_vload(g, p3), x3, a3, r3, v3, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+        if momentum:
+            _vstore(vel, p, v0)
+            _vstore(vel, p1, v1)
+            _vstore(vel, p2, v2)
+            _vstore(vel, p3, v3)
+        _vstore(x, p, x0)
+        _vstore(x, p1, x1)
+        _vstore(x, p2, x2)
+        _vstore(x, p3, x3)
+        s0 = _vfma(x0, x0, s0)
+        s1 = _vfma(x1, x1, s1)
+        s2 = _vfma(x2, x2, s2)
+        s3 = _vfma(x3, x3, s3)
+    for p in range(h4, hi, LANES):
+        n = hi - p
+        xv = _vload_n(x, p, n)
+        av = au if uniform else _vload_n(alpha, p, n)
+        rv = _vload_n(ridge, p, n) if ridge_on else z
+        vv = _vload_n(vel, p, n) if momentum else z
+        v, xn = _step_math(_vload_n(g, p, n), xv, av, rv, vv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+        if momentum:
+            _vstore_n(vel, p, v, n)
+        _vstore_n(x, p, xn, n)
+        s0 = _vfma(xn, xn, s0)
+    return _vsum(_vadd(_vadd(s0, s1), _vadd(s2, s3)))
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _backward_step(x, dims, offs, H, hoff, D, Dn, g, nb, zero, act, boffs, inv_b, alpha, alpha_u, uniform, ridge,
+                   a, ridge_on, gam, mom, vel):
+    """The whole step from the minibatch's output residuals D (one block of samples): back-propagation as
+    ``_backward_batch``, but each layer's gradient overwrites its block of g and steps that block of x
+    at once (``_step_range``), while it is in cache; δ goes through W_k before W_k steps. Returns ‖x_new‖²."""
+    L = dims.shape[0] - 1
+    hw = H.shape[1]
+    cur = D
+    nxt = Dn
+    nx = zero
+    for k in range(L - 1, -1, -1):
+        rows, cols = dims[k + 1], dims[k]
+        hi = hoff[k]
+        if k > 0:
+            _gemm_nn(nxt, 0, nxt.shape[1], cur, 0, cur.shape[1], 1, x, offs[k], cols, nb, rows, cols, False)
+            if act != 0:
+                for j in range(nb):
+                    for c in range(cols):
+                        nxt[j, c] *= _activation_d1(act, H[j, hi + c])
+        if boffs.shape[0] > 0:
+            for r in range(rows):
+                s = zero
+                for j in range(nb):
+                    s += cur[j, r]
+                g[boffs[k] + r] = s
+            nx += _step_range(x, g, boffs[k], boffs[k] + rows, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on,
+                              gam, mom, vel)
+        _gemm_nn(g, offs[k], cols, cur, 0, 1, cur.shape[1], H, hi, hw, rows, nb, cols, False)
+        nx += _step_range(x, g, offs[k], offs[k] + rows * cols, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on,
+                          gam, mom, vel)
+        cur, nxt = nxt, cur
+    return nx
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -286,7 +1113,7 @@ def _pullback_add(x, dims, offs, G, coef, qbuf, qoff, vbuf, grad):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
                       ccoef, use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b, scode,
-                      K, mom, tau, Qt, act, boffs, limit, zero, saved, div, xfin):
+                      K, mom, tau, Qt, act, boffs, keep, limit, zero, saved, div, xfin):
     """Body of ``layered_traj`` for one trajectory (serial, nogil; the engine runs ranges on threads)."""
     n = A.shape[0]
     dim = x0.shape[0]
@@ -294,22 +1121,28 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     d_in, d_out = dims[0], dims[L]
     T = stream_keys.shape[0]
     R = rec_steps.shape[0]
-    hoff = np.zeros(L + 2, dtype=np.int64)
-    qoff = np.zeros(L + 2, dtype=np.int64)
+    hoff_o = np.zeros(L + 2, dtype=np.int64)
+    qoff_o = np.zeros(L + 2, dtype=np.int64)
     wmax = 0
     for k in range(L + 1):
-        hoff[k + 1] = hoff[k] + dims[k]
-        qoff[k + 1] = qoff[k] + dims[k] * d_in
+        hoff_o[k + 1] = hoff_o[k] + (dims[k] + LANES - 1) // LANES * LANES   # rows of H start vectors
+        qoff_o[k + 1] = qoff_o[k] + dims[k] * d_in
         if dims[k] > wmax:
             wmax = dims[k]
     E = acoef.shape[1]
-    x = x0.copy()
-    g = np.empty_like(x0)
-    y = x0.copy()
-    gy = np.zeros_like(x0)
-    vel = np.zeros_like(x0)
-    perm = np.empty((1, n if scode != 0 else 0), dtype=np.int64)
-    perm_epoch = np.full(1, -1, dtype=np.int64)
+    # the iterate and its companions, and the minibatch scratch below, start on cache lines
+    x_o = _aligned_empty(1, dim, x0)[0]
+    g_o = _aligned_empty(1, dim, x0)[0]
+    y_o = _aligned_empty(1, dim, x0)[0]
+    gy_o = _aligned_empty(1, dim, x0)[0]
+    vel_o = _aligned_empty(1, dim, x0)[0]
+    for p in range(dim):
+        x_o[p] = x0[p]
+        y_o[p] = x0[p]
+        gy_o[p] = zero
+        vel_o[p] = zero
+    perm_o = np.empty((1, n if scode != 0 else 0), dtype=np.int64)
+    perm_epoch_o = np.full(1, -1, dtype=np.int64)
     # minibatch scratch for at most SAMPLE_BLOCK samples at a time (residual widths dims[1:])
     wout = 0
     for k in range(1, L + 1):
@@ -318,24 +1151,47 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     full_pass = snapshot or (use_teacher and not linear)  # full-data back-propagations (MLP's corrected KD)
     rows_x = min(b, SAMPLE_BLOCK)
     rows_y = SAMPLE_BLOCK if full_pass else 0
-    Hx = np.empty((rows_x, hoff[L + 1]), dtype=x0.dtype)
-    D = np.empty((rows_x, wout), dtype=x0.dtype)
-    Hy = np.empty((rows_y, hoff[L + 1]), dtype=x0.dtype)
-    Dy = np.empty((rows_y, wout), dtype=x0.dtype)
-    Dn = np.empty((max(rows_x, rows_y) if L > 1 else 0, wout), dtype=x0.dtype)
-    rows_all = np.arange(n if full_pass else 0)            # full-data terms visit every sample
-    qbuf = np.empty(qoff[L + 1], dtype=x0.dtype)
-    vbuf = np.empty(2 * wmax * d_in, dtype=x0.dtype)
-    Gy = np.empty((d_out, d_in), dtype=x0.dtype)
-    idx = np.empty(b, dtype=np.int64)
-    taken = np.zeros(n, dtype=np.bool_)
+    Hx_o = _aligned_empty(rows_x, hoff_o[L + 1], x0)
+    HTx_o = _forward_scratch(rows_x, Hx_o)
+    D_o = _aligned_empty(rows_x, (wout + LANES - 1) // LANES * LANES, x0)
+    Hy_o = _aligned_empty(rows_y, hoff_o[L + 1], x0)
+    HTy_o = _forward_scratch(rows_y, Hy_o)
+    Dy_o = _aligned_empty(rows_y, wout, x0)
+    Dn_o = _aligned_empty(max(rows_x, rows_y) if L > 1 else 0, (wout + LANES - 1) // LANES * LANES, x0)
+    rows_all_o = np.arange(n if full_pass else 0)            # full-data terms visit every sample
+    qbuf_o = np.empty(qoff_o[L + 1], dtype=x0.dtype)
+    vbuf_o = np.empty(2 * wmax * d_in, dtype=x0.dtype)
+    Gy_o = np.empty((d_out, d_in), dtype=x0.dtype)
+    idx_o = np.empty(b, dtype=np.int64)
+    taken_o = np.zeros(n, dtype=np.bool_)
+    # the step loop works on borrowed views (``_borrow``; the arguments' owners are the caller's, the
+    # allocations' the *_o kept until the end): its calls then cost no atomic reference counts
+    x, g, y, gy, vel = _borrow(x_o), _borrow(g_o), _borrow(y_o), _borrow(gy_o), _borrow(vel_o)
+    Hx, HTx, D, Hy, HTy = _borrow(Hx_o), _borrow(HTx_o), _borrow(D_o), _borrow(Hy_o), _borrow(HTy_o)
+    Dy, Dn, Gy, qbuf, vbuf = _borrow(Dy_o), _borrow(Dn_o), _borrow(Gy_o), _borrow(qbuf_o), _borrow(vbuf_o)
+    hoff, qoff, rows_all, idx, taken = _borrow(hoff_o), _borrow(qoff_o), _borrow(rows_all_o), _borrow(idx_o), \
+        _borrow(taken_o)
+    perm, perm_epoch = _borrow(perm_o), _borrow(perm_epoch_o)
+    A, Y, rt, Gt, ridge, alpha = _borrow(A), _borrow(Y), _borrow(rt), _borrow(Gt), _borrow(ridge), _borrow(alpha)
+    dims, offs, boffs, nfw, Qt = _borrow(dims), _borrow(offs), _borrow(boffs), _borrow(nfw), _borrow(Qt)
+    # α one value on the problem's coordinates (x's padding is 0, so α·x is 0 there too); ridge not all 0
+    alpha_u = alpha[keep[0]] if keep.shape[0] > 0 else zero
+    uniform = True
+    for p in range(keep.shape[0]):
+        if alpha[keep[p]] != alpha_u:
+            uniform = False
+    ridge_on = False
+    for p in range(dim):
+        if ridge[p] != 0:
+            ridge_on = True
+    nx = zero
     key0 = stream_keys[j0]
     rec = 0
     dead = False
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:
-            for p in range(dim):
-                saved[j0, rec, p] = x[p]
+            for p in range(keep.shape[0]):
+                saved[j0, rec, p] = x[keep[p]]
             rec += 1
         if t == steps:
             break
@@ -353,7 +1209,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             for s0 in range(0, n, SAMPLE_BLOCK):
                 nb = min(SAMPLE_BLOCK, n - s0)
                 if L == 1 or not linear:
-                    _forward_batch(y, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs)
+                    _forward(y, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs, HTy)
                     _residuals(code, Hy, hoff[L], d_out, Y, rows_all, s0, nb, Dy, zero)
                     if nfw.shape[0] > 0:                 # full gradient weights n·w_i (batch means)
                         for jj in range(nb):
@@ -383,14 +1239,17 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                 gy[p] += alpha[p] * y[p]
         bt = batch_into_nb(key0, t, n, b, scode, K, perm, perm_epoch, 0, idx, taken)
         inv_b = inv_bs[bt]
-        for p in range(dim):
-            g[p] = zero
+        # one block of samples and g = ∇f_B(x) − a·T_B: x steps block by block in the backward pass
+        fused = bt <= SAMPLE_BLOCK and not snapshot and not (use_teacher and c != 0)
+        if not fused:
+            for p in range(dim):
+                g[p] = zero
         # the minibatch as small matrices, layer by layer (activations Hx, residuals D),
         # SAMPLE_BLOCK samples at a time
         for jb in range(0, bt, SAMPLE_BLOCK):
             nb = min(SAMPLE_BLOCK, bt - jb)
-            _forward_batch(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero, act, boffs)
-            _residuals(code, Hx, hoff[L], d_out, Y, idx, jb, nb, D, zero)
+            _forward(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero, act, boffs, HTx)
+            _output_residuals(code, Hx, hoff[L], d_out, Y, idx, jb, nb, D, zero, a, rt, use_teacher and tau == 1)
             if use_teacher and tau != 1:
                 # literal tempered KD loss (softmax): (1 − a)(p − y) + a·τ·(softmax(z/τ) − q_i)
                 z0 = np.uint64(hoff[L])
@@ -403,13 +1262,8 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                     for o in range(d_out):
                         pt = np.exp((Hx[jj, z0 + o] - zmax) / tau) / s
                         D[jj, o] = (1 - a) * D[jj, o] + a * tau * (pt - Qt[i, o])
-            elif use_teacher:
-                for jj in range(nb):
-                    i = idx[jb + jj]
-                    for o in range(d_out):
-                        D[jj, o] -= a * rt[i, o]
             if snapshot:
-                _forward_batch(y, dims, offs, A, idx, jb, nb, Hy, hoff, zero, act, boffs)
+                _forward(y, dims, offs, A, idx, jb, nb, Hy, hoff, zero, act, boffs, HTy)
                 _residuals(code, Hy, hoff[L], d_out, Y, idx, jb, nb, Dy, zero)
                 if L == 1:
                     for jj in range(nb):
@@ -417,48 +1271,55 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                             D[jj, o] -= a * Dy[jj, o]
                 else:
                     _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, g, -a, zero, act, boffs)
-            _backward_batch(x, dims, offs, Hx, hoff, D, Dn, nb, g, gam / gam, zero, act, boffs)
-        if snapshot:
-            for p in range(dim):
-                g[p] = g[p] * inv_b + alpha[p] * (x[p] - a * y[p]) + c * gy[p]
-        else:
-            if use_teacher and c != 0:
-                for p in range(dim):
-                    g[p] *= inv_b
-                if L == 1 and linear:
-                    for o in range(d_out):
-                        for q in range(d_in):
-                            g[o * d_in + q] += c * Gt[o, q]
-                elif not linear:                         # c·(1/n)Σ_i J_i(x)ᵀ rθ_i, back-propagated at x
-                    for s0 in range(0, n, SAMPLE_BLOCK):
-                        nb = min(SAMPLE_BLOCK, n - s0)
-                        _forward_batch(x, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs)
-                        for jj in range(nb):
-                            wj = nfw[s0 + jj] if nfw.shape[0] > 0 else 1.0
-                            for o in range(d_out):
-                                Dy[jj, o] = rt[s0 + jj, o] * wj
-                        _backward_batch(x, dims, offs, Hy, hoff, Dy, Dn, nb, g, c * inv_n, zero, act, boffs)
-                else:
-                    _prefix(x, dims, offs, qbuf, qoff)
-                    _pullback_add(x, dims, offs, Gt, c, qbuf, qoff, vbuf, g)
-                for p in range(dim):
-                    g[p] = g[p] + alpha[p] * x[p] + (c - a) * ridge[p]
+            if fused:
+                nx = _backward_step(x, dims, offs, Hx, hoff, D, Dn, g, nb, zero, act, boffs, inv_b, alpha, alpha_u,
+                                    uniform, ridge, a, ridge_on, gam, mom, vel)
             else:
+                _backward_batch(x, dims, offs, Hx, hoff, D, Dn, nb, g, gam / gam, zero, act, boffs)
+        if not fused:                                   # g complete: the step
+            if snapshot:
                 for p in range(dim):
-                    g[p] = g[p] * inv_b + alpha[p] * x[p] - a * ridge[p]
-        nx = _heavy_ball(x, g, vel, gam, mom, zero)
+                    g[p] = g[p] * inv_b + alpha[p] * (x[p] - a * y[p]) + c * gy[p]
+            else:
+                if use_teacher and c != 0:
+                    for p in range(dim):
+                        g[p] *= inv_b
+                    if L == 1 and linear:
+                        for o in range(d_out):
+                            for q in range(d_in):
+                                g[o * d_in + q] += c * Gt[o, q]
+                    elif not linear:                         # c·(1/n)Σ_i J_i(x)ᵀ rθ_i, back-propagated at x
+                        for s0 in range(0, n, SAMPLE_BLOCK):
+                            nb = min(SAMPLE_BLOCK, n - s0)
+                            _forward(x, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs, HTy)
+                            for jj in range(nb):
+                                wj = nfw[s0 + jj] if nfw.shape[0] > 0 else 1.0
+                                for o in range(d_out):
+                                    Dy[jj, o] = rt[s0 + jj, o] * wj
+                            _backward_batch(x, dims, offs, Hy, hoff, Dy, Dn, nb, g, c * inv_n, zero, act, boffs)
+                    else:
+                        _prefix(x, dims, offs, qbuf, qoff)
+                        _pullback_add(x, dims, offs, Gt, c, qbuf, qoff, vbuf, g)
+                    for p in range(dim):
+                        g[p] = g[p] + alpha[p] * x[p] + (c - a) * ridge[p]
+                else:
+                    for p in range(dim):
+                        g[p] = g[p] * inv_b + alpha[p] * x[p] - a * ridge[p]
+            nx = _heavy_ball(x, g, vel, gam, mom, zero)
         if not (nx <= limit):
             div[j0] = t + 1
             dead = True
             break
-    for p in range(dim):
-        xfin[j0, p] = np.nan if dead else x[p]
+    for p in range(keep.shape[0]):
+        xfin[j0, p] = np.nan if dead else x[keep[p]]
+    _alive((x_o, g_o, y_o, gy_o, vel_o, Hx_o, HTx_o, D_o, Hy_o, HTy_o, Dy_o, Dn_o, Gy_o, qbuf_o, vbuf_o, hoff_o,
+            qoff_o, rows_all_o, idx_o, taken_o, perm_o, perm_epoch_o))
 
 
 @njit(cache=True, nogil=True)
 def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef, ccoef,
                  use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b, scode, K, mom,
-                 tau, Qt, act, boffs, limit, zero, saved, div, xfin):
+                 tau, Qt, act, boffs, keep, limit, zero, saved, div, xfin):
     """Trajectories lo .. hi−1, one after the other; saves the iterate at every record step.
 
     ``A`` (n, d_in) inputs, ``Y`` (n, d_out) targets (one-hot for softmax), ``rt``
@@ -475,11 +1336,14 @@ def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_
     MLPs: hidden activation ``act`` (``kernelspec.ACTIVATION_CODES``) and bias offsets ``boffs`` (empty:
     no biases); their teacher term is J_B(x)ᵀ r_B(θ) and corrected KD's full term c·(1/n)Σ_i J_i(x)ᵀ r_i(θ)
     a full-data back-propagation at x per step (no end-to-end map); SVRG's ∇f(y) likewise.
+    ``keep`` (dim,): the coordinate of x holding each coordinate of the problem's parameters, which
+    ``saved`` and ``xfin`` receive; x may hold more (the runner pads d_in with zero inputs, whose
+    weights stay exactly 0: ``x0``, ``alpha``, ``ridge``, ``Gt`` and the offsets are in x's layout).
     """
     for j0 in range(lo, hi):
         _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
                           ccoef, use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b,
-                          scode, K, mom, tau, Qt, act, boffs, limit, zero, saved, div, xfin)
+                          scode, K, mom, tau, Qt, act, boffs, keep, limit, zero, saved, div, xfin)
 
 
 def _forget_stale_cache():

@@ -321,7 +321,8 @@ class _LayeredRunner(_Runner):
     """Softmax regression, canonical GLMs, deep linear nets and MLPs: ``_kernels_layered.layered_traj``.
 
     The kernel saves the iterate at each record step; the records are then computed by
-    ``kdsim.kernelspec.record_values`` (softmax's f − f* by the compiled twin).
+    ``kdsim.kernelspec.record_values`` (softmax's f − f* by the compiled twin). The kernel's inputs
+    are zero-padded to whole vectors (``_pad_inputs``); it saves the iterate in the problem's layout.
     """
 
     saved_iterates = True
@@ -350,13 +351,55 @@ class _LayeredRunner(_Runner):
         self.Qt = c(spec.teacher_probs if spec.teacher_probs is not None else np.zeros((0, spec.d_out)), dtype=wd)
         self.row_block = KS.rows_per_block(spec.record_row_bytes)
         self.fixed_bytes += KS.block_bytes(spec.record_row_bytes, self.L * self.S * self.R)
+        self._pad_inputs()
+
+    def _pad_inputs(self):
+        """Zero-pad the inputs to whole vectors of the kernel (``LANES``), on a cache line, so that the
+        first layer's rows of weights are whole vectors. The padded weights see zero inputs and have no
+        ridge, start at 0 and so stay exactly 0 (‖x‖² unchanged); ``keep`` gives the kernel the problem's
+        coordinates in x."""
+        n, d0 = self.A.shape
+        d1, wd = int(self.dims[1]), self.wd
+        dp = -(-d0 // self.K.LANES) * self.K.LANES
+        A = self._aligned_zeros((n, dp), wd)
+        A[:, :d0] = self.A
+        self.fixed_bytes += (dp - d0) * n * wd.itemsize
+        self.A = A
+        # the same steps when dp == d0 (copies): the kernel then sees the same array types for every problem
+        self.keep = np.arange(self.dim, dtype=np.int64)
+        w0 = d1 * d0                                    # layer 0's weights, first in x
+        shift = d1 * (dp - d0)
+        self.keep[:w0] = np.arange(w0) // d0 * dp + np.arange(w0) % d0
+        self.keep[w0:] += shift
+
+        def padded(v):
+            out = np.zeros(self.dim + shift, dtype=wd)
+            out[self.keep] = v
+            return out
+        self.x0, self.alpha, self.ridge = padded(self.x0), padded(self.alpha), padded(self.ridge)
+        Gt = np.zeros((self.Gt.shape[0], dp), dtype=wd)
+        Gt[:, :d0] = self.Gt
+        self.Gt = Gt
+        self.dims = self.dims.copy()
+        self.dims[0] = dp
+        self.offs = self.offs + np.where(np.arange(len(self.offs)) > 0, shift, 0)
+        self.boffs = self.boffs + shift
+
+    @staticmethod
+    def _aligned_zeros(shape, dtype, align=64):
+        """A zero C-contiguous array whose data starts on a cache line."""
+        size = int(np.prod(shape))
+        item = np.dtype(dtype).itemsize
+        buf = np.zeros(size + align // item, dtype=dtype)
+        off = (-buf.ctypes.data) % align // item
+        return buf[off:off + size].reshape(shape)
 
     def _args(self, keys, a, c, saved, div, xfin):
         return (self.A, self.Y, self.rt, self.Gt, self.ridge, self.dims, self.offs, self.code,
                 self.alpha, self.gam, self.inv_bs, self.inv_n, self.x0, a, c, self.est.uses_teacher,
                 self.est.snapshot, self.plan.svrg_period, self.snap_start, self.nfw, self.rec_steps, self.plan.steps, keys,
                 self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.tau, self.Qt, self.act, self.boffs,
-                self.limit, self.zero, saved, div, xfin)
+                self.keep, self.limit, self.zero, saved, div, xfin)
 
     def run_trajectories(self, seeds):
         ns = len(seeds)
