@@ -213,7 +213,7 @@ def _draw_loop():
     if _DRAWS is None:
         from numba import njit
 
-        from kdsim.engines._kernels_ls import NO_EPOCH, SEED_BLOCK, _index1s
+        from kdsim.engines._kernels_ls import NO_EPOCH, SEED_BLOCK, _index1, _index1s
         from kdsim.rng import batch_into_nb
 
         @njit
@@ -229,8 +229,12 @@ def _draw_loop():
                 perm_start = np.full(G, NO_EPOCH, dtype=np.int64)    # _index1s's: the epoch's first step
                 for t in range(steps):
                     for g in range(gn):
-                        if b == 1:
-                            acc += _index1s(keys[s0 + g], t, n, code, perm, perm_start, g)
+                        if b == 1 and code == 0:                           # as the affine kernel: inline
+                            acc += _index1(keys[s0 + g], t, n)
+                        elif b == 1:
+                            k = t - perm_start[g]
+                            acc += perm[g, k] if 0 <= k < n else _index1s(keys[s0 + g], t, n, code, perm,
+                                                                            perm_start, g)
                         else:
                             nb = batch_into_nb(keys[s0 + g], t, n, b, code, K, perm, perm_epoch, g, idx[g], taken)
                             acc += idx[g, nb - 1]
@@ -244,11 +248,12 @@ def rng_cost(batch, n, seeds=4096, steps=100, sampling="iid", K=None):
     """Seconds per stream-step of the minibatch draws of kdsim's kernels (one thread).
 
     The kernels hold a key per stream and derive each step's minibatch from it, the seeds of
-    a block of ``SEED_BLOCK`` in turn at each step: ``_kernels_ls._index1s`` for batch 1
-    (i.i.d.: one hash, ``_index1``; otherwise the slot's cached permutation, rebuilt by
-    ``kdsim.rng.permutation_into_nb`` at each new epoch of n steps) and
-    ``kdsim.rng.batch_into_nb`` otherwise (i.i.d.: Floyd's algorithm; otherwise a slice of
-    the permutation, ``K`` steps per epoch). This times exactly that loop; under a
+    a block of ``SEED_BLOCK`` in turn at each step: for batch 1 as the affine kernel draws them
+    (i.i.d.: one hash, ``_index1``; otherwise a load from the slot's cached permutation, rebuilt
+    by ``_kernels_ls._index1s`` at each new epoch of n steps), and ``kdsim.rng.batch_into_nb``
+    otherwise, as the layered kernel calls it (i.i.d.: Floyd's algorithm; otherwise a slice of
+    the permutation, ``K`` steps per epoch; the least-squares kernels write the same draw out
+    inline, so there it is an upper bound). This times that loop; under a
     permutation scheme ``steps`` should span several epochs so that the rebuilds are
     amortised as in a run.
     """

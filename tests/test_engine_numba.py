@@ -530,3 +530,35 @@ def test_affine_kernel_writes_every_record_entry(monkeypatch):
         for name in RECORDS:
             assert not np.any(got[name] == sentinel), (lams, name)
         assert_records_close(got, run_arrays(reference, p, plan))
+
+
+_OTHER_TARGET = """
+import sys, numpy as np, kdsim
+from kdsim.problems import MLP, synthetic
+from kdsim.simulate import make_plan
+from kdsim.engines import driver, numba_cpu, reference
+r = np.random.default_rng(0)
+for p in (synthetic.softmax(n=30, d=9, n_classes=5, l2=0.1),
+          kdsim.DeepLinear(r.standard_normal((30, 5)), r.standard_normal((30, 3)), hidden=(4,), l2=0.1),
+          MLP(r.standard_normal((30, 9)), np.arange(30) % 3, hidden=(6,), activation="relu", l2=0.1)):
+    theta = p.default_x0() + 0.1 if isinstance(p, (kdsim.DeepLinear, MLP)) else p.solution() + 0.2
+    plan = make_plan(p, theta, [0.0, 0.5], 0.05, 30, 3, batch_size=8, record_every=10, seed=1, x0=p.default_x0())
+    got = driver.run(p, plan, numba_cpu, growth_limit=None).arrays
+    want = driver.run(p, plan, reference, growth_limit=None).arrays
+    np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+print("ok")
+"""
+
+
+@pytest.mark.slow                  # about a minute per target: the kernels compile from scratch for it
+@pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
+def test_layered_kernel_on_cpus_without_avx512(cpu, tmp_path):
+    """The layered kernel's explicit 8-lane vectors lower to narrower registers where AVX-512 is missing:
+    compiled for an AVX2 machine and for generic x86-64 (numba's target override, fresh cache), it still
+    matches the reference."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _OTHER_TARGET], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-3000:]
