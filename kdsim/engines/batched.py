@@ -25,7 +25,7 @@ from .. import _validate as V
 from .. import kernelspec as KS
 from ..plan import RECORDS, guard_limit, resolve_dtype
 from ..rng import FLOYD_COMPARE_MAX, EpochBatches
-from .driver import Timer
+from .driver import Timer, affine_path
 
 NAME = "array"
 TAKES = "spec"
@@ -73,14 +73,7 @@ class _Engine:
         self.snapshot = est.snapshot
         self.deep = spec.depth > 1
         self.mlp = not spec.linear_layers                   # activations or biases: no end-to-end map
-        scales = plan.lambda_scales
-        affine_ok = (self.kind == "least_squares" and self.crn and not est.snapshot and scales is not None
-                     and spec.l2_mask is None)
-        if path == "affine" and not affine_ok:
-            raise ValueError("path='affine' needs least squares, common random numbers, a ridge on every "
-                             "coordinate (l2_bias=True) and an estimator among sgd, kd, kd_loss, corrected; got "
-                             f"{spec.family}, estimator {est.name!r}, common_random_numbers={self.crn}, "
-                             f"l2_bias={spec.l2_mask is None}")
+        affine_ok = affine_path(spec, plan, path)
         self.affine = affine_ok and (path == "affine" or (path == "auto" and (self.L > 1 or est.name == "sgd")))
         self.kernel = "affine" if self.affine else "trajectory"
         self.timing_extra = {"array_module": xp.__name__}
@@ -122,7 +115,7 @@ class _Engine:
             if self.teacher:
                 kap[1] = spec.affine_shift(est.corrected)
             self.nv = nv
-            self._lab, self._kap, self._scales = lab.T, kap, scales             # (nv, n), (nv, dim), (E,)
+            self._lab, self._kap, self._scales = lab.T, kap, plan.lambda_scales   # (nv, n), (nv, dim), (E,)
             self.lam_col = dev(self.lams.reshape(self.L, 1), np.float64)
 
         # ---- memory

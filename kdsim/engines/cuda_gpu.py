@@ -31,7 +31,8 @@ import numpy as np
 from .. import kernelspec as KS
 from ..plan import RECORDS, resolve_dtype
 from . import cupy_gpu
-from .numba_cpu import AffineForm, _Runner, affine_path
+from .driver import affine_path
+from .numba_cpu import AffineForm, _Runner
 
 NAME = "cuda"
 TAKES = "spec"

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import _validate as V
 from .. import memory
 from ..moments import RunningMoments, array_module, to_host
 from ..plan import RECORDS
@@ -70,6 +71,23 @@ def _source(engine, problem, plan):
 def prepare(problem, plan, engine, **options):
     """The engine's runner for ``problem`` and ``plan`` (its kernel spec, or the problem itself)."""
     return engine.prepare(_source(engine, problem, plan), plan, **options)
+
+
+def affine_path(spec, plan, path):
+    """Whether least squares runs in the affine form x_t(λ) = u_t + λv_t (docs/theory.md §5.1) on a kernel
+    spec: ``path`` "auto" (when it applies), "affine" (required: a clear error when it does not apply) or
+    "trajectory" (never). It applies to least squares under common random numbers, a ridge on every
+    coordinate and an estimator affine in λ without a snapshot (sgd, kd, kd_loss, corrected)."""
+    V.choice("path", path, ("auto", "affine", "trajectory"))
+    est = plan.estimator
+    ok = (spec.family == "least_squares" and plan.common_random_numbers and not est.snapshot
+          and plan.lambda_scales is not None and spec.l2_mask is None)
+    if path == "affine" and not ok:
+        raise ValueError("the affine form needs least squares, common random numbers, a ridge on every "
+                         "coordinate (l2_bias=True) and an estimator among sgd, kd, kd_loss, corrected; got "
+                         f"{spec.family}, estimator {est.name!r}, common_random_numbers={plan.common_random_numbers}, "
+                         f"l2_bias={spec.l2_mask is None}")
+    return ok and path != "trajectory"
 
 
 def _chunk(runner, s0, s1, divergence, heldout=None, device=False):

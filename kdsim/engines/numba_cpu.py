@@ -28,7 +28,7 @@ from .. import kernelspec as KS
 from ..plan import RECORDS, guard_limit, resolve_dtype
 from ..rng import stream_keys
 from .. import memory
-from .driver import Timer
+from .driver import Timer, affine_path
 
 NAME = "numba"
 TAKES = "spec"
@@ -151,21 +151,6 @@ class _Runner:
 
     def run_chunk(self, s0, s1):
         return self.run_trajectories(np.arange(s0, s1)), None
-
-
-def affine_path(spec, plan, path):
-    """Whether least squares runs in the affine form: ``path`` "auto" (when it applies), "affine" (required:
-    a clear error when it does not apply) or "trajectory" (never)."""
-    V.choice("path", path, ("auto", "affine", "trajectory"))
-    est = plan.estimator
-    ok = (plan.common_random_numbers and not est.snapshot and plan.lambda_scales is not None
-          and spec.l2_mask is None)
-    if path == "affine" and not ok:
-        raise ValueError("the affine form needs least squares, common random numbers, a ridge on every "
-                         "coordinate (l2_bias=True) and an estimator among sgd, kd, kd_loss, corrected; got "
-                         f"estimator {est.name!r}, common_random_numbers={plan.common_random_numbers}, "
-                         f"l2_bias={spec.l2_mask is None}")
-    return ok and path != "trajectory"
 
 
 class AffineForm:
