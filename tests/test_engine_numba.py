@@ -323,20 +323,46 @@ def test_affine_records_quadratic_and_direct_paths_agree():
 
 @pytest.mark.parametrize("m,d", [(1, 1), (3, 5), (8, 8), (9, 9), (16, 50), (50, 50), (17, 40), (61, 61)])
 def test_lane_tiled_triangular_product_matches_numpy(m, d):
-    # the records' F·(u − x*) and F·v: _tri_lanes on lane_factor(F) against numpy, for
+    # the records' F·(u − x*) and F·v: _tri_pairs on lane_factor(F) against numpy, for
     # upper-trapezoidal F (m <= d) of any size, including sizes that are not multiples of
-    # the 8 lanes and entries below the diagonal that must be ignored (lane_factor zeroes them)
+    # the 8 lanes and entries below the diagonal that must be ignored (lane_factor zeroes them);
+    # and each seed's ‖F e‖², ⟨F e, F v⟩, ‖F v‖² (rows 2g, 2g + 1 of W) in lane g
     from kdsim.engines import _kernels_ls as K
     rng_ = np.random.default_rng(m * 100 + d)
     F = rng_.standard_normal((m, d))                   # strict lower part is garbage on purpose
-    W = rng_.standard_normal((2 * K.SEED_BLOCK, d))
+    G = K.SEED_BLOCK
+    dw = -(-d // K.LANES) * K.LANES
+    W = np.zeros((2 * G, dw))
+    W[:, :d] = rng_.standard_normal((2 * G, d))
     Ft = K.lane_factor(F)
     assert Ft.shape == (d, -(-m // K.TILE_LANES) * K.TILE_LANES)
     out = np.full((W.shape[0], Ft.shape[1]), np.nan)
-    K._tri_lanes(Ft, W, out)
-    want = W @ np.triu(F).T
+    Q = np.full((8 * G, K.LANES), np.nan)
+    got = _tri_pairs_sums(Ft, W, out, Q)
+    want = W[:, :d] @ np.triu(F).T
     np.testing.assert_allclose(out[:, :m], want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
     assert (out[:, m:] == 0).all()
+    fe, fv = want[0::2], want[1::2]
+    sums = np.stack([(fe * fe).sum(1), (fe * fv).sum(1), (fv * fv).sum(1)])
+    np.testing.assert_allclose(got, sums, rtol=1e-12, atol=1e-12 * np.abs(sums).max())
+
+
+def _tri_pairs_sums(Ft, W, out, Q):
+    """``_tri_pairs``'s three vectors of per-seed sums, as a (3, LANES) array."""
+    from numba import njit
+
+    from kdsim.engines._kernels_ls import SEED_BLOCK, _tri_pairs
+    from kdsim.engines._simd import LANES, _vstore
+
+    @njit
+    def run(Ft, W, out, Q, res):
+        s0, s1, s2 = _tri_pairs(Ft, W, out, Q, 5 * SEED_BLOCK)
+        _vstore(res, 0, s0)
+        _vstore(res, LANES, s1)
+        _vstore(res, 2 * LANES, s2)
+    res = np.empty((3, LANES))
+    run(Ft, W, out, Q, res)
+    return res
 
 
 def test_fastmath_keeps_nan_and_inf_semantics():
@@ -546,6 +572,14 @@ for p in (synthetic.softmax(n=30, d=9, n_classes=5, l2=0.1),
     got = driver.run(p, plan, numba_cpu, growth_limit=None).arrays
     want = driver.run(p, plan, reference, growth_limit=None).arrays
     np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+# least squares in the affine form: its records come from explicit vectors too (d = 11: a partial vector)
+p = synthetic.least_squares(n=40, d=11, l2=0.1)
+for b in (1, 4):
+    plan = make_plan(p, p.solution() + 0.2, [0.0, 0.5, 1.0], 0.05, 40, 9, batch_size=b, record_every=5, seed=1)
+    got = driver.run(p, plan, numba_cpu, growth_limit=None).arrays
+    want = driver.run(p, plan, reference, growth_limit=None).arrays
+    for name in ("dist2_opt", "subopt", "dist2_teacher"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-9, atol=1e-14)
 print("ok")
 """
 
@@ -553,9 +587,9 @@ print("ok")
 @pytest.mark.slow                  # about a minute per target: the kernels compile from scratch for it
 @pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
 def test_layered_kernel_on_cpus_without_avx512(cpu, tmp_path):
-    """The layered kernel's explicit 8-lane vectors lower to narrower registers where AVX-512 is missing:
-    compiled for an AVX2 machine and for generic x86-64 (numba's target override, fresh cache), it still
-    matches the reference."""
+    """The explicit 8-lane vectors (layered kernel, least-squares records) lower to narrower registers
+    where AVX-512 is missing: compiled for an AVX2 machine and for generic x86-64 (numba's target
+    override, fresh cache), the kernels still match the reference."""
     import os
     import subprocess
     import sys

@@ -29,13 +29,12 @@ Conventions shared by every kernel module of the numba engine:
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
-import numba
 import numpy as np
 from numba import njit
 
 from ..rng import epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
+from ._simd import (LANES, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vload, _vload_n, _vmul, _vnonneg, _vsplat,
+                    _vstore, _vsub, _vzero)
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), approximate functions and no-signed-zero; never nnan/ninf, and never
@@ -73,98 +72,88 @@ def _tri_matvec(F, e, out):
         out[r] = acc
 
 
-#: rows of F·w that ``_tri_lanes`` keeps in one accumulator: one AVX-512 register of
-#: doubles (two AVX2 registers). F's transpose is padded to a multiple of it; the
-#: 8-tuples of ``_tri_lanes`` are written for exactly this value.
-TILE_LANES = 8
-# _tri_lanes takes the 2·SEED_BLOCK rows of a block's W eight at a time
-assert (2 * SEED_BLOCK) % 8 == 0
-
-#: LLVM fast-math flags of ``_tri_lanes``: ``FASTMATH`` without reassociation. With
-#: reassociation LLVM's loop vectoriser takes the p loop (gathers, spilled
-#: accumulators) instead of letting the SLP vectoriser pack the 8 lanes.
-FASTMATH_LANES = FASTMATH - {"reassoc"}
-
-_ZERO8 = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+#: rows r of F·w in one explicit vector of ``_tri_pairs``; Fᵀ is padded to a multiple of it
+TILE_LANES = LANES
+# the seed slots of a block are the lanes of the records' per-seed sums (one _vhsum8 per sum)
+assert SEED_BLOCK == LANES == 8
 
 
-@contextmanager
-def _slp_vectorizer():
-    """numba compiles with LLVM's SLP vectoriser off (``NUMBA_SLP_VECTORIZE``, default 0);
-    ``_tri_lanes`` needs it to turn its 8-lane tuples into vector registers."""
-    before = getattr(numba.config, "SLP_VECTORIZE", 0)
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = before
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _tri_pairs(Ft, W, FW, Q, q0):
+    """FW[q, r] = Σ_{p>=r} F[r, p] W[q, p] for the 2·SEED_BLOCK rows q of W, and per seed slot g (rows
+    2g = u − x* and 2g + 1 = v) the vectors over g of ‖F e_g‖², ⟨F e_g, F v_g⟩ and ‖F v_g‖² (lane g).
 
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH_LANES)
-def _fma8(acc, f, w):
-    """acc + f·w lane by lane (8-tuples; scalars only, so no reference counting when called)."""
-    return (acc[0] + f[0] * w, acc[1] + f[1] * w, acc[2] + f[2] * w, acc[3] + f[3] * w,
-            acc[4] + f[4] * w, acc[5] + f[5] * w, acc[6] + f[6] * w, acc[7] + f[7] * w)
-
-
-def _tri_lanes_py(Ft, W, out):
-    """out[q, r] = Σ_{p>=r} F[r, p] W[q, p] for every row q of W, from Ft = Fᵀ (d × m_pad).
-
-    F is upper trapezoidal and Ft holds zeros where r > p and in the padding columns, so
-    the rows r of a lane chunk [r0, r0 + 8) need only p >= r0. A tile is 8 rows of W ×
-    8 lanes of r: per p one vector load of Ft[p, r0:r0+8] and 8 broadcast FMAs, no
-    horizontal sums and no loop remainders (the dot-product form spends about as long
-    in those as in its FMAs). W has a multiple of 8 rows.
+    Ft = Fᵀ (d × mp, ``lane_factor``) is zero below F's diagonal and in its padding columns, so a
+    chunk of rows r0 .. r0 + 7 needs only p >= r0. A tile is 8 rows of W (4 seeds) × 8 lanes of r: per
+    p one vector load of Ft[p, r0:r0+8] and 8 fused multiply-adds with broadcast entries of W, no
+    horizontal sums and no loop remainders. Each seed's sums of products accumulate per lane in
+    rows q0 .. q0 + 3·SEED_BLOCK − 1 of ``Q`` (scratch, LANES wide) and are reduced at the end.
     """
     d, mp = Ft.shape
-    for c in range(mp // TILE_LANES):
-        r0 = np.uint64(TILE_LANES * c)
-        p0 = np.uint64(min(TILE_LANES * c, d))
-        for q in range(0, W.shape[0], 8):
-            a0 = _ZERO8
-            a1 = _ZERO8
-            a2 = _ZERO8
-            a3 = _ZERO8
-            a4 = _ZERO8
-            a5 = _ZERO8
-            a6 = _ZERO8
-            a7 = _ZERO8
-            for pp in range(np.uint64(d) - p0):
-                p = p0 + pp
-                f = (Ft[p, r0], Ft[p, r0 + np.uint64(1)], Ft[p, r0 + np.uint64(2)], Ft[p, r0 + np.uint64(3)],
-                     Ft[p, r0 + np.uint64(4)], Ft[p, r0 + np.uint64(5)], Ft[p, r0 + np.uint64(6)],
-                     Ft[p, r0 + np.uint64(7)])
-                a0 = _fma8(a0, f, W[q, p])
-                a1 = _fma8(a1, f, W[q + 1, p])
-                a2 = _fma8(a2, f, W[q + 2, p])
-                a3 = _fma8(a3, f, W[q + 3, p])
-                a4 = _fma8(a4, f, W[q + 4, p])
-                a5 = _fma8(a5, f, W[q + 5, p])
-                a6 = _fma8(a6, f, W[q + 6, p])
-                a7 = _fma8(a7, f, W[q + 7, p])
-            tile = (a0, a1, a2, a3, a4, a5, a6, a7)
-            for i in range(8):
-                a = tile[i]
-                qi = q + i
-                out[qi, r0] = a[0]
-                out[qi, r0 + np.uint64(1)] = a[1]
-                out[qi, r0 + np.uint64(2)] = a[2]
-                out[qi, r0 + np.uint64(3)] = a[3]
-                out[qi, r0 + np.uint64(4)] = a[4]
-                out[qi, r0 + np.uint64(5)] = a[5]
-                out[qi, r0 + np.uint64(6)] = a[6]
-                out[qi, r0 + np.uint64(7)] = a[7]
+    dw = W.shape[1]
+    G = SEED_BLOCK
+    for q in range(3 * G):
+        _vstore(Q, (q0 + q) * LANES, _vzero(Q))
+    for r0 in range(0, mp, LANES):
+        p0 = min(r0, d)
+        for h in range(0, 2 * G, 8):
+            a0 = _vzero(FW)
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            a4 = a0
+            a5 = a0
+            a6 = a0
+            a7 = a0
+            for p in range(p0, d):
+                f = _vload(Ft, p * mp + r0)
+                w = h * dw + p
+                a0 = _vfma(_vbcast(W, w), f, a0)
+                a1 = _vfma(_vbcast(W, w + dw), f, a1)
+                a2 = _vfma(_vbcast(W, w + 2 * dw), f, a2)
+                a3 = _vfma(_vbcast(W, w + 3 * dw), f, a3)
+                a4 = _vfma(_vbcast(W, w + 4 * dw), f, a4)
+                a5 = _vfma(_vbcast(W, w + 5 * dw), f, a5)
+                a6 = _vfma(_vbcast(W, w + 6 * dw), f, a6)
+                a7 = _vfma(_vbcast(W, w + 7 * dw), f, a7)
+            o = h * mp + r0
+            _vstore(FW, o, a0)
+            _vstore(FW, o + mp, a1)
+            _vstore(FW, o + 2 * mp, a2)
+            _vstore(FW, o + 3 * mp, a3)
+            _vstore(FW, o + 4 * mp, a4)
+            _vstore(FW, o + 5 * mp, a5)
+            _vstore(FW, o + 6 * mp, a6)
+            _vstore(FW, o + 7 * mp, a7)
+            g = h // 2
+            _accumulate_pair(Q, q0 + g, a0, a1)
+            _accumulate_pair(Q, q0 + g + 1, a2, a3)
+            _accumulate_pair(Q, q0 + g + 2, a4, a5)
+            _accumulate_pair(Q, q0 + g + 3, a6, a7)
+    return (_sum_rows(Q, q0), _sum_rows(Q, q0 + G), _sum_rows(Q, q0 + 2 * G))
 
 
-# compiled here, with its one signature, so that the SLP vectoriser is on when it is
-# compiled (or loaded from numba's cache) and never depends on who calls it first
-with _slp_vectorizer():
-    _tri_lanes = njit("void(float64[:, ::1], float64[:, ::1], float64[:, ::1])", cache=True, nogil=True,
-                      fastmath=FASTMATH_LANES)(_tri_lanes_py)
+@njit(cache=True, nogil=True, inline="always")
+def _accumulate_pair(Q, q, e, v):
+    """Rows q, q + SEED_BLOCK and q + 2·SEED_BLOCK of Q (LANES wide) += e·e, e·v, v·v."""
+    i0 = q * LANES
+    i1 = i0 + SEED_BLOCK * LANES
+    i2 = i1 + SEED_BLOCK * LANES
+    _vstore(Q, i0, _vfma(e, e, _vload(Q, i0)))
+    _vstore(Q, i1, _vfma(e, v, _vload(Q, i1)))
+    _vstore(Q, i2, _vfma(v, v, _vload(Q, i2)))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sum_rows(Q, q):
+    """The vector of the lane sums of rows q .. q + 7 of Q (LANES wide)."""
+    return _vhsum8(_vload(Q, q * LANES), _vload(Q, (q + 1) * LANES), _vload(Q, (q + 2) * LANES),
+                   _vload(Q, (q + 3) * LANES), _vload(Q, (q + 4) * LANES), _vload(Q, (q + 5) * LANES),
+                   _vload(Q, (q + 6) * LANES), _vload(Q, (q + 7) * LANES))
 
 
 def lane_factor(F):
-    """Ft for ``_tri_lanes``: the transpose of the upper-trapezoidal F (m × d), zero below
+    """Ft for ``_tri_pairs``: the transpose of the upper-trapezoidal F (m × d), zero below
     F's diagonal and in the columns padding m to a multiple of ``TILE_LANES``."""
     m, d = F.shape
     mp = -(-m // TILE_LANES) * TILE_LANES
@@ -208,133 +197,143 @@ def _index1s(key0, t, n, code, perm, perm_start, g):
     return perm[g, k]
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
-def _quad_ok(value, c0, c1, c2, a, tol):
-    """True when c0 + a·c1 + a²·c2 (= ``value``, a sum of squares) is safe from cancellation."""
-    return value >= tol * (c0 + abs(a * c1) + a * a * c2)
-
-
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64, quad_tol,
-                   W, FW, sums, out_d, out_s, out_t, coeffs, usave, vsave):
+                   W, FW, part, out_d, out_s, out_t, coeffs, usave, vsave):
     """Records at record ``rec`` of the block's active seeds (float64).
 
-    One pass per seed writes e = u − x* and v into W and sums ‖u − x*‖², ⟨u − x*, v⟩,
-    ‖v‖², ‖u − θ‖², ⟨u − θ, v⟩; F·(u − x*) and F·v of all seeds come from one lane-tiled
-    triangular product (``_tri_lanes``, ``Ft`` from ``lane_factor``), whose sums of
-    squares and products give the F-counterparts. Every record is then a quadratic
-    in a = λ. A λ whose quadratic may have lost more than ``QUAD_RECORD_RTOL`` to
-    cancellation (its value below ``quad_tol`` times the sum of its terms' magnitudes;
-    ``quad_tol`` = 2(max(d, m) + 3)·eps / rtol bounds the rounding of the sums) is
-    evaluated directly from e = (u − x*) + a·v instead, so records near x* keep every
-    digit.
+    One pass per seed writes e = u − x* and v into W (rows 2g, 2g + 1) and sums ‖u − x*‖²,
+    ⟨u − x*, v⟩, ‖v‖², ‖u − θ‖², ⟨u − θ, v⟩ in explicit vectors; F·(u − x*) and F·v of all seeds
+    come from one lane-tiled triangular product (``_tri_pairs``, ``Ft`` from ``lane_factor``),
+    which also sums their squares and products. The sums are reduced into vectors over the
+    block's seed slots (lane g; ``part`` is scratch of 8·SEED_BLOCK rows × LANES), and every
+    record is a quadratic in a = λ, evaluated for all slots at once. A λ whose quadratic may
+    have lost more than ``QUAD_RECORD_RTOL`` to cancellation (its value below ``quad_tol`` times
+    the sum of its terms' magnitudes; ``quad_tol`` = 2(max(d, m) + 3)·eps / rtol bounds the
+    rounding of the sums) is evaluated directly from e = (u − x*) + a·v instead, so records
+    near x* keep every digit.
     """
     d = xstar.shape[0]
+    dp = U.shape[1]
+    dw = W.shape[1]
     mp = Ft.shape[1]
     L = acoef.shape[0]
+    G = SEED_BLOCK
     if usave.shape[0] > 0:                  # keep_iterates: (u, v) of the block's seeds at this record
         for g in range(gn):
             for p in range(d):
                 usave[s0 + g, rec, p] = U[g, p]
                 vsave[s0 + g, rec, p] = V[g, p]
-    for g in range(SEED_BLOCK):
-        gv = SEED_BLOCK + g
-        e0 = 0.0
-        e1 = 0.0
-        e2 = 0.0
-        w0 = 0.0
-        w1 = 0.0
-        for p in range(d):
-            up = np.float64(U[g, p])
-            vp = np.float64(V[g, p])
-            e = up - xstar[p]
-            w = up - theta_c[p]
-            W[g, p] = e
-            W[gv, p] = vp
-            e0 += e * e
-            e1 += e * vp
-            e2 += vp * vp
-            w0 += w * w
-            w1 += w * vp
-        sums[g, 0] = e0
-        sums[g, 1] = e1
-        sums[g, 2] = e2
-        sums[g, 3] = w0
-        sums[g, 4] = w1
-    _tri_lanes(Ft, W, FW)
-    want_coeffs = coeffs.shape[0] > 0
-    for g in range(gn):
-        s = s0 + g
-        if not active[g]:
-            for k in range(L):
+    for g in range(G):
+        se0 = _vzero(W)
+        se1 = se0
+        se2 = se0
+        sw0 = se0
+        sw1 = se0
+        for p in range(0, d, LANES):
+            n = d - p
+            u = _vf64(_vload_n(U, g * dp + p, n))
+            v = _vf64(_vload_n(V, g * dp + p, n))
+            e = _vsub(u, _vload_n(xstar, p, n))
+            w = _vsub(u, _vload_n(theta_c, p, n))
+            _vstore(W, 2 * g * dw + p, e)
+            _vstore(W, (2 * g + 1) * dw + p, v)
+            se0 = _vfma(e, e, se0)
+            se1 = _vfma(e, v, se1)
+            se2 = _vfma(v, v, se2)
+            sw0 = _vfma(w, w, sw0)
+            sw1 = _vfma(w, v, sw1)
+        _vstore(part, g * LANES, se0)
+        _vstore(part, (G + g) * LANES, se1)
+        _vstore(part, (2 * G + g) * LANES, se2)
+        _vstore(part, (3 * G + g) * LANES, sw0)
+        _vstore(part, (4 * G + g) * LANES, sw1)
+    q0v, q1v, q2v = _tri_pairs(Ft, W, FW, part, 5 * G)
+    e0v = _sum_rows(part, 0)
+    e1v = _sum_rows(part, G)
+    e2v = _sum_rows(part, 2 * G)
+    w0v = _sum_rows(part, 3 * G)
+    w1v = _sum_rows(part, 4 * G)
+    if not use_v:
+        e1v = _vzero(W)
+        e2v = e1v
+        w1v = e1v
+        q1v = e1v
+        q2v = e1v
+    e1v = _vadd(e1v, e1v)                   # the linear coefficients 2⟨·,·⟩
+    w1v = _vadd(w1v, w1v)
+    q1v = _vadd(q1v, q1v)
+    ae1 = _vabs(e1v)
+    aw1 = _vabs(w1v)
+    aq1 = _vabs(q1v)
+    tol = _vsplat(np.float64(quad_tol))
+    for k in range(L):
+        a = np.float64(acoef[k])
+        av = _vsplat(a)
+        aa = _vsplat(abs(a))
+        a2 = _vsplat(a * a)
+        # the three records of every seed slot (lane g) and their cancellation margins
+        s1 = _vfma(av, _vfma(av, e2v, e1v), e0v)
+        s2 = _vfma(av, _vfma(av, e2v, w1v), w0v)
+        s3 = _vfma(av, _vfma(av, q2v, q1v), q0v)
+        m1 = _vsub(s1, _vmul(tol, _vfma(a2, e2v, _vfma(aa, ae1, e0v))))
+        m2 = _vsub(s2, _vmul(tol, _vfma(a2, e2v, _vfma(aa, aw1, w0v))))
+        m3 = _vsub(s3, _vmul(tol, _vfma(a2, q2v, _vfma(aa, aq1, q0v))))
+        _vstore(part, 0, s1)
+        _vstore(part, LANES, s2)
+        _vstore(part, 2 * LANES, _vmul(_vsplat(0.5), _vfma(_vsplat(np.float64(alpha64)), s1, s3)))
+        _vstore(part, 3 * LANES, _vmul(_vnonneg(m1), _vmul(_vnonneg(m2), _vnonneg(m3))))
+        for g in range(gn):
+            s = s0 + g
+            if not (active[g] and alive[g, k]):
                 out_d[k, s, rec] = np.nan
                 out_t[k, s, rec] = np.nan
                 out_s[k, s, rec] = np.nan
-            continue
-        gv = SEED_BLOCK + g
-        e0 = sums[g, 0]
-        e1 = sums[g, 1]
-        e2 = sums[g, 2]
-        w0 = sums[g, 3]
-        w1 = sums[g, 4]
-        q0 = 0.0
-        q1 = 0.0
-        q2 = 0.0
-        for r in range(mp):
-            q0 += FW[g, r] * FW[g, r]
-            q1 += FW[g, r] * FW[gv, r]
-            q2 += FW[gv, r] * FW[gv, r]
-        if not use_v:
-            e1 = 0.0
-            e2 = 0.0
-            w1 = 0.0
-            q1 = 0.0
-            q2 = 0.0
-        for k in range(L):
-            if not alive[g, k]:
-                out_d[k, s, rec] = np.nan
-                out_t[k, s, rec] = np.nan
-                out_s[k, s, rec] = np.nan
-                continue
-            a = acoef[k]
-            if not use_v or a == 0.0:
-                s1 = e0
-                s2 = w0
-                s3 = q0
+            elif part[3, g] != 0.0:
+                out_d[k, s, rec] = part[0, g]
+                out_t[k, s, rec] = part[1, g]
+                out_s[k, s, rec] = part[2, g]
             else:
-                s1 = e0 + a * (2.0 * e1 + a * e2)
-                s2 = w0 + a * (2.0 * w1 + a * e2)
-                s3 = q0 + a * (2.0 * q1 + a * q2)
-                if not (_quad_ok(s1, e0, 2.0 * e1, e2, a, quad_tol)
-                        and _quad_ok(s2, w0, 2.0 * w1, e2, a, quad_tol)
-                        and _quad_ok(s3, q0, 2.0 * q1, q2, a, quad_tol)):
-                    s1 = 0.0
-                    s2 = 0.0
-                    for p in range(d):
-                        up = np.float64(U[g, p])
-                        av = a * np.float64(V[g, p])
-                        e = (up - xstar[p]) + av
-                        w = (up - theta_c[p]) + av
-                        s1 += e * e
-                        s2 += w * w
-                    s3 = 0.0
-                    for r in range(mp):
-                        z = FW[g, r] + a * FW[gv, r]
-                        s3 += z * z
-            out_d[k, s, rec] = s1
-            out_t[k, s, rec] = s2
-            out_s[k, s, rec] = 0.5 * (s3 + alpha64 * s1)
-        if want_coeffs:
-            c = coeffs[s, rec]
-            c[0, 0] = e0
-            c[0, 1] = 2.0 * e1
-            c[0, 2] = e2
-            c[1, 0] = 0.5 * (q0 + alpha64 * e0)
-            c[1, 1] = 0.5 * (2.0 * q1 + alpha64 * 2.0 * e1)
-            c[1, 2] = 0.5 * (q2 + alpha64 * e2)
-            c[2, 0] = w0
-            c[2, 1] = 2.0 * w1
-            c[2, 2] = e2
+                # the quadratic may have lost digits to cancellation: directly from e = (u − x*) + a·v
+                r1 = 0.0
+                r2 = 0.0
+                for p in range(d):
+                    up = np.float64(U[g, p])
+                    ap = a * np.float64(V[g, p])
+                    e = (up - xstar[p]) + ap
+                    w = (up - theta_c[p]) + ap
+                    r1 += e * e
+                    r2 += w * w
+                r3 = 0.0
+                for r in range(mp):
+                    z = FW[2 * g, r] + a * FW[2 * g + 1, r]
+                    r3 += z * z
+                out_d[k, s, rec] = r1
+                out_t[k, s, rec] = r2
+                out_s[k, s, rec] = 0.5 * (r3 + alpha64 * r1)
+    if coeffs.shape[0] > 0:
+        # rows of part: e0, 2e1, e2, w0, 2w1, q0, 2q1, q2 of every seed slot
+        _vstore(part, 0, e0v)
+        _vstore(part, LANES, e1v)
+        _vstore(part, 2 * LANES, e2v)
+        _vstore(part, 3 * LANES, w0v)
+        _vstore(part, 4 * LANES, w1v)
+        _vstore(part, 5 * LANES, q0v)
+        _vstore(part, 6 * LANES, q1v)
+        _vstore(part, 7 * LANES, q2v)
+        for g in range(gn):
+            if not active[g]:
+                continue
+            c = coeffs[s0 + g, rec]
+            c[0, 0] = part[0, g]
+            c[0, 1] = part[1, g]
+            c[0, 2] = part[2, g]
+            c[1, 0] = 0.5 * (part[5, g] + alpha64 * part[0, g])
+            c[1, 1] = 0.5 * (part[6, g] + alpha64 * part[1, g])
+            c[1, 2] = 0.5 * (part[7, g] + alpha64 * part[2, g])
+            c[2, 0] = part[3, g]
+            c[2, 1] = part[4, g]
+            c[2, 2] = part[2, g]
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -409,7 +408,7 @@ def _fill_permutation(key0, e, n, perm, g):
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _block_state(gn, x0, acw, use_v, d, mp):
     """A block's iterates (u = x0, v = 0), liveness and guard bounds, and its record buffers
-    (W, F·W and the per-seed sums of ``_records_block``)."""
+    (W, F·W and the scratch of per-seed sums of ``_records_block``)."""
     G = SEED_BLOCK
     L = acw.shape[0]
     dp = x0.shape[0]
@@ -435,7 +434,9 @@ def _block_state(gn, x0, acw, use_v, d, mp):
         ubu[g] = x0_norm
         for p in range(dp):
             U[g, p] = x0[p]
-    return U, V, alive, n_alive, active, ubu, ubv, amax, np.zeros((2 * G, d)), np.zeros((2 * G, mp)), np.zeros((G, 5))
+    dw = -(-d // LANES) * LANES
+    return (U, V, alive, n_alive, active, ubu, ubv, amax, np.zeros((2 * G, dw)), np.zeros((2 * G, mp)),
+            np.zeros((8 * G, LANES)))
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -473,7 +474,7 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     d = xstar.shape[0]
     L = acoef.shape[0]
     R = rec_steps.shape[0]
-    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, sums = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
+    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, part = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
     perm = np.empty((SEED_BLOCK, n if code != 0 else 0), dtype=np.int64)
     perm_start = np.full(SEED_BLOCK, NO_EPOCH, dtype=np.int64)
     half_limit = 0.5 * limit
@@ -485,7 +486,7 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     while True:
         if rec < R and rec_steps[rec] == t:
             _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64,
-                           quad_tol, W, FW, sums, out_d, out_s, out_t, coeffs, usave, vsave)
+                           quad_tol, W, FW, part, out_d, out_s, out_t, coeffs, usave, vsave)
             rec += 1
         if t >= steps or n_active == 0:
             break
@@ -620,7 +621,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
     R = rec_steps.shape[0]
     E = scales.shape[0]
     G = SEED_BLOCK
-    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, sums = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
+    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, part = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
     RU = np.zeros((G, b), dtype=x0.dtype)
     RV = np.zeros((G, b), dtype=x0.dtype)
     IDX = np.zeros((G, b), dtype=np.int64)
@@ -643,7 +644,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:
             _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64,
-                           quad_tol, W, FW, sums, out_d, out_s, out_t, coeffs, usave, vsave)
+                           quad_tol, W, FW, part, out_d, out_s, out_t, coeffs, usave, vsave)
             rec += 1
         if t == steps or n_active == 0:
             break
