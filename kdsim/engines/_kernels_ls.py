@@ -33,8 +33,8 @@ import numpy as np
 from numba import njit
 
 from ..rng import epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
-from ._simd import (LANES, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vload, _vload_n, _vmul, _vnonneg, _vsplat,
-                    _vstore, _vsub, _vzero)
+from ._simd import (LANES, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vlane, _vload, _vload_n, _vmul, _vnonneg,
+                    _vsplat, _vstore, _vsub, _vzero)
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), approximate functions and no-signed-zero; never nnan/ninf, and never
@@ -508,30 +508,33 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                     i0 = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t, n, code, perm, perm_start, g)
                     k0 = t + 1 - perm_start[g]
                     i1 = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t + 1, n, code, perm, perm_start, g)
-                u0 = zero
-                u1 = zero
-                v0 = zero
-                v1 = zero
-                k01 = zero
-                if use_v:
-                    for p in range(dp):
-                        x0p = A[i0, p]
-                        x1p = A[i1, p]
-                        up = U[g, p]
-                        vp = V[g, p]
-                        u0 += x0p * up
-                        u1 += x1p * up
-                        v0 += x0p * vp
-                        v1 += x1p * vp
-                        k01 += x0p * x1p
-                else:
-                    for p in range(dp):
-                        x0p = A[i0, p]
-                        x1p = A[i1, p]
-                        up = U[g, p]
-                        u0 += x0p * up
-                        u1 += x1p * up
-                        k01 += x0p * x1p
+                # five dot products over whole vectors (dp is a multiple of LANES), one horizontal sum
+                z = _vzero(U)
+                su0 = z
+                su1 = z
+                sv0 = z
+                sv1 = z
+                sk = z
+                o0 = i0 * dp
+                o1 = i1 * dp
+                og = g * dp
+                for p in range(0, dp, LANES):
+                    x0v = _vload(A, o0 + p)
+                    x1v = _vload(A, o1 + p)
+                    uv = _vload(U, og + p)
+                    su0 = _vfma(x0v, uv, su0)
+                    su1 = _vfma(x1v, uv, su1)
+                    sk = _vfma(x0v, x1v, sk)
+                    if use_v:
+                        vv = _vload(V, og + p)
+                        sv0 = _vfma(x0v, vv, sv0)
+                        sv1 = _vfma(x1v, vv, sv1)
+                h = _vhsum8(su0, su1, sv0, sv1, sk, z, z, z)
+                u0 = _vlane(h, 0)
+                u1 = _vlane(h, 1)
+                v0 = _vlane(h, 2)
+                v1 = _vlane(h, 3)
+                k01 = _vlane(h, 4)
                 ru0 = gam_b * (u0 - bvec[i0])
                 rv0 = gam_b * (v0 - rth[i0])
                 ru1 = gam_b * ((c1 * u1 - ru0 * k01) - bvec[i1])
@@ -541,24 +544,30 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                 ub2u = c1_abs * ub1u + abs(np.float64(ru1)) * anorm[i1]
                 ub2v = c1_abs * ub1v + abs(np.float64(rv1)) * anorm[i1] + gcv_norm
                 if _within(ub1u, ub1v, amax[g], half_limit) and _within(ub2u, ub2v, amax[g], half_limit):
-                    if use_v and plain:
-                        for p in range(dp):
-                            x0p = A[i0, p]
-                            x1p = A[i1, p]
-                            U[g, p] -= ru0 * x0p + ru1 * x1p
-                            V[g, p] -= rv0 * x0p + rv1 * x1p
-                    elif use_v:
-                        cu0 = c1 * ru0
-                        cv0 = c1 * rv0
-                        for p in range(dp):
-                            x0p = A[i0, p]
-                            x1p = A[i1, p]
-                            U[g, p] = c1sq * U[g, p] - (cu0 * x0p + ru1 * x1p)
-                            V[g, p] = c1sq * V[g, p] - (cv0 * x0p + rv1 * x1p) + (c1 * gcv[p] + gcv[p])
-                    else:
-                        cu0 = c1 * ru0
-                        for p in range(dp):
-                            U[g, p] = c1sq * U[g, p] - (cu0 * A[i0, p] + ru1 * A[i1, p])
+                    r0u = _vsplat(ru0)
+                    r1u = _vsplat(ru1)
+                    r0v = _vsplat(rv0)
+                    r1v = _vsplat(rv1)
+                    c2v = _vsplat(c1sq)
+                    cu0 = _vsplat(c1 * ru0)
+                    cv0 = _vsplat(c1 * rv0)
+                    c1v = _vsplat(c1)
+                    for p in range(0, dp, LANES):
+                        x0v = _vload(A, o0 + p)
+                        x1v = _vload(A, o1 + p)
+                        uv = _vload(U, og + p)
+                        if plain:
+                            _vstore(U, og + p, _vsub(uv, _vfma(r0u, x0v, _vmul(r1u, x1v))))
+                        else:
+                            _vstore(U, og + p, _vsub(_vmul(c2v, uv), _vfma(cu0, x0v, _vmul(r1u, x1v))))
+                        if use_v:
+                            vv = _vload(V, og + p)
+                            if plain:
+                                _vstore(V, og + p, _vsub(vv, _vfma(r0v, x0v, _vmul(r1v, x1v))))
+                            else:
+                                gv = _vload(gcv, p)          # γc enters both steps: c1·γc + γc
+                                _vstore(V, og + p, _vadd(_vsub(_vmul(c2v, vv), _vfma(cv0, x0v, _vmul(r1v, x1v))),
+                                                         _vfma(c1v, gv, gv)))
                     ubu[g] = ub2u
                     ubv[g] = ub2v
                     continue

@@ -419,3 +419,15 @@ def _vnonneg(typingctx, v):
         ok = builder.fcmp_ordered(">=", args[0], ir.Constant(vty, None))
         return builder.select(ok, ir.Constant(vty, [1.0] * LANES), ir.Constant(vty, None))
     return v(v), codegen
+
+
+@intrinsic
+def _vlane(typingctx, v, i):
+    """Lane i (a literal) of v."""
+    if not isinstance(i, types.IntegerLiteral):
+        raise TypingError("the lane must be a literal integer")
+    lane = i.literal_value
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], ir.Constant(_I32, lane))
+    return v.dtype(v, i), codegen

@@ -211,7 +211,7 @@ class _LeastSquaresRunner(_Runner):
         """Inputs of ``ls_affine``: columns zero-padded to whole SIMD vectors, γ folded in."""
         wd, n, d = self.wd, self.spec.n, self.dim
         form = AffineForm(self.spec, self.plan, wd)
-        lanes = 32 // wd.itemsize                          # one AVX register
+        lanes = self.K.LANES                               # whole explicit vectors
         dp = -(-d // lanes) * lanes
         self.A_pad = np.zeros((n, dp), dtype=wd)
         self.A_pad[:, :d] = self.A
