@@ -33,8 +33,8 @@ import numpy as np
 from numba import njit
 
 from ..rng import epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
-from ._simd import (LANES, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vlane, _vload, _vload_n, _vmul, _vnonneg,
-                    _vsplat, _vstore, _vsub, _vzero)
+from ._simd import (LANES, _borrow, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vlane, _vload, _vload_n, _vmul,
+                    _vnonneg, _vsplat, _vstore, _vsub, _vzero)
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), approximate functions and no-signed-zero; never nnan/ninf, and never
@@ -485,8 +485,11 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     t = 0
     while True:
         if rec < R and rec_steps[rec] == t:
-            _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64,
-                           quad_tol, W, FW, part, out_d, out_s, out_t, coeffs, usave, vsave)
+            # borrowed views: a call with array arguments costs two atomic reference-count updates per array
+            _records_block(s0, rec, gn, _borrow(active), _borrow(alive), _borrow(U), _borrow(V), use_v,
+                           _borrow(acoef), _borrow(xstar), _borrow(theta_c), _borrow(Ft), alpha64, quad_tol,
+                           _borrow(W), _borrow(FW), _borrow(part), _borrow(out_d), _borrow(out_s), _borrow(out_t),
+                           _borrow(coeffs), _borrow(usave), _borrow(vsave))
             rec += 1
         if t >= steps or n_active == 0:
             break
@@ -652,8 +655,11 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
     rec = 0
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:
-            _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_c, Ft, alpha64,
-                           quad_tol, W, FW, part, out_d, out_s, out_t, coeffs, usave, vsave)
+            # borrowed views: a call with array arguments costs two atomic reference-count updates per array
+            _records_block(s0, rec, gn, _borrow(active), _borrow(alive), _borrow(U), _borrow(V), use_v,
+                           _borrow(acoef), _borrow(xstar), _borrow(theta_c), _borrow(Ft), alpha64, quad_tol,
+                           _borrow(W), _borrow(FW), _borrow(part), _borrow(out_d), _borrow(out_s), _borrow(out_t),
+                           _borrow(coeffs), _borrow(usave), _borrow(vsave))
             rec += 1
         if t == steps or n_active == 0:
             break
