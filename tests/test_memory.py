@@ -78,7 +78,7 @@ def test_a_record_axis_that_cannot_fit_fails_before_it_is_allocated(ls):
 
 def test_reduced_equals_full_moments_on_every_backend(ls):
     p, th = ls
-    for backend, budget in (("numpy", 30_000), ("numba", 45_000)):
+    for backend, budget in (("numpy", 30_000), ("numba", 60_000)):
         full = kdsim.simulate(p, th, [0.0, 0.5], 0.05, 40, 30, record_every=10, backend=backend)
         red = kdsim.simulate(p, th, [0.0, 0.5], 0.05, 40, 30, record_every=10, backend=backend, reduce=True,
                              memory_budget=budget)                   # several chunks

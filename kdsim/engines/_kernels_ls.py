@@ -33,8 +33,8 @@ import numpy as np
 from numba import njit
 
 from ..rng import epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
-from ._simd import (LANES, _borrow, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vlane, _vload, _vload_n, _vmul,
-                    _vnonneg, _vsplat, _vstore, _vsub, _vzero)
+from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vlane, _vload,
+                    _vload_n, _vmul, _vnonneg, _vsplat, _vstore, _vsub, _vzero)
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), approximate functions and no-signed-zero; never nnan/ninf, and never
@@ -406,14 +406,16 @@ def _fill_permutation(key0, e, n, perm, g):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _block_state(gn, x0, acw, use_v, d, mp):
+def _block_state(gn, x0, xstar, acw, use_v, mp):
     """A block's iterates (u = x0, v = 0), liveness and guard bounds, and its record buffers
     (W, F·W and the scratch of per-seed sums of ``_records_block``)."""
     G = SEED_BLOCK
     L = acw.shape[0]
     dp = x0.shape[0]
-    U = np.zeros((G, dp), dtype=x0.dtype)
-    V = np.zeros((G, dp), dtype=x0.dtype)
+    U = _aligned_empty(G, dp, x0)          # on cache lines: no vector load straddles two
+    V = _aligned_empty(G, dp, x0)
+    U[:, :] = 0
+    V[:, :] = 0
     alive = np.ones((G, L), dtype=np.bool_)
     n_alive = np.full(G, L, dtype=np.int64)
     active = np.zeros(G, dtype=np.bool_)
@@ -434,9 +436,14 @@ def _block_state(gn, x0, acw, use_v, d, mp):
         ubu[g] = x0_norm
         for p in range(dp):
             U[g, p] = x0[p]
-    dw = -(-d // LANES) * LANES
-    return (U, V, alive, n_alive, active, ubu, ubv, amax, np.zeros((2 * G, dw)), np.zeros((2 * G, mp)),
-            np.zeros((8 * G, LANES)))
+    dw = -(-xstar.shape[0] // LANES) * LANES
+    W = _aligned_empty(2 * G, dw, xstar)
+    FW = _aligned_empty(2 * G, mp, xstar)
+    part = _aligned_empty(8 * G, LANES, xstar)
+    W[:, :] = 0.0
+    FW[:, :] = 0.0
+    part[:, :] = 0.0
+    return U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, part
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -474,9 +481,11 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     d = xstar.shape[0]
     L = acoef.shape[0]
     R = rec_steps.shape[0]
-    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, part = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
+    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, part = _block_state(gn, x0, xstar, acw, use_v, Ft.shape[1])
     perm = np.empty((SEED_BLOCK, n if code != 0 else 0), dtype=np.int64)
     perm_start = np.full(SEED_BLOCK, NO_EPOCH, dtype=np.int64)
+    rows = np.zeros((SEED_BLOCK, 2), dtype=np.int64)          # a pair's two rows of A per seed slot
+    dots = _aligned_empty(SEED_BLOCK, LANES, U)               # its five dot products per seed slot
     half_limit = 0.5 * limit
     c1_abs = abs(np.float64(c1))
     c1sq = c1 * c1
@@ -495,22 +504,27 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
             break
         stop = min(rec_steps[rec], steps) if rec < R and rec_steps[rec] > t else steps
         pair = stop - t >= 2
-        for g in range(gn):
-            if not active[g]:
-                continue
-            key0 = stream_keys[s0 + g]
-            singles = 1
-            if pair:
+        if pair:
+            # the pair's rows and dot products of every seed first, each seed's update after: the seeds'
+            # independent chains (draw, loads, sums) then overlap instead of waiting on one another
+            for g in range(gn):
+                if not active[g]:
+                    continue
+                key0 = stream_keys[s0 + g]
                 # the indices inline: a call that takes the permutation arrays (even one inlined by numba)
                 # costs reference-count updates per step, which were a third of this loop's time
                 if code == 0:
-                    i0 = _index1(key0, t, n)
-                    i1 = _index1(key0, t + 1, n)
+                    rows[g, 0] = _index1(key0, t, n)
+                    rows[g, 1] = _index1(key0, t + 1, n)
                 else:
                     k0 = t - perm_start[g]
-                    i0 = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t, n, code, perm, perm_start, g)
+                    rows[g, 0] = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t, n, code, perm, perm_start, g)
                     k0 = t + 1 - perm_start[g]
-                    i1 = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t + 1, n, code, perm, perm_start, g)
+                    rows[g, 1] = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t + 1, n, code, perm, perm_start,
+                                                                           g)
+            for g in range(gn):
+                if not active[g]:
+                    continue
                 # five dot products over whole vectors (dp is a multiple of LANES), one horizontal sum
                 z = _vzero(U)
                 su0 = z
@@ -518,8 +532,8 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                 sv0 = z
                 sv1 = z
                 sk = z
-                o0 = i0 * dp
-                o1 = i1 * dp
+                o0 = rows[g, 0] * dp
+                o1 = rows[g, 1] * dp
                 og = g * dp
                 for p in range(0, dp, LANES):
                     x0v = _vload(A, o0 + p)
@@ -532,12 +546,23 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                         vv = _vload(V, og + p)
                         sv0 = _vfma(x0v, vv, sv0)
                         sv1 = _vfma(x1v, vv, sv1)
-                h = _vhsum8(su0, su1, sv0, sv1, sk, z, z, z)
-                u0 = _vlane(h, 0)
-                u1 = _vlane(h, 1)
-                v0 = _vlane(h, 2)
-                v1 = _vlane(h, 3)
-                k01 = _vlane(h, 4)
+                _vstore(dots, g * LANES, _vhsum8(su0, su1, sv0, sv1, sk, z, z, z))
+        for g in range(gn):
+            if not active[g]:
+                continue
+            key0 = stream_keys[s0 + g]
+            singles = 1
+            if pair:
+                i0 = rows[g, 0]
+                i1 = rows[g, 1]
+                o0 = i0 * dp
+                o1 = i1 * dp
+                og = g * dp
+                u0 = dots[g, 0]
+                u1 = dots[g, 1]
+                v0 = dots[g, 2]
+                v1 = dots[g, 3]
+                k01 = dots[g, 4]
                 ru0 = gam_b * (u0 - bvec[i0])
                 rv0 = gam_b * (v0 - rth[i0])
                 ru1 = gam_b * ((c1 * u1 - ru0 * k01) - bvec[i1])
@@ -633,7 +658,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
     R = rec_steps.shape[0]
     E = scales.shape[0]
     G = SEED_BLOCK
-    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, part = _block_state(gn, x0, acw, use_v, d, Ft.shape[1])
+    U, V, alive, n_alive, active, ubu, ubv, amax, W, FW, part = _block_state(gn, x0, xstar, acw, use_v, Ft.shape[1])
     RU = np.zeros((G, b), dtype=x0.dtype)
     RV = np.zeros((G, b), dtype=x0.dtype)
     IDX = np.zeros((G, b), dtype=np.int64)

@@ -96,6 +96,16 @@ def call_blocks(timer, kernel, n_items, args, align=1):
     timer.run_s += t2 - t1
 
 
+def aligned_zeros(shape, dtype, align=64):
+    """A zero C-contiguous array whose data starts on a cache line: rows of whole vectors are then whole
+    lines, and no vector load of a kernel straddles two."""
+    size = int(np.prod(shape))
+    item = np.dtype(dtype).itemsize
+    buf = np.zeros(size + align // item, dtype=dtype)
+    off = (-buf.ctypes.data) % align // item
+    return buf[off:off + size].reshape(shape)
+
+
 class _Runner:
     """Common set-up of a family: sizes, coefficients, dtype scalars, timers."""
 
@@ -204,7 +214,7 @@ class _LeastSquaresRunner(_Runner):
             self.acw = self.coef[:, 0].astype(wd)
         self.use_v = est.uses_teacher
         self.kernel = "ls_affine" if self.affine else "ls_traj"
-        self.fixed_bytes += self.F.nbytes + (self.A_pad.nbytes if self.affine else 0)
+        self.fixed_bytes += self.F.nbytes + (self.A_pad.nbytes + self.Ft_lanes.nbytes if self.affine else 0)
 
     # -- affine ------------------------------------------------------------
     def _affine_setup(self, A64):
@@ -213,7 +223,7 @@ class _LeastSquaresRunner(_Runner):
         form = AffineForm(self.spec, self.plan, wd)
         lanes = self.K.LANES                               # whole explicit vectors
         dp = -(-d // lanes) * lanes
-        self.A_pad = np.zeros((n, dp), dtype=wd)
+        self.A_pad = aligned_zeros((n, dp), wd)
         self.A_pad[:, :d] = self.A
         self.x0_pad = np.zeros(dp, dtype=wd)
         self.x0_pad[:d] = self.x0
@@ -223,7 +233,9 @@ class _LeastSquaresRunner(_Runner):
         self.gam_bs, self.gam_alpha, self.scales = form.gam_bs, form.gam_alpha, form.scales
         self.anorm, self.quad_tol = form.anorm, form.quad_tol
         self.agcv = (A64 @ form.gcv64).astype(wd)          # a_iᵀ(γc), for steps taken in pairs
-        self.Ft_lanes = self.K.lane_factor(self.F)
+        Ft = self.K.lane_factor(self.F)
+        self.Ft_lanes = aligned_zeros(Ft.shape, Ft.dtype)
+        self.Ft_lanes[...] = Ft
 
     def _affine_args(self, keys, outs, div, ufin, vfin, unsafe, coeffs, usave, vsave):
         return (self.A_pad, self.bvec, self.rth, self.agcv, self.anorm, self.gcv_pad, self.gcv_norm, self.plain,
@@ -346,7 +358,7 @@ class _LayeredRunner(_Runner):
         n, d0 = self.A.shape
         d1, wd = int(self.dims[1]), self.wd
         dp = -(-d0 // self.K.LANES) * self.K.LANES
-        A = self._aligned_zeros((n, dp), wd)
+        A = aligned_zeros((n, dp), wd)
         A[:, :d0] = self.A
         self.fixed_bytes += (dp - d0) * n * wd.itemsize
         self.A = A
@@ -369,15 +381,6 @@ class _LayeredRunner(_Runner):
         self.dims[0] = dp
         self.offs = self.offs + np.where(np.arange(len(self.offs)) > 0, shift, 0)
         self.boffs = self.boffs + shift
-
-    @staticmethod
-    def _aligned_zeros(shape, dtype, align=64):
-        """A zero C-contiguous array whose data starts on a cache line."""
-        size = int(np.prod(shape))
-        item = np.dtype(dtype).itemsize
-        buf = np.zeros(size + align // item, dtype=dtype)
-        off = (-buf.ctypes.data) % align // item
-        return buf[off:off + size].reshape(shape)
 
     def _args(self, keys, a, c, saved, div, xfin):
         return (self.A, self.Y, self.rt, self.Gt, self.ridge, self.dims, self.offs, self.code,
