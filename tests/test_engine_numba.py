@@ -505,14 +505,34 @@ def test_threads_give_identical_numbers(crn):
             np.testing.assert_array_equal(singles[j][k], one[k][:, s:s + 1])
 
 
+def test_vector_log1p_of_the_taylor_branch_within_two_ulp():
+    # softmax records' log1p(w) on their Taylor branch (0 <= w <= e − 2), vectorised as 2·atanh(w/(2 + w)):
+    # against numpy's log1p in ulps over the range, tiny w (records near x*) and the end point included
+    from numba import njit
+
+    from kdsim.engines._kernels_records import _vlog1p_taylor_branch
+    from kdsim.engines._simd import LANES, _vload, _vstore
+
+    @njit
+    def run(w, out):
+        for i in range(0, w.shape[0], LANES):
+            _vstore(out, i, _vlog1p_taylor_branch(_vload(w, i)))
+    w = np.concatenate([np.linspace(0.0, np.e - 2.0, 4000), np.geomspace(1e-300, 1e-3, 4000)])
+    out = np.empty_like(w)
+    run(w, out)
+    want = np.log1p(w)
+    ulps = np.abs(out - want) / np.spacing(np.maximum(want, np.finfo(float).tiny))
+    assert out[0] == 0.0 and ulps.max() <= 2.0, ulps.max()
+
+
 def test_softmax_subopt_kernel_equals_problem_formula():
     # the compiled records of softmax regression are the twin of SoftmaxRegression.suboptimality:
     # both branches (max |δ − c| <= 1: log1p of the Taylor form; > 1: log-sum-exp) and the point
     # x* itself, where the value is 0 up to rounding and both must stay >= -1e-15
     from kdsim.problems import synthetic as syn
     from kdsim.kernelspec import H_COEF as _H_COEF
-    from kdsim.engines._kernels_records import softmax_subopt
-    # (samples and classes go in pairs: even and odd n, odd and even K)
+    from kdsim.engines._kernels_records import softmax_subopt, subopt_inputs
+    # (samples go in vectors of 8: n a multiple of it and not; classes even and odd)
     for n, k in ((41, 4), (40, 3)):
         p = syn.softmax(n=n, d=4, n_classes=k, l2=0.1, bias=True, seed=3)
         xs = p.solution()
@@ -521,7 +541,7 @@ def test_softmax_subopt_kernel_equals_problem_formula():
                        xs + 3.0 * r.standard_normal((4, p.dim))])
         P, logP, g = p._at_optimum
         got = np.empty(len(X))
-        softmax_subopt(0, len(X), X, xs, np.ascontiguousarray(p.A), P, logP, g, p.l2, _H_COEF, got)
+        softmax_subopt(0, len(X), X, xs, *subopt_inputs(p.A, P, logP), n, g, p.l2, _H_COEF, got)
         want = p.suboptimality(X)
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-16)
         assert got.min() >= -1e-15 and abs(got[0]) < 1e-15

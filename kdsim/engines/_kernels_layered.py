@@ -968,9 +968,9 @@ def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_
 
 def _forget_stale_cache():
     from .. import rng
-    from . import _kernels_ls
+    from . import _kernels_ls, _simd
     from ._numba_cache import forget_if_stale
-    forget_if_stale(layered_traj.py_func, [_kernels_ls.__file__, rng.__file__, _activations.__file__])
+    forget_if_stale(layered_traj.py_func, [_kernels_ls.__file__, rng.__file__, _activations.__file__, _simd.__file__])
 
 
 _forget_stale_cache()

@@ -1023,8 +1023,9 @@ def ls_traj(lo, hi, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, a
 
 def _forget_stale_cache():
     from .. import rng
+    from . import _simd
     from ._numba_cache import forget_if_stale
-    forget_if_stale(ls_traj.py_func, [rng.__file__])
+    forget_if_stale(ls_traj.py_func, [rng.__file__, _simd.__file__])
 
 
 _forget_stale_cache()

@@ -2,8 +2,9 @@
 
 ``softmax_subopt`` is the compiled twin of ``kdsim.kernelspec.softmax_subopt`` (same formula,
 same branches; tests check they agree to rounding). The array form builds (n, T, K) arrays and
-passes over them many times; this one streams the logit changes of two samples and two classes
-at a time through registers (four independent sums). Timings: benchmarks/RESULTS.md.
+passes over them many times; this one forms each trajectory's logit changes as one small
+matrix product and evaluates the rest with samples in the lanes of explicit vectors (``_simd``).
+Timings: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -12,26 +13,66 @@ import math
 import numpy as np
 from numba import njit
 
+from ._kernels_layered import _gemm_nn
 from ._kernels_ls import FASTMATH
+from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vdiv, _vexp, _vfma, _vload, _vmax, _vmul, _vnonneg,
+                    _vsplat, _vstore, _vsub, _vsum, _vzero, _vzero_beyond1)
+
+
+#: terms of the series log1p(w) = 2·atanh(s) = 2 Σ_j s^(2j+1)/(2j+1), s = w/(2 + w): on the Taylor branch
+#: of ``softmax_subopt`` w = Σ_k p*_k h(d_k) d_k² <= e − 2, so s² < 0.07 and 16 terms leave < 1e-18
+_ATANH_COEFS = tuple(1.0 / (2 * j + 1) for j in range(16))
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=FASTMATH)
+def _vlog1p_taylor_branch(w):
+    """log1p(w) per lane for 0 <= w <= e − 2 (within 2 ulp): the atanh series, vectorised (no libm call)."""
+    s = _vdiv(w, _vadd(_vsplat(2.0), w))
+    s2 = _vmul(s, s)
+    q = _vsplat(_ATANH_COEFS[15])
+    for j in range(14, -1, -1):
+        q = _vfma(q, s2, _vsplat(_ATANH_COEFS[j]))
+    return _vmul(_vadd(s, s), q)
+
+
+def subopt_inputs(A, P, logP):
+    """The layouts ``softmax_subopt`` reads: Aᵀ (d', n_pad), p*ᵀ and log p*ᵀ (K, n_pad), samples zero-padded
+    to whole vectors (a padded sample has δ = 0 and p* = 0, so it adds 0)."""
+    n, dp = A.shape
+    K = P.shape[1]
+    n_pad = -(-n // LANES) * LANES
+    AT = np.zeros((dp, n_pad))
+    AT[:, :n] = A.T
+    PT = np.zeros((K, n_pad))
+    PT[:, :n] = P.T
+    logPT = np.zeros((K, n_pad))
+    logPT[:, :n] = logP.T
+    return AT, PT, logPT
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def softmax_subopt(lo, hi, X, xstar, A, P, logP, g, l2, h_coef, out):
+def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
     """out[t] = f(X[t]) − f* for rows lo .. hi−1 of X, without catastrophic cancellation.
 
     With e = x − x*, δ_ik = (E a_i)_k, c_i = Σ_k p*_ik δ_ik and d_ik = δ_ik − c_i:
     D_i = log1p(Σ_k p*_ik h(d_ik)) with h(t) = e^t − 1 − t (Taylor series ``h_coef`` by
     Horner for |t| <= 1), or, where max_k |d_ik| > 1, the stable log-sum-exp of
     log p*_ik + d_ik; then f(x) − f* = mean_i D_i + ∇f(x*)ᵀe + ½α‖e‖²
-    (``SoftmaxRegression.suboptimality``). ``P``/``logP`` are p* and log p* (n, K),
-    ``g`` = ∇f(x*) (dim,), ``A`` (n, d').
+    (``SoftmaxRegression.suboptimality``). ``AT``, ``PT``, ``logPT`` from ``subopt_inputs``
+    (n samples, padded), ``g`` = ∇f(x*) (dim,).
+
+    Per trajectory: Δ = E·Aᵀ (K × n_pad) as one register-blocked product (``_gemm_nn``); then
+    LANES samples at a time in the lanes of explicit vectors, the Taylor branch for all of them
+    (the series of every class by Horner, log1p by its atanh series) and the log-sum-exp branch
+    per sample where it applies.
     """
-    n, dp = A.shape
-    K = P.shape[1]
+    dp, n_pad = AT.shape
+    K = PT.shape[0]
     dim = X.shape[1]
     H = h_coef.shape[0]
     e = np.empty(dim)
-    dlt = np.empty((2, K))
+    Dl = _aligned_empty(K, n_pad, AT)
+    lanes = _aligned_empty(4, LANES, AT)             # a chunk's Taylor-branch D, max_k |d|, and lse's m and sum
     for t in range(lo, hi):
         lin = 0.0
         sq = 0.0
@@ -39,66 +80,53 @@ def softmax_subopt(lo, hi, X, xstar, A, P, logP, g, l2, h_coef, out):
             e[p] = X[t, p] - xstar[p]
             lin += e[p] * g[p]
             sq += e[p] * e[p]
+        # Δ in column blocks of 4 vectors, every class of a block before the next: the block of Aᵀ
+        # (d' × 32 samples) then stays in L1 for the 5 pairs of classes instead of coming from L2 five times
+        for q0 in range(0, n_pad, 4 * LANES):
+            _gemm_nn(_borrow(Dl), q0, n_pad, _borrow(e), 0, dp, 1, _borrow(AT), q0, n_pad, K, dp,
+                     min(4 * LANES, n_pad - q0), False)
         total = 0.0
-        for i0 in range(0, n, 2):
-            # δ of two samples and two classes per pass: four independent sums share the loads
-            i1 = min(i0 + 1, n - 1)                # an odd last sample is computed twice
-            for k0 in range(0, K, 2):
-                k1 = min(k0 + 1, K - 1)
-                b0 = np.uint64(k0 * dp)
-                b1 = np.uint64(k1 * dp)
-                s00 = 0.0
-                s01 = 0.0
-                s10 = 0.0
-                s11 = 0.0
-                for q in range(np.uint64(dp)):
-                    e0 = e[b0 + q]
-                    e1 = e[b1 + q]
-                    a0 = A[i0, q]
-                    a1 = A[i1, q]
-                    s00 += e0 * a0
-                    s01 += e0 * a1
-                    s10 += e1 * a0
-                    s11 += e1 * a1
-                dlt[0, k0] = s00
-                dlt[1, k0] = s01
-                dlt[0, k1] = s10
-                dlt[1, k1] = s11
-            for jj in range(2 if i1 > i0 else 1):
-                i = i0 + jj
-                c = 0.0
+        for i0 in range(0, n_pad, LANES):
+            c = _vzero(AT)
+            for k in range(K):
+                c = _vfma(_vload(PT, k * n_pad + i0), _vload(Dl, k * n_pad + i0), c)
+            big = _vzero(AT)
+            w = _vzero(AT)
+            m = _vsplat(-np.inf)
+            for k in range(K):
+                d = _vsub(_vload(Dl, k * n_pad + i0), c)
+                big = _vmax(big, _vabs(d))
+                m = _vmax(m, _vadd(_vload(logPT, k * n_pad + i0), d))
+                d = _vzero_beyond1(d)
+                h = _vsplat(h_coef[H - 1])
+                for j in range(H - 2, -1, -1):
+                    h = _vfma(h, d, _vsplat(h_coef[j]))
+                w = _vfma(_vload(PT, k * n_pad + i0), _vmul(h, _vmul(d, d)), w)
+            _vstore(lanes, 0, _vlog1p_taylor_branch(w))
+            _vstore(lanes, LANES, big)
+            if _vsum(_vnonneg(_vsub(big, _vsplat(1.0)))) > 0.0:
+                # the log-sum-exp branch of some sample of the chunk: lse = m + log Σ_k e^(log p*_k + d_k − m)
+                sm = _vzero(AT)
                 for k in range(K):
-                    c += P[i, k] * dlt[jj, k]
-                big = False
-                for k in range(K):
-                    dlt[jj, k] -= c
-                    if abs(dlt[jj, k]) > 1.0:
-                        big = True
-                if not big:
-                    w = 0.0
-                    for k in range(K):
-                        tk = dlt[jj, k]
-                        h = h_coef[H - 1]
-                        for j in range(H - 2, -1, -1):
-                            h = h * tk + h_coef[j]
-                        w += P[i, k] * (h * tk * tk)
-                    total += math.log1p(w)
-                else:
-                    m = logP[i, 0] + dlt[jj, 0]
-                    for k in range(1, K):
-                        if logP[i, k] + dlt[jj, k] > m:
-                            m = logP[i, k] + dlt[jj, k]
-                    s = 0.0
-                    for k in range(K):
-                        s += math.exp(logP[i, k] + dlt[jj, k] - m)
-                    total += m + math.log(s)
+                    z = _vadd(_vload(logPT, k * n_pad + i0), _vsub(_vload(Dl, k * n_pad + i0), c))
+                    sm = _vadd(sm, _vexp(_vsub(z, m)))
+                _vstore(lanes, 2 * LANES, m)
+                _vstore(lanes, 3 * LANES, sm)
+                for l in range(min(LANES, n - i0)):
+                    if lanes[1, l] > 1.0:
+                        total += lanes[2, l] + math.log(lanes[3, l])
+                    else:
+                        total += lanes[0, l]
+            else:
+                for l in range(min(LANES, n - i0)):
+                    total += lanes[0, l]
         out[t] = total / n + lin + 0.5 * l2 * sq
 
 
 def _forget_stale_cache():
-    from . import _kernels_ls
+    from . import _kernels_layered, _kernels_ls, _simd
     from ._numba_cache import forget_if_stale
-    forget_if_stale(softmax_subopt.py_func, [_kernels_ls.__file__])
+    forget_if_stale(softmax_subopt.py_func, [_kernels_ls.__file__, _kernels_layered.__file__, _simd.__file__])
 
 
 _forget_stale_cache()

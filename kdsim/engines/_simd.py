@@ -431,3 +431,22 @@ def _vlane(typingctx, v, i):
     def codegen(context, builder, sig, args):
         return builder.extract_element(args[0], ir.Constant(_I32, lane))
     return v.dtype(v, i), codegen
+
+
+@intrinsic
+def _vmax(typingctx, a, b):
+    """max(a, b) per lane (b where a is NaN)."""
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
+    return a(a, b), codegen
+
+
+@intrinsic
+def _vzero_beyond1(typingctx, v):
+    """v where |v| <= 1 (and NaN), 0 where |v| > 1."""
+    def codegen(context, builder, sig, args):
+        vty = args[0].type
+        absv = _intrinsic(builder, f"llvm.fabs.{_vname(vty)}", vty, [args[0]])
+        big = builder.fcmp_ordered(">", absv, ir.Constant(vty, [1.0] * LANES))
+        return builder.select(big, ir.Constant(vty, None), args[0])
+    return v(v), codegen

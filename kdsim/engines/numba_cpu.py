@@ -330,6 +330,7 @@ class _LayeredRunner(_Runner):
         V.choice("path", path, ("auto", "trajectory"))
         from . import _kernels_layered as K
         self.K = K
+        self._subopt_inputs = None                       # softmax records' layouts, built at the first record
         wd = dtype
         c = np.ascontiguousarray
         self.A, self.Y = c(spec.A, dtype=wd), c(spec.Y, dtype=wd)
@@ -425,14 +426,16 @@ class _LayeredRunner(_Runner):
 
     def suboptimality(self, X):
         """Softmax regression's f − f* of rows X by the compiled records kernel (``_kernels_records``)."""
-        from ._kernels_records import softmax_subopt
+        from ._kernels_records import softmax_subopt, subopt_inputs
         r = self.refs.refs
         X = np.ascontiguousarray(X, dtype=np.float64)
         out = np.empty(X.shape[0])
         masked = self.spec.l2_mask is not None            # the kernel's ridge term is α‖e‖²
+        if self._subopt_inputs is None:
+            self._subopt_inputs = subopt_inputs(self.spec.A, r["p_star"], r["logp_star"])
         call_blocks(self.timers["records_kernel"], softmax_subopt, X.shape[0],
-                    (X, np.ascontiguousarray(r["x_star_raw"]), np.ascontiguousarray(self.spec.A), r["p_star"],
-                     r["logp_star"], r["g_star"], 0.0 if masked else float(self.spec.l2), KS.H_COEF, out))
+                    (X, np.ascontiguousarray(r["x_star_raw"]), *self._subopt_inputs, self.spec.n, r["g_star"],
+                     0.0 if masked else float(self.spec.l2), KS.H_COEF, out))
         if masked:
             out += 0.5 * KS.ridge_quadratic(X - r["x_star_raw"], self.spec.l2_weights)
         return out
