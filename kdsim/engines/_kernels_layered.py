@@ -57,9 +57,9 @@ from numba import njit
 from ..rng import batch_into_nb
 from . import _activations
 from ._kernels_ls import FASTMATH, _heavy_ball
-from ._simd import (LANES, _aligned_empty, _alive, _borrow, _vadd, _vbcast, _vdiv, _vexp, _vfma, _vhsum8, _vkeep_n,
-                    _vload, _vload_n, _vmul, _vsplat, _vstore, _vstore_half_n, _vstore_n, _vsub, _vsum,
-                    _vtranspose8, _vzero)
+from ._simd import (LANES, _aligned_empty, _alive, _borrow, _vadd, _vbcast, _vblend_n, _vdiv, _vexp, _vfma, _vhmax,
+                    _vhsum8, _vkeep_n, _vload, _vload_n, _vmax, _vmul, _vsplat, _vsplat_recip, _vstore, _vstore_half_n,
+                    _vstore_n, _vsub, _vsum, _vtranspose8, _vzero)
 
 #: samples taken through the layers together; the minibatch scratch of a trajectory is
 #: O(SAMPLE_BLOCK · Σ widths) whatever the batch size (full-batch runs included)
@@ -397,20 +397,26 @@ def _output_residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero, a, rt, teacher)
             j1 = min(j + 1, nb - 1)
             i = idx[j0 + j]
             i1 = idx[j0 + j1]
-            zm = _vsplat(_logit_max(H, j, zoff, m))
-            zmb = _vsplat(_logit_max(H, j1, zoff, m))
             hj = j * hw + zoff
             hj1 = j1 * hw + zoff
-            e0 = _vexp(_vsub(_vload(H, hj), zm))
-            f0 = _vexp(_vsub(_vload(H, hj1), zmb))
-            e1 = _vkeep_n(_vexp(_vsub(_vload_n(H, hj + LANES, m - LANES), zm)), m - LANES)
-            f1 = _vkeep_n(_vexp(_vsub(_vload_n(H, hj1 + LANES, m - LANES), zmb)), m - LANES)
-            sv = _vsplat(_vsum(_vadd(e0, e1)))
-            sw = _vsplat(_vsum(_vadd(f0, f1)))
-            d0 = _vsub(_vdiv(e0, sv), _vload(Y, i * m))
-            d1 = _vsub(_vdiv(e1, sv), _vload_n(Y, i * m + LANES, m - LANES))
-            c0 = _vsub(_vdiv(f0, sw), _vload(Y, i1 * m))
-            c1 = _vsub(_vdiv(f1, sw), _vload_n(Y, i1 * m + LANES, m - LANES))
+            z0 = _vload(H, hj)
+            y0 = _vload(H, hj1)
+            z1 = _vload_n(H, hj + LANES, m - LANES)
+            y1 = _vload_n(H, hj1 + LANES, m - LANES)
+            # the shifts: the largest logit of each sample, by vectors (lanes past m hold a logit already counted)
+            zm = _vsplat(_vhmax(_vmax(z0, _vblend_n(z1, m - LANES, z0))))
+            zmb = _vsplat(_vhmax(_vmax(y0, _vblend_n(y1, m - LANES, y0))))
+            e0 = _vexp(_vsub(z0, zm))
+            f0 = _vexp(_vsub(y0, zmb))
+            e1 = _vkeep_n(_vexp(_vsub(z1, zm)), m - LANES)
+            f1 = _vkeep_n(_vexp(_vsub(y1, zmb)), m - LANES)
+            # one division per sample (a vector division per vector would cost about as much as the exps)
+            sv = _vsplat_recip(_vsum(_vadd(e0, e1)))
+            sw = _vsplat_recip(_vsum(_vadd(f0, f1)))
+            d0 = _vsub(_vmul(e0, sv), _vload(Y, i * m))
+            d1 = _vsub(_vmul(e1, sv), _vload_n(Y, i * m + LANES, m - LANES))
+            c0 = _vsub(_vmul(f0, sw), _vload(Y, i1 * m))
+            c1 = _vsub(_vmul(f1, sw), _vload_n(Y, i1 * m + LANES, m - LANES))
             if teacher:
                 d0 = _vfma(ma, _vload(rt, i * m), d0)
                 d1 = _vfma(ma, _vload_n(rt, i * m + LANES, m - LANES), d1)

@@ -450,3 +450,32 @@ def _vzero_beyond1(typingctx, v):
         big = builder.fcmp_ordered(">", absv, ir.Constant(vty, [1.0] * LANES))
         return builder.select(big, ir.Constant(vty, None), args[0])
     return v(v), codegen
+
+
+@intrinsic
+def _vhmax(typingctx, v):
+    """The largest lane (a NaN lane is ignored unless all are NaN)."""
+    def codegen(context, builder, sig, args):
+        el = args[0].type.element
+        return _intrinsic(builder, f"llvm.vector.reduce.fmax.{_vname(args[0].type)}", el, [args[0]])
+    return v.dtype(v), codegen
+
+
+@intrinsic
+def _vblend_n(typingctx, v, n, w):
+    """v in the first n lanes, w's lanes in the others."""
+    def codegen(context, builder, sig, args):
+        return builder.select(_lane_mask(context, builder, sig.args[1], args[1]), args[0], args[2])
+    return v(v, n, w), codegen
+
+
+@intrinsic
+def _vsplat_recip(typingctx, s):
+    """1/s (one scalar division, in s's dtype) in every lane."""
+    if not isinstance(s, types.Float):
+        raise TypingError(f"_vsplat_recip needs a float, got {s}")
+    vt = _Vec(s)
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, context.get_value_type(vt), builder.fdiv(ir.Constant(args[0].type, 1.0), args[0]))
+    return vt(s), codegen
