@@ -505,6 +505,22 @@ def test_threads_give_identical_numbers(crn):
             np.testing.assert_array_equal(singles[j][k], one[k][:, s:s + 1])
 
 
+@pytest.mark.parametrize("k", [8, 9, 10, 12, 13, 16, 17])
+def test_softmax_kernel_on_many_classes_matches_reference(k):
+    # the residual paths by class count: one vector (<= 8), two samples per pass with their last classes
+    # packed into one exp (9 .. 12) or not (13 .. 16), the general path (17); the forward's blocks of
+    # 5 rows (10 classes) and of 4; odd batches (a pass repeats its last sample) and a teacher term
+    from kdsim.problems import synthetic as syn
+    p = syn.softmax(n=40, d=3, n_classes=k, l2=0.1, bias=True, seed=k)
+    theta = p.solution() + 0.3 * np.random.default_rng(k).standard_normal(p.dim)
+    for b in (1, 3, 10):
+        plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.2, 30, 3, batch_size=b, record_every=10, seed=1)
+        got = run_arrays(numba_cpu, p, plan)
+        want = run_arrays(reference, p, plan)
+        assert_records_close(got, want)
+        np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+
+
 def test_vector_exp_within_one_ulp_of_numpy():
     # the kernels' vectorised exp (softmax residuals, records): within one ulp of np.exp over the float64
     # range, 0 below the smallest normal result, inf above the largest, NaN kept

@@ -57,9 +57,9 @@ from numba import njit
 from ..rng import batch_into_nb
 from . import _activations
 from ._kernels_ls import FASTMATH, _heavy_ball
-from ._simd import (LANES, _aligned_empty, _alive, _borrow, _vadd, _vbcast, _vblend_n, _vdiv, _vexp, _vfma, _vhmax,
-                    _vhsum8, _vkeep_n, _vload, _vload_n, _vmax, _vmul, _vsplat, _vsplat_recip, _vstore, _vstore_half_n,
-                    _vstore_n, _vsub, _vsum, _vtranspose8, _vzero)
+from ._simd import (LANES, _aligned_empty, _alive, _borrow, _vadd, _vbcast, _vblend_n, _vdiv, _vexp, _vfma,
+                    _vhigh_to_low, _vhmax, _vhsum8, _vjoin_low, _vkeep_n, _vload, _vload_n, _vmax, _vmul, _vsplat,
+                    _vsplat_recip, _vstore, _vstore_half_n, _vstore_n, _vsub, _vsum, _vtranspose8, _vzero)
 
 #: samples taken through the layers together; the minibatch scratch of a trajectory is
 #: O(SAMPLE_BLOCK · Σ widths) whatever the batch size (full-batch runs included)
@@ -483,8 +483,14 @@ def _output_residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero, a, rt, teacher)
             zmb = _vsplat(_vhmax(_vmax(y0, _vblend_n(y1, m - LANES, y0))))
             e0 = _vexp(_vsub(z0, zm))
             f0 = _vexp(_vsub(y0, zmb))
-            e1 = _vkeep_n(_vexp(_vsub(z1, zm)), m - LANES)
-            f1 = _vkeep_n(_vexp(_vsub(y1, zmb)), m - LANES)
+            if m <= LANES + LANES // 2:
+                # both samples' last classes in one vector: three exps for the two samples instead of four
+                t = _vexp(_vjoin_low(_vsub(z1, zm), _vsub(y1, zmb)))
+                e1 = _vkeep_n(t, m - LANES)
+                f1 = _vkeep_n(_vhigh_to_low(t), m - LANES)
+            else:
+                e1 = _vkeep_n(_vexp(_vsub(z1, zm)), m - LANES)
+                f1 = _vkeep_n(_vexp(_vsub(y1, zmb)), m - LANES)
             # one division per sample (a vector division per vector would cost about as much as the exps)
             sv = _vsplat_recip(_vsum(_vadd(e0, e1)))
             sw = _vsplat_recip(_vsum(_vadd(f0, f1)))

@@ -479,3 +479,24 @@ def _vsplat_recip(typingctx, s):
     def codegen(context, builder, sig, args):
         return _splat(builder, context.get_value_type(vt), builder.fdiv(ir.Constant(args[0].type, 1.0), args[0]))
     return vt(s), codegen
+
+
+@intrinsic
+def _vjoin_low(typingctx, a, b):
+    """Lanes 0 .. LANES/2 − 1 of a, then lanes 0 .. LANES/2 − 1 of b."""
+    def codegen(context, builder, sig, args):
+        h = LANES // 2
+        idx = list(range(h)) + [LANES + k for k in range(h)]
+        return builder.shuffle_vector(args[0], args[1], ir.Constant(ir.VectorType(_I32, LANES), idx))
+    return a(a, b), codegen
+
+
+@intrinsic
+def _vhigh_to_low(typingctx, v):
+    """Lanes LANES/2 .. LANES − 1 of v in lanes 0 .. LANES/2 − 1, zeros after."""
+    def codegen(context, builder, sig, args):
+        h = LANES // 2
+        idx = [h + k for k in range(h)] + [LANES + k for k in range(h)]
+        return builder.shuffle_vector(args[0], ir.Constant(args[0].type, None),
+                                      ir.Constant(ir.VectorType(_I32, LANES), idx))
+    return v(v), codegen
