@@ -347,6 +347,49 @@ def test_lane_tiled_triangular_product_matches_numpy(m, d):
     np.testing.assert_allclose(got, sums, rtol=1e-12, atol=1e-12 * np.abs(sums).max())
 
 
+def test_records_block_against_numpy_with_an_infinite_v_at_lambda_zero():
+    # one block's records against their definitions for every seed slot and λ (d = 11: a partial vector;
+    # 6 active slots of 8); λ = 0 stays exact in a slot whose v overflowed after its other λ died
+    from kdsim.engines import _kernels_ls as K
+    r = np.random.default_rng(5)
+    d, G, gn = 11, K.SEED_BLOCK, 6
+    dp = -(-d // K.LANES) * K.LANES
+    F = np.triu(r.standard_normal((d, d)))
+    xstar, theta = r.standard_normal(d), r.standard_normal(d)
+    acoef = np.array([0.0, 0.5, -1.5])
+    U = np.zeros((G, dp))
+    V = np.zeros((G, dp))
+    U[:, :d] = xstar + r.standard_normal((G, d))
+    V[:, :d] = r.standard_normal((G, d))
+    V[2, :d] = np.inf
+    alive = np.ones((G, 3), dtype=np.bool_)
+    alive[2, 1:] = False
+    active = np.zeros(G, dtype=np.bool_)
+    active[:gn] = True
+    alpha = 0.3
+    W = np.zeros((2 * G, dp))
+    Ft = K.lane_factor(F)
+    FW = np.zeros((2 * G, Ft.shape[1]))
+    part = np.zeros((8 * G, K.LANES))
+    S, R = gn + 2, 3
+    outs = [np.full((3, S, R), -1.0) for _ in range(3)]
+    none = np.zeros((0, 0, 0))
+    K._records_block(1, 2, gn, active, alive, U, V, True, acoef, xstar, theta, Ft, alpha, 1e-3, W, FW, part,
+                     *outs, np.zeros((0, 0, 3, 3)), none, none)
+    out_d, out_s, out_t = outs
+    for g in range(gn):
+        for k, a in enumerate(acoef):
+            if not alive[g, k]:
+                assert np.isnan(out_d[k, 1 + g, 2]) and np.isnan(out_s[k, 1 + g, 2])
+                continue
+            x = U[g, :d] + (a * V[g, :d] if a != 0 else 0.0)
+            e = x - xstar
+            want = (e @ e, 0.5 * (np.sum((F @ e) ** 2) + alpha * (e @ e)), (x - theta) @ (x - theta))
+            np.testing.assert_allclose([out_d[k, 1 + g, 2], out_s[k, 1 + g, 2], out_t[k, 1 + g, 2]], want,
+                                       rtol=1e-12)
+    assert (out_d[:, 1 + gn:, :] == -1.0).all() and (out_d[:, :, [0, 1]] == -1.0).all()   # nothing else written
+
+
 def _tri_pairs_sums(Ft, W, out, Q):
     """``_tri_pairs``'s three vectors of per-seed sums, as a (3, LANES) array."""
     from numba import njit

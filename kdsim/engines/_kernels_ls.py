@@ -269,20 +269,28 @@ def _records_block(s0, rec, gn, active, alive, U, V, use_v, acoef, xstar, theta_
     tol = _vsplat(np.float64(quad_tol))
     for k in range(L):
         a = np.float64(acoef[k])
-        av = _vsplat(a)
-        aa = _vsplat(abs(a))
-        a2 = _vsplat(a * a)
-        # the three records of every seed slot (lane g) and their cancellation margins
-        s1 = _vfma(av, _vfma(av, e2v, e1v), e0v)
-        s2 = _vfma(av, _vfma(av, e2v, w1v), w0v)
-        s3 = _vfma(av, _vfma(av, q2v, q1v), q0v)
-        m1 = _vsub(s1, _vmul(tol, _vfma(a2, e2v, _vfma(aa, ae1, e0v))))
-        m2 = _vsub(s2, _vmul(tol, _vfma(a2, e2v, _vfma(aa, aw1, w0v))))
-        m3 = _vsub(s3, _vmul(tol, _vfma(a2, q2v, _vfma(aa, aq1, q0v))))
+        if a == 0.0:
+            # λ = 0: the constant terms alone, exactly (whatever v holds)
+            s1 = e0v
+            s2 = w0v
+            s3 = q0v
+            ok = _vsplat(1.0)
+        else:
+            av = _vsplat(a)
+            aa = _vsplat(abs(a))
+            a2 = _vsplat(a * a)
+            # the three records of every seed slot (lane g) and their cancellation margins
+            s1 = _vfma(av, _vfma(av, e2v, e1v), e0v)
+            s2 = _vfma(av, _vfma(av, e2v, w1v), w0v)
+            s3 = _vfma(av, _vfma(av, q2v, q1v), q0v)
+            m1 = _vsub(s1, _vmul(tol, _vfma(a2, e2v, _vfma(aa, ae1, e0v))))
+            m2 = _vsub(s2, _vmul(tol, _vfma(a2, e2v, _vfma(aa, aw1, w0v))))
+            m3 = _vsub(s3, _vmul(tol, _vfma(a2, q2v, _vfma(aa, aq1, q0v))))
+            ok = _vmul(_vnonneg(m1), _vmul(_vnonneg(m2), _vnonneg(m3)))
         _vstore(part, 0, s1)
         _vstore(part, LANES, s2)
         _vstore(part, 2 * LANES, _vmul(_vsplat(0.5), _vfma(_vsplat(np.float64(alpha64)), s1, s3)))
-        _vstore(part, 3 * LANES, _vmul(_vnonneg(m1), _vmul(_vnonneg(m2), _vnonneg(m3))))
+        _vstore(part, 3 * LANES, ok)
         for g in range(gn):
             s = s0 + g
             if not (active[g] and alive[g, k]):
