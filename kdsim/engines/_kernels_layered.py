@@ -78,80 +78,21 @@ def _gemm_nt(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K):
 
     Blocks of 2 rows of A × 4 rows of B: eight independent sums over q, LANES terms at a time (the
     last vector masked), reduced together by one transposing horizontal sum. A partial block repeats
-    its last row (computed twice, stored once). The rows of B (a layer's weights) are the outer loop:
-    each block of them is read from memory once.
+    its last row (computed twice, stored once). Where N is a multiple of 5 and not of 4 (softmax on 10
+    classes) the blocks take 5 rows of B instead, so that no row is computed twice; the fifth row's
+    two sums reduce on their own. The rows of B (a layer's weights) are the outer loop: each block of
+    them is read from memory once.
     """
-    if N % 4 != 0 and N % 5 == 0:
-        _gemm_nt5(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K)
-        return
+    five = N % 4 != 0 and N % 5 == 0
+    rb = 5 if five else 4
     kf = K - K % LANES
     kr = K - kf
-    for r in range(0, N, 4):
+    for r in range(0, N, rb):
         pb0 = b0 + r * sb
         pb1 = b0 + min(r + 1, N - 1) * sb
         pb2 = b0 + min(r + 2, N - 1) * sb
         pb3 = b0 + min(r + 3, N - 1) * sb
-        for i in range(0, M, 2):
-            i1 = min(i + 1, M - 1)
-            pa0 = a0 + i * sa
-            pa1 = a0 + i1 * sa
-            a00 = _vzero(C)
-            a01 = a00
-            a02 = a00
-            a03 = a00
-            a10 = a00
-            a11 = a00
-            a12 = a00
-            a13 = a00
-            for q in range(0, kf, LANES):
-                h0 = _vload(A, pa0 + q)
-                h1 = _vload(A, pa1 + q)
-                w0 = _vload(B, pb0 + q)
-                w1 = _vload(B, pb1 + q)
-                w2 = _vload(B, pb2 + q)
-                w3 = _vload(B, pb3 + q)
-                a00 = _vfma(w0, h0, a00)
-                a01 = _vfma(w1, h0, a01)
-                a02 = _vfma(w2, h0, a02)
-                a03 = _vfma(w3, h0, a03)
-                a10 = _vfma(w0, h1, a10)
-                a11 = _vfma(w1, h1, a11)
-                a12 = _vfma(w2, h1, a12)
-                a13 = _vfma(w3, h1, a13)
-            if kr > 0:
-                h0 = _vload_n(A, pa0 + kf, kr)
-                h1 = _vload_n(A, pa1 + kf, kr)
-                w0 = _vload_n(B, pb0 + kf, kr)
-                w1 = _vload_n(B, pb1 + kf, kr)
-                w2 = _vload_n(B, pb2 + kf, kr)
-                w3 = _vload_n(B, pb3 + kf, kr)
-                a00 = _vfma(w0, h0, a00)
-                a01 = _vfma(w1, h0, a01)
-                a02 = _vfma(w2, h0, a02)
-                a03 = _vfma(w3, h0, a03)
-                a10 = _vfma(w0, h1, a10)
-                a11 = _vfma(w1, h1, a11)
-                a12 = _vfma(w2, h1, a12)
-                a13 = _vfma(w3, h1, a13)
-            s = _vhsum8(a00, a01, a02, a03, a10, a11, a12, a13)
-            nr = min(4, N - r)
-            _vstore_half_n(C, c0 + i1 * cs + r, s, 1, nr)
-            _vstore_half_n(C, c0 + i * cs + r, s, 0, nr)
-
-
-@njit(cache=True, nogil=True)
-def _gemm_nt5(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K):
-    """``_gemm_nt`` for N a multiple of 5 (and not of 4; softmax on 10 classes): blocks of 2 rows of A × 5 rows
-    of B, ten independent sums, so no row of B is computed twice. Eight of the sums reduce by one
-    transposing horizontal sum, the fifth row's two by their own."""
-    kf = K - K % LANES
-    kr = K - kf
-    for r in range(0, N, 5):
-        pb0 = b0 + r * sb
-        pb1 = pb0 + sb
-        pb2 = pb1 + sb
-        pb3 = pb2 + sb
-        pb4 = pb3 + sb
+        pb4 = b0 + min(r + 4, N - 1) * sb
         for i in range(0, M, 2):
             i1 = min(i + 1, M - 1)
             pa0 = a0 + i * sa
@@ -173,42 +114,45 @@ def _gemm_nt5(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K):
                 w1 = _vload(B, pb1 + q)
                 w2 = _vload(B, pb2 + q)
                 w3 = _vload(B, pb3 + q)
-                w4 = _vload(B, pb4 + q)
                 a00 = _vfma(w0, h0, a00)
                 a01 = _vfma(w1, h0, a01)
                 a02 = _vfma(w2, h0, a02)
                 a03 = _vfma(w3, h0, a03)
-                a04 = _vfma(w4, h0, a04)
                 a10 = _vfma(w0, h1, a10)
                 a11 = _vfma(w1, h1, a11)
                 a12 = _vfma(w2, h1, a12)
                 a13 = _vfma(w3, h1, a13)
-                a14 = _vfma(w4, h1, a14)
-            if kr > 0:
+                if five:
+                    w4 = _vload(B, pb4 + q)
+                    a04 = _vfma(w4, h0, a04)
+                    a14 = _vfma(w4, h1, a14)
+            if kr > 0:                                      # the last, partial vector of q
                 h0 = _vload_n(A, pa0 + kf, kr)
                 h1 = _vload_n(A, pa1 + kf, kr)
                 w0 = _vload_n(B, pb0 + kf, kr)
                 w1 = _vload_n(B, pb1 + kf, kr)
                 w2 = _vload_n(B, pb2 + kf, kr)
                 w3 = _vload_n(B, pb3 + kf, kr)
-                w4 = _vload_n(B, pb4 + kf, kr)
                 a00 = _vfma(w0, h0, a00)
                 a01 = _vfma(w1, h0, a01)
                 a02 = _vfma(w2, h0, a02)
                 a03 = _vfma(w3, h0, a03)
-                a04 = _vfma(w4, h0, a04)
                 a10 = _vfma(w0, h1, a10)
                 a11 = _vfma(w1, h1, a11)
                 a12 = _vfma(w2, h1, a12)
                 a13 = _vfma(w3, h1, a13)
-                a14 = _vfma(w4, h1, a14)
+                if five:
+                    w4 = _vload_n(B, pb4 + kf, kr)
+                    a04 = _vfma(w4, h0, a04)
+                    a14 = _vfma(w4, h1, a14)
             s = _vhsum8(a00, a01, a02, a03, a10, a11, a12, a13)
-            t1 = _vsum(a14)
-            t0 = _vsum(a04)
-            _vstore_half_n(C, c0 + i1 * cs + r, s, 1, 4)
-            _vstore_n(C, c0 + i1 * cs + r + 4, _vsplat(t1), 1)
-            _vstore_half_n(C, c0 + i * cs + r, s, 0, 4)
-            _vstore_n(C, c0 + i * cs + r + 4, _vsplat(t0), 1)
+            nr = min(4, N - r)
+            _vstore_half_n(C, c0 + i1 * cs + r, s, 1, nr)
+            if five:
+                _vstore_n(C, c0 + i1 * cs + r + 4, _vsplat(_vsum(a14)), 1)
+            _vstore_half_n(C, c0 + i * cs + r, s, 0, nr)
+            if five:
+                _vstore_n(C, c0 + i * cs + r + 4, _vsplat(_vsum(a04)), 1)
 
 
 @njit(cache=True, nogil=True)
