@@ -78,14 +78,28 @@ TILE_LANES = LANES
 assert SEED_BLOCK == LANES == 8
 
 
+def _wide_vectors():
+    """Whether numba compiles for 512-bit vectors (AVX-512F): the features numba itself targets (its
+    ``NUMBA_CPU_FEATURES`` override, else the host's)."""
+    from numba import config
+    from numba.core.codegen import get_host_cpu_features
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return "+avx512f" in features.split(",")
+
+
+#: rows of W in one tile of ``_tri_pairs``: 8 where there are 32 vector registers (AVX-512); 4 with 16
+#: (AVX2, where an 8-lane vector takes two registers and 8 rows would spill accumulators to the stack)
+TILE_ROWS = 8 if _wide_vectors() else 4
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _tri_pairs(Ft, W, FW, Q, q0):
     """FW[q, r] = Σ_{p>=r} F[r, p] W[q, p] for the 2·SEED_BLOCK rows q of W, and per seed slot g (rows
     2g = u − x* and 2g + 1 = v) the vectors over g of ‖F e_g‖², ⟨F e_g, F v_g⟩ and ‖F v_g‖² (lane g).
 
     Ft = Fᵀ (d × mp, ``lane_factor``) is zero below F's diagonal and in its padding columns, so a
-    chunk of rows r0 .. r0 + 7 needs only p >= r0. A tile is 8 rows of W (4 seeds) × 8 lanes of r: per
-    p one vector load of Ft[p, r0:r0+8] and 8 fused multiply-adds with broadcast entries of W, no
+    chunk of rows r0 .. r0 + 7 needs only p >= r0. A tile is ``TILE_ROWS`` rows of W × 8 lanes of r: per
+    p one vector load of Ft[p, r0:r0+8] and a fused multiply-add per row with a broadcast entry of W, no
     horizontal sums and no loop remainders. Each seed's sums of products accumulate per lane in
     rows q0 .. q0 + 3·SEED_BLOCK − 1 of ``Q`` (scratch, LANES wide) and are reduced at the end.
     """
@@ -96,7 +110,7 @@ def _tri_pairs(Ft, W, FW, Q, q0):
         _vstore(Q, (q0 + q) * LANES, _vzero(Q))
     for r0 in range(0, mp, LANES):
         p0 = min(r0, d)
-        for h in range(0, 2 * G, 8):
+        for h in range(0, 2 * G, TILE_ROWS):
             a0 = _vzero(FW)
             a1 = a0
             a2 = a0
@@ -112,24 +126,26 @@ def _tri_pairs(Ft, W, FW, Q, q0):
                 a1 = _vfma(_vbcast(W, w + dw), f, a1)
                 a2 = _vfma(_vbcast(W, w + 2 * dw), f, a2)
                 a3 = _vfma(_vbcast(W, w + 3 * dw), f, a3)
-                a4 = _vfma(_vbcast(W, w + 4 * dw), f, a4)
-                a5 = _vfma(_vbcast(W, w + 5 * dw), f, a5)
-                a6 = _vfma(_vbcast(W, w + 6 * dw), f, a6)
-                a7 = _vfma(_vbcast(W, w + 7 * dw), f, a7)
+                if TILE_ROWS == 8:
+                    a4 = _vfma(_vbcast(W, w + 4 * dw), f, a4)
+                    a5 = _vfma(_vbcast(W, w + 5 * dw), f, a5)
+                    a6 = _vfma(_vbcast(W, w + 6 * dw), f, a6)
+                    a7 = _vfma(_vbcast(W, w + 7 * dw), f, a7)
             o = h * mp + r0
+            g = h // 2
             _vstore(FW, o, a0)
             _vstore(FW, o + mp, a1)
             _vstore(FW, o + 2 * mp, a2)
             _vstore(FW, o + 3 * mp, a3)
-            _vstore(FW, o + 4 * mp, a4)
-            _vstore(FW, o + 5 * mp, a5)
-            _vstore(FW, o + 6 * mp, a6)
-            _vstore(FW, o + 7 * mp, a7)
-            g = h // 2
             _accumulate_pair(Q, q0 + g, a0, a1)
             _accumulate_pair(Q, q0 + g + 1, a2, a3)
-            _accumulate_pair(Q, q0 + g + 2, a4, a5)
-            _accumulate_pair(Q, q0 + g + 3, a6, a7)
+            if TILE_ROWS == 8:
+                _vstore(FW, o + 4 * mp, a4)
+                _vstore(FW, o + 5 * mp, a5)
+                _vstore(FW, o + 6 * mp, a6)
+                _vstore(FW, o + 7 * mp, a7)
+                _accumulate_pair(Q, q0 + g + 2, a4, a5)
+                _accumulate_pair(Q, q0 + g + 3, a6, a7)
     return (_sum_rows(Q, q0), _sum_rows(Q, q0 + G), _sum_rows(Q, q0 + 2 * G))
 
 
