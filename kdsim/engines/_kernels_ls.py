@@ -33,8 +33,8 @@ import numpy as np
 from numba import njit
 
 from ..rng import epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
-from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vlane, _vload,
-                    _vload_n, _vmul, _vnonneg, _vsplat, _vstore, _vsub, _vzero)
+from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vload, _vload_n,
+                    _vmul, _vnonneg, _vsplat, _vstore, _vsub, _vzero)
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), approximate functions and no-signed-zero; never nnan/ninf, and never

@@ -422,18 +422,6 @@ def _vnonneg(typingctx, v):
 
 
 @intrinsic
-def _vlane(typingctx, v, i):
-    """Lane i (a literal) of v."""
-    if not isinstance(i, types.IntegerLiteral):
-        raise TypingError("the lane must be a literal integer")
-    lane = i.literal_value
-
-    def codegen(context, builder, sig, args):
-        return builder.extract_element(args[0], ir.Constant(_I32, lane))
-    return v.dtype(v, i), codegen
-
-
-@intrinsic
 def _vmax(typingctx, a, b):
     """max(a, b) per lane (b where a is NaN)."""
     def codegen(context, builder, sig, args):
