@@ -28,6 +28,7 @@ from .. import kernelspec as KS
 from ..plan import RECORDS, guard_limit, resolve_dtype
 from ..rng import stream_keys
 from .. import memory
+from ._simd import ALIGN
 from .driver import Timer, affine_path
 
 NAME = "numba"
@@ -96,7 +97,7 @@ def call_blocks(timer, kernel, n_items, args, align=1):
     timer.run_s += t2 - t1
 
 
-def aligned_zeros(shape, dtype, align=64):
+def aligned_zeros(shape, dtype, align=ALIGN):
     """A zero C-contiguous array whose data starts on a cache line: rows of whole vectors are then whole
     lines, and no vector load of a kernel straddles two."""
     size = int(np.prod(shape))
