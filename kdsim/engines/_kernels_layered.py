@@ -58,7 +58,7 @@ from ..rng import batch_into_nb
 from . import _activations
 from ._kernels_ls import FASTMATH, _heavy_ball
 from ._simd import (LANES, _aligned_empty, _alive, _borrow, _vadd, _vbcast, _vblend_n, _vdiv, _vexp, _vfma,
-                    _vhigh_to_low, _vhmax, _vhsum8, _vjoin_low, _vkeep_n, _vload, _vload_n, _vmax, _vmul, _vsplat,
+                    _vhigh_to_low, _vhsum8, _vjoin_low, _vkeep_n, _vload, _vload_n, _vmax, _vmax_all, _vmul, _vsplat,
                     _vsplat_recip, _vstore, _vstore_half_n, _vstore_n, _vsub, _vsum, _vtranspose8, _vzero)
 
 #: samples taken through the layers together; the minibatch scratch of a trajectory is
@@ -423,8 +423,8 @@ def _output_residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero, a, rt, teacher)
             z1 = _vload_n(H, hj + LANES, m - LANES)
             y1 = _vload_n(H, hj1 + LANES, m - LANES)
             # the shifts: the largest logit of each sample, by vectors (lanes past m hold a logit already counted)
-            zm = _vsplat(_vhmax(_vmax(z0, _vblend_n(z1, m - LANES, z0))))
-            zmb = _vsplat(_vhmax(_vmax(y0, _vblend_n(y1, m - LANES, y0))))
+            zm = _vmax_all(_vmax(z0, _vblend_n(z1, m - LANES, z0)))
+            zmb = _vmax_all(_vmax(y0, _vblend_n(y1, m - LANES, y0)))
             e0 = _vexp(_vsub(z0, zm))
             f0 = _vexp(_vsub(y0, zmb))
             if m <= LANES + LANES // 2:
@@ -455,8 +455,9 @@ def _output_residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero, a, rt, teacher)
     if code == 1 and m <= LANES:
         for j in range(nb):
             i = idx[j0 + j]
-            zm = _vsplat(_logit_max(H, j, zoff, m))
-            e = _vkeep_n(_vexp(_vsub(_vload_n(H, j * hw + zoff, m), zm)), m)
+            z = _vload_n(H, j * hw + zoff, m)
+            zm = _vmax_all(_vblend_n(z, m, _vsplat(H[j, zoff])))      # lanes past m: a logit already counted
+            e = _vkeep_n(_vexp(_vsub(z, zm)), m)
             d = _vsub(_vdiv(e, _vsplat(_vsum(e))), _vload_n(Y, i * m, m))
             if teacher:
                 d = _vfma(ma, _vload_n(rt, i * m, m), d)
@@ -582,16 +583,49 @@ def _step_math(G, xv, av, rv, vv, ib, ma, mg, mu, alpha_on, ridge_on, momentum):
 @njit(cache=True, nogil=True)
 def _step_range(x, g, lo, hi, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on, gam, mom, vel):
     """The step of x[lo:hi] from its gradient sums g[lo:hi] (``_step_math``; ``uniform``: α is ``alpha_u``
-    and not read; ``ridge_on``: ridge is read); returns Σ x_new² over the range. Four vectors at a time
-    (four independent sums of squares), then one at a time (the last masked)."""
-    ib = _vsplat(inv_b)
-    au = _vsplat(alpha_u)
-    ma = _vsplat(-a)
-    mg = _vsplat(-gam)
-    mu = _vsplat(mom)
-    z = _vzero(x)
+    and not read; ``ridge_on``: ridge is read); returns Σ x_new² over the range.
+
+    One branch here picks a copy of ``_step_range_as`` whose flags are constants: with the flags tested
+    per vector inside its loop LLVM kept the tests and the loop took about twice as long."""
     momentum = mom != 0
     alpha_on = not (uniform and alpha_u == 0)
+    sc = (inv_b, alpha_u, a, gam, mom)
+    if uniform and not alpha_on:
+        if ridge_on:
+            if momentum:
+                return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, True, True)
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, True, False)
+        if momentum:
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, False, True)
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, False, False)
+    if uniform:
+        if ridge_on:
+            if momentum:
+                return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, True, True)
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, True, False)
+        if momentum:
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, False, True)
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, False, False)
+    if ridge_on:
+        if momentum:
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, True, True)
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, True, False)
+    if momentum:
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, False, True)
+    return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, False, False)
+
+
+@njit(nogil=True, inline="always")
+def _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge_on, momentum):
+    """``_step_range`` with its flags given (constants where it is inlined) and its scalars ``sc`` = (inv_b,
+    alpha_u, a, gam, mom). Four vectors at a time (four independent sums of squares), then one at a time
+    (the last masked)."""
+    ib = _vsplat(sc[0])
+    au = _vsplat(sc[1])
+    ma = _vsplat(-sc[2])
+    mg = _vsplat(-sc[3])
+    mu = _vsplat(sc[4])
+    z = _vzero(x)
     s0 = z
     s1 = z
     s2 = z

@@ -34,7 +34,7 @@ from numba import njit
 
 from ..rng import epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
 from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vload, _vload_n,
-                    _vmul, _vnonneg, _vsplat, _vstore, _vsub, _vzero)
+                    _vmul, _vnonneg, _vsplat, _vstore, _vsub, _vzero, wide_vectors)
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), approximate functions and no-signed-zero; never nnan/ninf, and never
@@ -78,18 +78,9 @@ TILE_LANES = LANES
 assert SEED_BLOCK == LANES == 8
 
 
-def _wide_vectors():
-    """Whether numba compiles for 512-bit vectors (AVX-512F): the features numba itself targets (its
-    ``NUMBA_CPU_FEATURES`` override, else the host's)."""
-    from numba import config
-    from numba.core.codegen import get_host_cpu_features
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
-    return "+avx512f" in features.split(",")
-
-
 #: rows of W in one tile of ``_tri_pairs``: 8 where there are 32 vector registers (AVX-512); 4 with 16
 #: (AVX2, where an 8-lane vector takes two registers and 8 rows would spill accumulators to the stack)
-TILE_ROWS = 8 if _wide_vectors() else 4
+TILE_ROWS = 8 if wide_vectors() else 4
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

@@ -65,6 +65,15 @@ def _lane_mask(context, builder, nty, n):
     return builder.icmp_signed("<", ir.Constant(vty, list(range(LANES))), nv)
 
 
+def wide_vectors():
+    """Whether numba compiles for 512-bit vectors (AVX-512F): the features numba itself targets (its
+    ``NUMBA_CPU_FEATURES`` override, else the host's)."""
+    from numba import config
+    from numba.core.codegen import get_host_cpu_features
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return "+avx512f" in features.split(",")
+
+
 def _splat(builder, vty, s):
     v = builder.insert_element(ir.Constant(vty, ir.Undefined), s, ir.Constant(_I32, 0))
     return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
@@ -317,12 +326,17 @@ def _vexp(typingctx, v):
         p = c(_EXP_COEFS[-1])
         for coef in reversed(_EXP_COEFS[:-1]):
             p = _intrinsic(builder, fma, vd, [p, r, c(coef)])
-        ki = builder.fptosi(k, vi)
-        k1 = builder.ashr(ki, ir.Constant(vi, [1] * LANES))
-        k2 = builder.sub(ki, k1)
-        for kk in (k1, k2):
-            bits = builder.shl(builder.add(kk, ir.Constant(vi, [1023] * LANES)), ir.Constant(vi, [52] * LANES))
-            p = builder.fmul(p, builder.bitcast(bits, vd))
+        if LANES == 8 and wide_vectors():
+            # AVX-512's vscalefpd: p·2^k in one instruction (the same exact products as below)
+            p = _intrinsic(builder, "llvm.x86.avx512.mask.scalef.pd.512", vd,
+                           [p, k, ir.Constant(vd, None), ir.Constant(ir.IntType(8), -1), ir.Constant(_I32, 4)])
+        else:
+            ki = builder.fptosi(k, vi)
+            k1 = builder.ashr(ki, ir.Constant(vi, [1] * LANES))
+            k2 = builder.sub(ki, k1)
+            for kk in (k1, k2):
+                bits = builder.shl(builder.add(kk, ir.Constant(vi, [1023] * LANES)), ir.Constant(vi, [52] * LANES))
+                p = builder.fmul(p, builder.bitcast(bits, vd))
         p = builder.select(small, c(0.0), p)
         p = builder.select(builder.fcmp_unordered("uno", x, x), x, p)
         return p if vin.element == ir.DoubleType() else builder.fptrunc(p, vin)
@@ -441,12 +455,19 @@ def _vzero_beyond1(typingctx, v):
 
 
 @intrinsic
-def _vhmax(typingctx, v):
-    """The largest lane (a NaN lane is ignored unless all are NaN)."""
+def _vmax_all(typingctx, v):
+    """The largest lane in every lane: log2(LANES) swaps of halves, each with a lane-wise ``_vmax`` (LLVM's
+    ``reduce.fmax`` became a serial chain of scalar max with NaN tests). A NaN lane may or may not win."""
     def codegen(context, builder, sig, args):
-        el = args[0].type.element
-        return _intrinsic(builder, f"llvm.vector.reduce.fmax.{_vname(args[0].type)}", el, [args[0]])
-    return v.dtype(v), codegen
+        x = args[0]
+        half = LANES // 2
+        while half >= 1:
+            idx = [lane ^ half for lane in range(LANES)]
+            y = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, LANES), idx))
+            x = builder.select(builder.fcmp_ordered(">", x, y), x, y)
+            half //= 2
+        return x
+    return v(v), codegen
 
 
 @intrinsic
