@@ -8,15 +8,15 @@ Timings: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit
 
 from ._kernels_layered import _gemm_nn
 from ._kernels_ls import FASTMATH
-from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vdiv, _vexp, _vfma, _vload, _vmax, _vmul, _vnonneg,
-                    _vsplat, _vstore, _vsub, _vsum, _vzero, _vzero_beyond1)
+from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vdiv, _vexp, _vfma, _vload, _vlog, _vmax, _vmul,
+                    _vnonneg, _vsplat, _vsub, _vsum, _vwhere_gt, _vzero, _vzero_beyond1,
+                    aligned_zeros)
 
 
 #: terms of the series log1p(w) = 2·atanh(s) = 2 Σ_j s^(2j+1)/(2j+1), s = w/(2 + w): on the Taylor branch
@@ -41,11 +41,11 @@ def subopt_inputs(A, P, logP):
     n, dp = A.shape
     K = P.shape[1]
     n_pad = -(-n // LANES) * LANES
-    AT = np.zeros((dp, n_pad))
+    AT = aligned_zeros((dp, n_pad), np.float64)          # rows on cache lines: no vector load split in two
     AT[:, :n] = A.T
-    PT = np.zeros((K, n_pad))
+    PT = aligned_zeros((K, n_pad), np.float64)
     PT[:, :n] = P.T
-    logPT = np.zeros((K, n_pad))
+    logPT = aligned_zeros((K, n_pad), np.float64)
     logPT[:, :n] = logP.T
     return AT, PT, logPT
 
@@ -72,7 +72,6 @@ def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
     H = h_coef.shape[0]
     e = np.empty(dim)
     Dl = _aligned_empty(K, n_pad, AT)
-    lanes = _aligned_empty(4, LANES, AT)             # a chunk's Taylor-branch D, max_k |d|, and lse's m and sum
     for t in range(lo, hi):
         lin = 0.0
         sq = 0.0
@@ -85,7 +84,7 @@ def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
         for q0 in range(0, n_pad, 4 * LANES):
             _gemm_nn(_borrow(Dl), q0, n_pad, _borrow(e), 0, dp, 1, _borrow(AT), q0, n_pad, K, dp,
                      min(4 * LANES, n_pad - q0), False)
-        total = 0.0
+        total = _vzero(AT)
         for i0 in range(0, n_pad, LANES):
             c = _vzero(AT)
             for k in range(K):
@@ -102,25 +101,16 @@ def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
                 for j in range(H - 2, -1, -1):
                     h = _vfma(h, d, _vsplat(h_coef[j]))
                 w = _vfma(_vload(PT, k * n_pad + i0), _vmul(h, _vmul(d, d)), w)
-            _vstore(lanes, 0, _vlog1p_taylor_branch(w))
-            _vstore(lanes, LANES, big)
+            D = _vlog1p_taylor_branch(w)
             if _vsum(_vnonneg(_vsub(big, _vsplat(1.0)))) > 0.0:
                 # the log-sum-exp branch of some sample of the chunk: lse = m + log Σ_k e^(log p*_k + d_k − m)
                 sm = _vzero(AT)
                 for k in range(K):
                     z = _vadd(_vload(logPT, k * n_pad + i0), _vsub(_vload(Dl, k * n_pad + i0), c))
                     sm = _vadd(sm, _vexp(_vsub(z, m)))
-                _vstore(lanes, 2 * LANES, m)
-                _vstore(lanes, 3 * LANES, sm)
-                for l in range(min(LANES, n - i0)):
-                    if lanes[1, l] > 1.0:
-                        total += lanes[2, l] + math.log(lanes[3, l])
-                    else:
-                        total += lanes[0, l]
-            else:
-                for l in range(min(LANES, n - i0)):
-                    total += lanes[0, l]
-        out[t] = total / n + lin + 0.5 * l2 * sq
+                D = _vwhere_gt(big, _vsplat(1.0), _vadd(m, _vlog(sm)), D)
+            total = _vadd(total, D)                      # padded samples add D = 0 (δ = 0: the Taylor branch)
+        out[t] = _vsum(total) / n + lin + 0.5 * l2 * sq
 
 
 def _forget_stale_cache():

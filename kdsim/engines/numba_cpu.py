@@ -28,7 +28,7 @@ from .. import kernelspec as KS
 from ..plan import RECORDS, guard_limit, resolve_dtype
 from ..rng import stream_keys
 from .. import memory
-from ._simd import ALIGN
+from ._simd import aligned_zeros
 from .driver import Timer, affine_path
 
 NAME = "numba"
@@ -95,16 +95,6 @@ def call_blocks(timer, kernel, n_items, args, align=1):
     t2 = time.perf_counter()
     timer.compile_s += t1 - t0
     timer.run_s += t2 - t1
-
-
-def aligned_zeros(shape, dtype, align=ALIGN):
-    """A zero C-contiguous array whose data starts on a cache line: rows of whole vectors are then whole
-    lines, and no vector load of a kernel straddles two."""
-    size = int(np.prod(shape))
-    item = np.dtype(dtype).itemsize
-    buf = np.zeros(size + align // item, dtype=dtype)
-    off = (-buf.ctypes.data) % align // item
-    return buf[off:off + size].reshape(shape)
 
 
 class _Runner:
