@@ -362,7 +362,7 @@ class _LayeredRunner(_Runner):
         self.keep[w0:] += shift
 
         def padded(v):
-            out = np.zeros(self.dim + shift, dtype=wd)
+            out = aligned_zeros((self.dim + shift,), wd)    # on a cache line, as x is in the kernel
             out[self.keep] = v
             return out
         self.x0, self.alpha, self.ridge = padded(self.x0), padded(self.alpha), padded(self.ridge)
