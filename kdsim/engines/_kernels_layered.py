@@ -73,8 +73,9 @@ _activation_d1 = njit(cache=True, nogil=True, inline="always")(_activations.acti
 
 
 @njit(cache=True, nogil=True)
-def _gemm_nt(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K):
-    """C.flat[c0 + i·cs + r] = Σ_q A.flat[a0 + i·sa + q] · B.flat[b0 + r·sb + q] for i < M, r < N, q < K.
+def _gemm_nt(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K, rows, row0, gather):
+    """C.flat[c0 + i·cs + r] = Σ_q A.flat[a0 + ρ(i)·sa + q] · B.flat[b0 + r·sb + q] for i < M, r < N, q < K,
+    with ρ(i) = rows[row0 + i] when ``gather`` (a minibatch's rows of the data, read in place), else i.
 
     Blocks of 2 rows of A × 4 rows of B: eight independent sums over q, LANES terms at a time (the
     last vector masked), reduced together by one transposing horizontal sum. A partial block repeats
@@ -95,8 +96,8 @@ def _gemm_nt(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K):
         pb4 = b0 + min(r + 4, N - 1) * sb
         for i in range(0, M, 2):
             i1 = min(i + 1, M - 1)
-            pa0 = a0 + i * sa
-            pa1 = a0 + i1 * sa
+            pa0 = a0 + (rows[row0 + i] if gather else i) * sa
+            pa1 = a0 + (rows[row0 + i1] if gather else i1) * sa
             a00 = _vzero(C)
             a01 = a00
             a02 = a00
@@ -156,9 +157,9 @@ def _gemm_nt(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K):
 
 
 @njit(cache=True, nogil=True)
-def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate):
-    """C.flat[c0 + i·cs + q] (+)= Σ_k A.flat[a0 + i·ai + k·ak] · B.flat[b0 + k·sb + q] for i < M, q < N,
-    k < K (``accumulate``: add to C, else overwrite it).
+def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row0, gather):
+    """C.flat[c0 + i·cs + q] (+)= Σ_k A.flat[a0 + i·ai + k·ak] · B.flat[b0 + ρ(k)·sb + q] for i < M, q < N,
+    k < K (``accumulate``: add to C, else overwrite it), with ρ(k) = rows[row0 + k] when ``gather``, else k.
 
     Blocks of 2 rows × 4 vectors of q, each A entry broadcast: eight independent sums, six loads per
     eight fused multiply-adds; the vectors of q left over (the last one masked) in blocks of 8 rows.
@@ -193,7 +194,7 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate):
             for k in range(K):
                 s0 = _vbcast(A, pa0 + k * ak)
                 s1 = _vbcast(A, pa1 + k * ak)
-                pb = b0 + k * sb + q
+                pb = b0 + (rows[row0 + k] if gather else k) * sb + q
                 v0 = _vload(B, pb)
                 v1 = _vload(B, pb + LANES)
                 v2 = _vload(B, pb + 2 * LANES)
@@ -244,7 +245,7 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate):
                 c6_ = c0_
                 c7_ = c0_
             for k in range(K):
-                v = _vload_n(B, b0 + k * sb + q, nq)
+                v = _vload_n(B, b0 + (rows[row0 + k] if gather else k) * sb + q, nq)
                 pa = a0 + k * ak
                 c0_ = _vfma(_vbcast(A, pa + r0 * ai), v, c0_)
                 c1_ = _vfma(_vbcast(A, pa + r1 * ai), v, c1_)
@@ -279,22 +280,20 @@ def _forward_scratch(rows, H):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, HT):
-    """Activations of the samples idx[j0:j0 + nb]: row j of H holds h_0 = a_{idx[j0 + j]}, h_{k+1} = W_k h_k
-    (MLPs: h_{k+1} = σ(W_k h_k + b_k) below the output layer, W_L h_L + b_L at it; ``act`` the activation
-    code, ``boffs`` the bias offsets, empty without biases).
+    """Activations of the samples idx[j0:j0 + nb]: row j of H holds h_{k+1} = W_k h_k in slot k + 1, from
+    h_0 = a_{idx[j0 + j]} (MLPs: h_{k+1} = σ(W_k h_k + b_k) below the output layer, W_L h_L + b_L at it;
+    ``act`` the activation code, ``boffs`` the bias offsets, empty without biases). Slot 0 of H stays
+    unwritten: h_0 is read from A's rows in place, here and by the backward pass (a copy of the rows cost
+    as much as a layer's product, its loads waiting on the cache).
 
     Linear layers and whole groups of LANES samples: ``_forward_lanes`` (no horizontal sums; H's slots
     ``hoff`` must then start whole vectors and hold whole vectors); otherwise each layer is one
-    ``_gemm_nt`` (the samples' rows of H against the rows of W_k), biases and activations applied after
+    ``_gemm_nt`` (the samples' rows against the rows of W_k), biases and activations applied after
     it. ``HT`` (``_forward_scratch``) holds transposed activations.
     """
     L = dims.shape[0] - 1
     hw = H.shape[1]
     d0 = dims[0]
-    for j in range(nb):
-        i = idx[j0 + j]
-        for c in range(0, d0, LANES):              # hoff[0] = 0
-            _vstore_n(H, j * hw + c, _vload_n(A, i * d0 + c, d0 - c), d0 - c)
     lanes = act == 0 and boffs.shape[0] == 0 and nb % LANES == 0 and nb // LANES <= HT.shape[0]
     for k in range(1, L + 1):                      # and H's slots of whole vectors (as the kernel makes them)
         end = hoff[k + 1] if k < L else hw
@@ -302,12 +301,15 @@ def _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, HT):
             lanes = False
     if lanes:
         for g in range(nb // LANES):
-            _forward_lanes(x, dims, offs, H, hoff, g, HT)
+            _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT)
         return
     for k in range(L):
         rows, cols = dims[k + 1], dims[k]
         ho = hoff[k + 1]
-        _gemm_nt(H, ho, hw, H, hoff[k], hw, x, offs[k], cols, nb, rows, cols)
+        if k == 0:
+            _gemm_nt(H, ho, hw, A, 0, d0, x, offs[k], cols, nb, rows, cols, idx, j0, True)
+        else:
+            _gemm_nt(H, ho, hw, H, hoff[k], hw, x, offs[k], cols, nb, rows, cols, idx, j0, False)
         hidden = act != 0 and k < L - 1
         if boffs.shape[0] > 0 or hidden:
             for j in range(nb):
@@ -321,24 +323,26 @@ def _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, HT):
 
 
 @njit(cache=True, nogil=True)
-def _forward_lanes(x, dims, offs, H, hoff, g, HT):
-    """Linear layers for the LANES samples of group g (rows g·LANES … of H, h_0 filled), one sample per
-    lane: row g of HT holds each layer's input transposed (component c of the group's samples at
-    LANES·(hoff[k] + c)), so h_{k+1}[r] = Σ_c W_k[r, c]·h_k[c] for all samples at once is LANES-wide fused
+def _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT):
+    """Linear layers for the LANES samples of group g (samples idx[j0 + g·LANES …], rows g·LANES … of H),
+    one sample per lane: row g of HT holds each layer's input transposed (component c of the group's
+    samples at LANES·(hoff[k] + c)), so h_{k+1}[r] = Σ_c W_k[r, c]·h_k[c] for all samples at once is LANES-wide fused
     multiply-adds with W_k[r, c] broadcast, no horizontal sums. Blocks of 8 rows of W_k (a last partial
     block repeats its last row); an 8×8 transpose turns each block back into the rows of H.
     """
     L = dims.shape[0] - 1
     hw = H.shape[1]
-    j0 = g * LANES
+    d0 = dims[0]
+    s0 = g * LANES
     ht = HT.shape[1]
     gb = g * ht
-    for c in range(0, dims[0], LANES):             # h_0 transposed
-        n = dims[0] - c
-        t = _vtranspose8(_vload_n(H, j0 * hw + c, n), _vload_n(H, (j0 + 1) * hw + c, n),
-                         _vload_n(H, (j0 + 2) * hw + c, n), _vload_n(H, (j0 + 3) * hw + c, n),
-                         _vload_n(H, (j0 + 4) * hw + c, n), _vload_n(H, (j0 + 5) * hw + c, n),
-                         _vload_n(H, (j0 + 6) * hw + c, n), _vload_n(H, (j0 + 7) * hw + c, n))
+    p = j0 + s0
+    for c in range(0, d0, LANES):                  # h_0 transposed, from the rows of A
+        n = d0 - c
+        t = _vtranspose8(_vload_n(A, idx[p] * d0 + c, n), _vload_n(A, idx[p + 1] * d0 + c, n),
+                         _vload_n(A, idx[p + 2] * d0 + c, n), _vload_n(A, idx[p + 3] * d0 + c, n),
+                         _vload_n(A, idx[p + 4] * d0 + c, n), _vload_n(A, idx[p + 5] * d0 + c, n),
+                         _vload_n(A, idx[p + 6] * d0 + c, n), _vload_n(A, idx[p + 7] * d0 + c, n))
         for l in range(min(LANES, n)):
             _vstore(HT, gb + (c + l) * LANES, t[l])
     for k in range(L):
@@ -385,7 +389,7 @@ def _forward_lanes(x, dims, offs, H, hoff, g, HT):
             t = _vtranspose8(a0, a1, a2, a3, a4, a5, a6, a7)
             nr = rows - r
             for l in range(LANES):
-                _vstore_n(H, (j0 + l) * hw + ho + r, t[l], nr)
+                _vstore_n(H, (s0 + l) * hw + ho + r, t[l], nr)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -530,9 +534,10 @@ def _residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _backward_batch(x, dims, offs, H, hoff, D, Dn, nb, grad, scale, zero, act, boffs):
-    """grad += scale · Σ_j J(x)ᵀ(δ_j h_{j,0}ᵀ) for the output residuals δ_j = D[j, :d_out] (MLPs: the
-    biases' gradients Σ_j δ_j, and δ ← (W_kᵀδ) ⊙ σ'(z) from the saved activations).
+def _backward_batch(x, dims, offs, A, idx, j0, H, hoff, D, Dn, nb, grad, scale, zero, act, boffs):
+    """grad += scale · Σ_j J(x)ᵀ(δ_j h_{j,0}ᵀ) for the output residuals δ_j = D[j, :d_out] of the samples
+    idx[j0:j0 + nb] (h_{j,0} their rows of A; H from ``_forward``; MLPs: the biases' gradients Σ_j δ_j, and
+    δ ← (W_kᵀδ) ⊙ σ'(z) from the saved activations).
 
     Overwrites D and Dn. Layer k's gradient gains Σ_j δ_j h_jᵀ and δ ← W_kᵀδ, each one ``_gemm_nn``
     (the first reads δ transposed, the second W_k's rows).
@@ -554,10 +559,14 @@ def _backward_batch(x, dims, offs, H, hoff, D, Dn, nb, grad, scale, zero, act, b
                     s += cur[j, r]
                 grad[boffs[k] + r] += s
         # row r of the gradient += Σ_j δ_j[r] h_j
-        _gemm_nn(grad, offs[k], cols, cur, 0, 1, cur.shape[1], H, hi, hw, rows, nb, cols, True)
+        if k == 0:
+            _gemm_nn(grad, offs[k], cols, cur, 0, 1, cur.shape[1], A, 0, cols, rows, nb, cols, True, idx, j0, True)
+        else:
+            _gemm_nn(grad, offs[k], cols, cur, 0, 1, cur.shape[1], H, hi, hw, rows, nb, cols, True, idx, j0, False)
         if k > 0:
             # δ_j ← W_kᵀ δ_j = Σ_r δ_j[r] (row r of W_k)
-            _gemm_nn(nxt, 0, nxt.shape[1], cur, 0, cur.shape[1], 1, x, offs[k], cols, nb, rows, cols, False)
+            _gemm_nn(nxt, 0, nxt.shape[1], cur, 0, cur.shape[1], 1, x, offs[k], cols, nb, rows, cols, False, idx, j0,
+                     False)
             if act != 0:
                 for j in range(nb):
                     for c in range(cols):
@@ -701,8 +710,8 @@ def _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _backward_step(x, dims, offs, H, hoff, D, Dn, g, nb, zero, act, boffs, inv_b, alpha, alpha_u, uniform, ridge,
-                   a, ridge_on, gam, mom, vel):
+def _backward_step(x, dims, offs, A, idx, j0, H, hoff, D, Dn, g, nb, zero, act, boffs, inv_b, alpha, alpha_u,
+                   uniform, ridge, a, ridge_on, gam, mom, vel):
     """The whole step from the minibatch's output residuals D (one block of samples): back-propagation as
     ``_backward_batch``, but each layer's gradient overwrites its block of g and steps that block of x
     at once (``_step_range``), while it is in cache; δ goes through W_k before W_k steps. Returns ‖x_new‖²."""
@@ -715,7 +724,8 @@ def _backward_step(x, dims, offs, H, hoff, D, Dn, g, nb, zero, act, boffs, inv_b
         rows, cols = dims[k + 1], dims[k]
         hi = hoff[k]
         if k > 0:
-            _gemm_nn(nxt, 0, nxt.shape[1], cur, 0, cur.shape[1], 1, x, offs[k], cols, nb, rows, cols, False)
+            _gemm_nn(nxt, 0, nxt.shape[1], cur, 0, cur.shape[1], 1, x, offs[k], cols, nb, rows, cols, False, idx, j0,
+                     False)
             if act != 0:
                 for j in range(nb):
                     for c in range(cols):
@@ -728,7 +738,10 @@ def _backward_step(x, dims, offs, H, hoff, D, Dn, g, nb, zero, act, boffs, inv_b
                 g[boffs[k] + r] = s
             nx += _step_range(x, g, boffs[k], boffs[k] + rows, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on,
                               gam, mom, vel)
-        _gemm_nn(g, offs[k], cols, cur, 0, 1, cur.shape[1], H, hi, hw, rows, nb, cols, False)
+        if k == 0:
+            _gemm_nn(g, offs[k], cols, cur, 0, 1, cur.shape[1], A, 0, cols, rows, nb, cols, False, idx, j0, True)
+        else:
+            _gemm_nn(g, offs[k], cols, cur, 0, 1, cur.shape[1], H, hi, hw, rows, nb, cols, False, idx, j0, False)
         nx += _step_range(x, g, offs[k], offs[k] + rows * cols, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on,
                           gam, mom, vel)
         cur, nxt = nxt, cur
@@ -900,7 +913,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                         for jj in range(nb):
                             for o in range(d_out):
                                 Dy[jj, o] *= nfw[s0 + jj]
-                    _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, gy, inv_n, zero, act, boffs)
+                    _backward_batch(y, dims, offs, A, rows_all, s0, Hy, hoff, Dy, Dn, nb, gy, inv_n, zero, act, boffs)
                 else:
                     if s0 == 0:
                         _prefix(y, dims, offs, qbuf, qoff)
@@ -955,12 +968,12 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                         for o in range(d_out):
                             D[jj, o] -= a * Dy[jj, o]
                 else:
-                    _backward_batch(y, dims, offs, Hy, hoff, Dy, Dn, nb, g, -a, zero, act, boffs)
+                    _backward_batch(y, dims, offs, A, idx, jb, Hy, hoff, Dy, Dn, nb, g, -a, zero, act, boffs)
             if fused:
-                nx = _backward_step(x, dims, offs, Hx, hoff, D, Dn, g, nb, zero, act, boffs, inv_b, alpha, alpha_u,
-                                    uniform, ridge, a, ridge_on, gam, mom, vel)
+                nx = _backward_step(x, dims, offs, A, idx, jb, Hx, hoff, D, Dn, g, nb, zero, act, boffs, inv_b, alpha,
+                                    alpha_u, uniform, ridge, a, ridge_on, gam, mom, vel)
             else:
-                _backward_batch(x, dims, offs, Hx, hoff, D, Dn, nb, g, gam / gam, zero, act, boffs)
+                _backward_batch(x, dims, offs, A, idx, jb, Hx, hoff, D, Dn, nb, g, gam / gam, zero, act, boffs)
         if not fused:                                   # g complete: the step
             if snapshot:
                 for p in range(dim):
@@ -981,7 +994,8 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                                 wj = nfw[s0 + jj] if nfw.shape[0] > 0 else 1.0
                                 for o in range(d_out):
                                     Dy[jj, o] = rt[s0 + jj, o] * wj
-                            _backward_batch(x, dims, offs, Hy, hoff, Dy, Dn, nb, g, c * inv_n, zero, act, boffs)
+                            _backward_batch(x, dims, offs, A, rows_all, s0, Hy, hoff, Dy, Dn, nb, g, c * inv_n, zero,
+                                            act, boffs)
                     else:
                         _prefix(x, dims, offs, qbuf, qoff)
                         _pullback_add(x, dims, offs, Gt, c, qbuf, qoff, vbuf, g)

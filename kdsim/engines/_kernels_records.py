@@ -71,6 +71,7 @@ def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
     dim = X.shape[1]
     H = h_coef.shape[0]
     e = np.empty(dim)
+    no_rows = np.empty(0, dtype=np.int64)               # Aᵀ's rows are read in order
     Dl = _aligned_empty(K, n_pad, AT)
     for t in range(lo, hi):
         lin = 0.0
@@ -83,7 +84,7 @@ def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
         # (d' × 32 samples) then stays in L1 for the 5 pairs of classes instead of coming from L2 five times
         for q0 in range(0, n_pad, 4 * LANES):
             _gemm_nn(_borrow(Dl), q0, n_pad, _borrow(e), 0, dp, 1, _borrow(AT), q0, n_pad, K, dp,
-                     min(4 * LANES, n_pad - q0), False)
+                     min(4 * LANES, n_pad - q0), False, _borrow(no_rows), 0, False)
         total = _vzero(AT)
         for i0 in range(0, n_pad, LANES):
             c = _vzero(AT)

@@ -43,16 +43,16 @@ def res(N, H, hoff, Y, idx, D, act, code):
         _residuals(code, H, hoff[2], 10, Y, idx, 0, 10, D, 0.0)
 
 @njit
-def bwd(N, x, dims, offs, H, hoff, Y, idx, D, Dn, g, boffs, act, code):
+def bwd(N, x, dims, offs, A, H, hoff, Y, idx, D, Dn, g, boffs, act, code):
     for _ in range(N):
         _residuals(code, H, hoff[2], 10, Y, idx, 0, 10, D, 0.0)
-        _backward_batch(x, dims, offs, H, hoff, D, Dn, 10, g, 1.0, 0.0, act, boffs)
+        _backward_batch(x, dims, offs, A, idx, 0, H, hoff, D, Dn, 10, g, 1.0, 0.0, act, boffs)
 
 N = 20000
 act, code = int(sys.argv[1]) if len(sys.argv) > 1 else 1, 1
 for name, f, args in [("forward (_forward_batch)", fwd, (x, dims, offs, A, idx, H, hoff, boffs, act, code)),
                       ("residuals (_residuals)", res, (H, hoff, Y, idx, D, act, code)),
-                      ("residuals + backward", bwd, (x, dims, offs, H, hoff, Y, idx, D, Dn, g, boffs, act, code))]:
+                      ("residuals + backward", bwd, (x, dims, offs, A, H, hoff, Y, idx, D, Dn, g, boffs, act, code))]:
     f(2, *args)
     b = 9e9
     for _ in range(5):
