@@ -613,10 +613,20 @@ def affine_record_values(xp, U, V, acoef, x_star, theta, F, alpha, quad_tol):
 def saved_records(refs, saved, div, rec_steps, row_block, xp=np, subopt=None):
     """(dist2_opt, subopt, dist2_teacher), each ``div.shape + (R,)``, of iterates ``saved`` (…, R, dim) saved at
     the record steps ``rec_steps`` (an array of ``xp``): NaN where the trajectory had diverged (``div`` its
-    step, −1 if never), evaluated ``row_block`` saved iterates at a time without copying all of them."""
-    valid = ((div[..., None] < 0) | (rec_steps < div[..., None])).ravel()
-    flat = saved.reshape(-1, saved.shape[-1])
-    out = [xp.full(valid.shape, np.nan) for _ in range(3)]
+    step, −1 if never), evaluated ``row_block`` saved iterates at a time without copying all of them; a start
+    (step 0) that every trajectory shares is evaluated once."""
+    R, dim = saved.shape[-2], saved.shape[-1]
+    valid = (div[..., None] < 0) | (rec_steps < div[..., None])
+    flat = saved.reshape(-1, dim)
+    out = [xp.full(valid.size, np.nan) for _ in range(3)]
+    if R > 0 and flat.shape[0] > R and int(rec_steps[0]) == 0:
+        # every trajectory saved the same start (one x0): its records are evaluated once
+        start = saved.reshape(-1, R, dim)[:, 0]
+        if bool(xp.all(start == start[:1])):
+            for o, v in zip(out, record_values(refs, start[:1], xp, subopt=subopt)):
+                o[::R] = v[0]
+            valid[..., 0] = False
+    valid = valid.ravel()
     for b0 in range(0, flat.shape[0], row_block):
         keep = b0 + xp.flatnonzero(valid[b0:b0 + row_block])
         if int(keep.shape[0]) == 0:

@@ -81,6 +81,37 @@ def test_record_values_are_the_problems(name):
     np.testing.assert_allclose(tiny_blocks, sub, rtol=8 * np.finfo(float).eps, atol=1e-300)
 
 
+@pytest.mark.parametrize("name", ["softmax", "least_squares"])
+def test_saved_records_evaluate_a_shared_start_once(name, monkeypatch):
+    # every trajectory saves the same start x0: its records are evaluated once and given to all of them;
+    # the values are those of evaluating every row, diverged trajectories are NaN after their step, and a
+    # start that differs between trajectories is evaluated row by row
+    p = FAMILIES[name]
+    spec = p.kernel_spec(p.solution() + 0.2, ESTIMATORS["kd"])
+    refs = spec.record_refs(np)
+    r = np.random.default_rng(4)
+    L, S, R = 2, 3, 3
+    saved = p.solution() + 0.3 * r.standard_normal((L, S, R, p.dim))
+    saved[:, :, 0] = p.solution() + 0.5
+    div = np.full((L, S), -1)
+    div[1, 2] = 7                                          # diverged at step 7: NaN from the record at 10
+    rec_steps = np.array([0, 10, 20])
+    rows = []
+    real = KS.record_values
+    monkeypatch.setattr(KS, "record_values", lambda refs_, X, *a, **k: rows.append(len(X)) or real(refs_, X, *a, **k))
+    got = KS.saved_records(refs, saved, div, rec_steps, 1000)
+    assert sum(rows) == 1 + L * S * (R - 1) - 2            # the start once, the diverged trajectory's two left out
+    want = real(refs, saved.reshape(-1, p.dim))
+    for g, w in zip(got, want):
+        w = w.reshape(L, S, R).copy()
+        w[1, 2, 1:] = np.nan
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-300)
+    saved[0, 1, 0] += 1e-3                                 # starts that differ: every row
+    rows.clear()
+    KS.saved_records(refs, saved, div, rec_steps, 1000)
+    assert sum(rows) == L * S * R - 2
+
+
 def test_spec_is_frozen_and_validated():
     p = FAMILIES["least_squares"]
     spec = p.kernel_spec(p.solution(), ESTIMATORS["kd"])
