@@ -338,8 +338,11 @@ class _LayeredRunner(_Runner):
         self.refs = spec.record_refs(np)
         self.tau = wd.type(spec.temperature)
         self.Qt = c(spec.teacher_probs if spec.teacher_probs is not None else np.zeros((0, spec.d_out)), dtype=wd)
-        self.row_block = KS.rows_per_block(spec.record_row_bytes)
-        self.fixed_bytes += KS.block_bytes(spec.record_row_bytes, self.L * self.S * self.R)
+        # softmax's f − f* is the compiled records kernel (``suboptimality``), whose scratch is per call: a
+        # block's temporaries are then its rows' canonical coordinates and their differences from x* and θ
+        row_bytes = 4 * 8 * spec.dim if spec.family == "softmax" else spec.record_row_bytes
+        self.row_block = KS.rows_per_block(row_bytes)
+        self.fixed_bytes += KS.block_bytes(row_bytes, self.L * self.S * self.R)
         self._pad_inputs()
 
     def _pad_inputs(self):
