@@ -638,8 +638,9 @@ def test_vector_log_within_two_ulp_of_numpy():
 
 def test_softmax_subopt_kernel_equals_problem_formula():
     # the compiled records of softmax regression are the twin of SoftmaxRegression.suboptimality:
-    # both branches (max |δ − c| <= 1: log1p of the Taylor form; > 1: log-sum-exp) and the point
-    # x* itself, where the value is 0 up to rounding and both must stay >= -1e-15
+    # both branches (max |δ − c| <= 1: log1p of the Taylor form; > 1: log-sum-exp, also at |δ| ~ 1e18, where
+    # the log-sum-exp's largest term must be exactly 1) and the point x* itself, where the value is 0 up to
+    # rounding and both must stay >= -1e-15
     from kdsim.problems import synthetic as syn
     from kdsim.kernelspec import H_COEF as _H_COEF
     from kdsim.engines._kernels_records import softmax_subopt, subopt_inputs
@@ -649,7 +650,7 @@ def test_softmax_subopt_kernel_equals_problem_formula():
         xs = p.solution()
         r = np.random.default_rng(0)
         X = np.vstack([xs, xs + 1e-9 * r.standard_normal((3, p.dim)), xs + 0.05 * r.standard_normal((4, p.dim)),
-                       xs + 3.0 * r.standard_normal((4, p.dim))])
+                       xs + 3.0 * r.standard_normal((4, p.dim)), xs + 1e18 * r.standard_normal((2, p.dim))])
         P, logP, g = p._at_optimum
         got = np.empty(len(X))
         softmax_subopt(0, len(X), X, xs, *subopt_inputs(p.A, P, logP), n, g, p.l2, _H_COEF, got)
@@ -661,6 +662,33 @@ def test_softmax_subopt_kernel_equals_problem_formula():
     fast = run_arrays(numba_cpu, p, plan)
     assert last_timing()["records_s"] > 0
     assert_records_close(fast, run_arrays(reference, p, plan))
+
+
+def test_layered_kernel_writes_every_saved_iterate(monkeypatch):
+    # the layered kernel's saved iterates start uninitialised: it writes each one, x while the trajectory
+    # is alive and NaN at the record steps after its divergence. Fill the buffer with a sentinel first: a
+    # softmax run that diverges midway (γα = 5: the ridge term alone grows x fourfold a step) keeps its
+    # iterates, which must equal the reference engine's
+    from kdsim.problems import synthetic as syn
+    sentinel = 12345.678
+    real_empty = np.empty
+
+    def filled(shape, *a, **k):
+        out = real_empty(shape, *a, **k)
+        if isinstance(shape, tuple) and len(shape) == 3 and out.dtype.kind == "f":
+            out.fill(sentinel)
+        return out
+    monkeypatch.setattr(numba_cpu.np, "empty", filled)
+    p = syn.softmax(n=40, d=3, n_classes=4, l2=0.1, bias=True, seed=2)
+    plan = make_plan(p, p.solution() + 0.5, [0.0, 0.5], 50.0, 150, 3, batch_size=4, record_every=10, seed=1,
+                     keep_iterates=True)
+    got = run_arrays(numba_cpu, p, plan)
+    monkeypatch.setattr(numba_cpu.np, "empty", real_empty)
+    want = run_arrays(reference, p, plan)
+    assert ((want["diverged_step"] > 20) & (want["diverged_step"] < 140)).all()
+    np.testing.assert_array_equal(got["diverged_step"], want["diverged_step"])
+    assert not (got["iterates"] == sentinel).any() and np.isnan(got["iterates"][..., -1, :]).all()
+    np.testing.assert_allclose(got["iterates"], want["iterates"], rtol=1e-9, atol=1e-12)
 
 
 def test_affine_kernel_writes_every_record_entry(monkeypatch):

@@ -1009,6 +1009,9 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             div[j0] = t + 1
             dead = True
             break
+    for r in range(rec, R):                            # the records after a divergence
+        for p in range(keep.shape[0]):
+            saved[j0, r, p] = np.nan
     for p in range(keep.shape[0]):
         xfin[j0, p] = np.nan if dead else x[keep[p]]
     _alive((x_o, g_o, y_o, gy_o, vel_o, Hx_o, HTx_o, D_o, Hy_o, HTy_o, Dy_o, Dn_o, Gy_o, qbuf_o, vbuf_o, hoff_o,
@@ -1025,7 +1028,7 @@ def layered_traj(lo, hi, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_
     (n, d_out) teacher residuals, ``Gt`` (d_out, d_in) their mean map, ``ridge``
     (dim,) the teacher's ridge term, ``alpha`` (dim,) the ridge α per coordinate; ``dims`` the layer widths (d_in, …, d_out) and
     ``offs`` the layer offsets in x. ``saved`` (T, R, dim) float64 receives x at the
-    record steps while the trajectory is alive (NaN stays after divergence). ``acoef``,
+    record steps while the trajectory is alive and NaN at those after a divergence. ``acoef``,
     ``ccoef`` (T, E) are the coefficients per epoch; minibatches follow sampling ``scode``
     with ``K`` steps per epoch (``kdsim.rng``), 1/b_t from ``inv_bs``; the step is heavy ball
     with momentum ``mom``; SVRG snapshots at step 0 and every ``period`` steps from ``snap_start``

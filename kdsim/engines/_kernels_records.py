@@ -15,7 +15,7 @@ from numba import njit
 from ._kernels_layered import _gemm_nn
 from ._kernels_ls import FASTMATH
 from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vdiv, _vexp, _vfma, _vload, _vlog, _vmax, _vmul,
-                    _vnonneg, _vsplat, _vsub, _vsum, _vwhere_gt, _vzero, _vzero_beyond1,
+                    _vnonneg, _vsplat, _vstore, _vsub, _vsum, _vwhere_gt, _vzero, _vzero_beyond1,
                     aligned_zeros)
 
 
@@ -72,6 +72,7 @@ def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
     H = h_coef.shape[0]
     e = np.empty(dim)
     no_rows = np.empty(0, dtype=np.int64)               # Aᵀ's rows are read in order
+    zs = _aligned_empty(1, K * LANES, AT)[0]            # a chunk's log p*_k + d_k, class by class
     Dl = _aligned_empty(K, n_pad, AT)
     for t in range(lo, hi):
         lin = 0.0
@@ -96,7 +97,9 @@ def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
             for k in range(K):
                 d = _vsub(_vload(Dl, k * n_pad + i0), c)
                 big = _vmax(big, _vabs(d))
-                m = _vmax(m, _vadd(_vload(logPT, k * n_pad + i0), d))
+                z = _vadd(_vload(logPT, k * n_pad + i0), d)
+                _vstore(zs, k * LANES, z)
+                m = _vmax(m, z)
                 d = _vzero_beyond1(d)
                 h = _vsplat(h_coef[H - 1])
                 for j in range(H - 2, -1, -1):
@@ -105,10 +108,11 @@ def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
             D = _vlog1p_taylor_branch(w)
             if _vsum(_vnonneg(_vsub(big, _vsplat(1.0)))) > 0.0:
                 # the log-sum-exp branch of some sample of the chunk: lse = m + log Σ_k e^(log p*_k + d_k − m)
+                # from the stored log p*_k + d_k that gave m (recomputed, the largest of them could come out an
+                # ulp of ~|d| apart from m, and every term then underflow when |d| is huge)
                 sm = _vzero(AT)
                 for k in range(K):
-                    z = _vadd(_vload(logPT, k * n_pad + i0), _vsub(_vload(Dl, k * n_pad + i0), c))
-                    sm = _vadd(sm, _vexp(_vsub(z, m)))
+                    sm = _vadd(sm, _vexp(_vsub(_vload(zs, k * LANES), m)))
                 D = _vwhere_gt(big, _vsplat(1.0), _vadd(m, _vlog(sm)), D)
             total = _vadd(total, D)                      # padded samples add D = 0 (δ = 0: the Taylor branch)
         out[t] = _vsum(total) / n + lin + 0.5 * l2 * sq

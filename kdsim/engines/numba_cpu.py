@@ -389,7 +389,7 @@ class _LayeredRunner(_Runner):
         keys = np.ascontiguousarray(self.keys_of(seeds).ravel())
         a, c = self.traj_coefs(ns)
         T = len(keys)
-        saved = np.full((T, self.R, self.dim), np.nan)
+        saved = np.empty((T, self.R, self.dim))           # the kernel writes every entry
         div, xfin = np.full(T, -1, dtype=np.int64), np.empty((T, self.dim), dtype=self.wd)
         call_blocks(self.timers["kernel"], self.K.layered_traj, T, self._args(keys, a, c, saved, div, xfin))
         shape = (self.L, ns)
