@@ -162,7 +162,8 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
     k < K (``accumulate``: add to C, else overwrite it), with ρ(k) = rows[row0 + k] when ``gather``, else k.
 
     Blocks of 2 rows × 4 vectors of q, each A entry broadcast: eight independent sums, six loads per
-    eight fused multiply-adds; the vectors of q left over (the last one masked) in blocks of 8 rows.
+    eight fused multiply-adds; the vectors of q left over (the last one masked) in blocks of 8 rows, or of
+    5 where M is a multiple of 5 and not of 8.
     A partial block repeats its last row (both copies load C before either stores the same values).
     """
     n4 = N - N % (4 * LANES)
@@ -215,9 +216,11 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
             _vstore(C, pc1 + q + LANES, c11)
             _vstore(C, pc1 + q + 2 * LANES, c12)
             _vstore(C, pc1 + q + 3 * LANES, c13)
+    five = M % 8 != 0 and M % 5 == 0                    # (softmax on 10 classes: no row computed twice)
+    rb = 5 if five else 8
     for q in range(n4, N, LANES):
         nq = N - q
-        for i in range(0, M, 8):
+        for i in range(0, M, rb):
             r0 = i
             r1 = min(i + 1, M - 1)
             r2 = min(i + 2, M - 1)
@@ -252,12 +255,14 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
                 c2_ = _vfma(_vbcast(A, pa + r2 * ai), v, c2_)
                 c3_ = _vfma(_vbcast(A, pa + r3 * ai), v, c3_)
                 c4_ = _vfma(_vbcast(A, pa + r4 * ai), v, c4_)
-                c5_ = _vfma(_vbcast(A, pa + r5 * ai), v, c5_)
-                c6_ = _vfma(_vbcast(A, pa + r6 * ai), v, c6_)
-                c7_ = _vfma(_vbcast(A, pa + r7 * ai), v, c7_)
-            _vstore_n(C, c0 + r7 * cs + q, c7_, nq)
-            _vstore_n(C, c0 + r6 * cs + q, c6_, nq)
-            _vstore_n(C, c0 + r5 * cs + q, c5_, nq)
+                if not five:
+                    c5_ = _vfma(_vbcast(A, pa + r5 * ai), v, c5_)
+                    c6_ = _vfma(_vbcast(A, pa + r6 * ai), v, c6_)
+                    c7_ = _vfma(_vbcast(A, pa + r7 * ai), v, c7_)
+            if not five:
+                _vstore_n(C, c0 + r7 * cs + q, c7_, nq)
+                _vstore_n(C, c0 + r6 * cs + q, c6_, nq)
+                _vstore_n(C, c0 + r5 * cs + q, c5_, nq)
             _vstore_n(C, c0 + r4 * cs + q, c4_, nq)
             _vstore_n(C, c0 + r3 * cs + q, c3_, nq)
             _vstore_n(C, c0 + r2 * cs + q, c2_, nq)
