@@ -564,23 +564,31 @@ def test_softmax_kernel_on_many_classes_matches_reference(k):
         np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
 
 
-def test_vector_exp_within_one_ulp_of_numpy():
-    # the kernels' vectorised exp (softmax residuals, records): within one ulp of np.exp over the float64
-    # range, 0 below the smallest normal result, inf above the largest, NaN kept
+def lanewise(fn, x):
+    """fn (a vector function of ``_simd``'s vectors) applied to x, LANES elements at a time (x padded with 1s)."""
     from numba import njit
 
-    from kdsim.engines._simd import LANES, _vexp, _vload, _vstore
+    from kdsim.engines._simd import LANES, _vload, _vstore
 
     @njit
     def run(x, out):
         for i in range(0, x.shape[0], LANES):
-            _vstore(out, i, _vexp(_vload(x, i)))
+            _vstore(out, i, fn(_vload(x, i)))
+    n = len(x)
+    x = np.concatenate([x, np.ones(-n % LANES)])
+    out = np.empty_like(x)
+    run(x, out)
+    return out[:n]
+
+
+def test_vector_exp_within_one_ulp_of_numpy():
+    # the kernels' vectorised exp (softmax residuals, records): within one ulp of np.exp over the float64
+    # range, 0 below the smallest normal result, inf above the largest, NaN kept
+    from kdsim.engines._simd import _vexp
     r = np.random.default_rng(0)
     x = np.concatenate([np.linspace(-708.0, 709.0, 40000), r.uniform(-5.0, 5.0, 40000), r.uniform(-0.35, 0.35, 40000),
                         [-1000.0, -709.0, 710.0, 1000.0, np.nan, 0.0, -0.0, 1e-300]])
-    x = np.concatenate([x, np.zeros(-len(x) % LANES)])
-    out = np.empty_like(x)
-    run(x, out)
+    out = lanewise(_vexp, x)
     with np.errstate(over="ignore"):
         want = np.exp(x)
     normal = (want >= np.finfo(float).tiny) & np.isfinite(want)
@@ -592,18 +600,9 @@ def test_vector_exp_within_one_ulp_of_numpy():
 def test_vector_log1p_of_the_taylor_branch_within_two_ulp():
     # softmax records' log1p(w) on their Taylor branch (0 <= w <= e − 2), vectorised as 2·atanh(w/(2 + w)):
     # against numpy's log1p in ulps over the range, tiny w (records near x*) and the end point included
-    from numba import njit
-
     from kdsim.engines._kernels_records import _vlog1p_taylor_branch
-    from kdsim.engines._simd import LANES, _vload, _vstore
-
-    @njit
-    def run(w, out):
-        for i in range(0, w.shape[0], LANES):
-            _vstore(out, i, _vlog1p_taylor_branch(_vload(w, i)))
     w = np.concatenate([np.linspace(0.0, np.e - 2.0, 4000), np.geomspace(1e-300, 1e-3, 4000)])
-    out = np.empty_like(w)
-    run(w, out)
+    out = lanewise(_vlog1p_taylor_branch, w)
     want = np.log1p(w)
     ulps = np.abs(out - want) / np.spacing(np.maximum(want, np.finfo(float).tiny))
     assert out[0] == 0.0 and ulps.max() <= 2.0, ulps.max()
@@ -613,27 +612,17 @@ def test_vector_log_within_two_ulp_of_numpy():
     # the vectorised log of softmax records' log-sum-exp branch: within two ulp of np.log over the positive
     # normal numbers (the branch's sums lie in [1, K]; 1, 2, √2 and powers of 2 at the reduction's seams),
     # and its stated values outside: log 0 = −inf, log inf = inf, NaN for negative numbers and NaN
-    from numba import njit
-
-    from kdsim.engines._simd import LANES, _vload, _vlog, _vstore
-
-    @njit
-    def run(x, out):
-        for i in range(0, x.shape[0], LANES):
-            _vstore(out, i, _vlog(_vload(x, i)))
+    from kdsim.engines._simd import _vlog
     r = np.random.default_rng(0)
     x = np.concatenate([np.linspace(1.0, 10.0, 8000), np.geomspace(np.finfo(float).tiny, 1e308, 8000),
-                        r.uniform(0.5, 2.0, 8000), np.nextafter(np.sqrt(2.0), [0.0, 3.0]), [1.0, 2.0, 0.5, 2.0 ** -1000]])
-    x = np.concatenate([x, np.ones(-len(x) % LANES)])
-    out = np.empty_like(x)
-    run(x, out)
+                        r.uniform(0.5, 2.0, 8000), np.nextafter(np.sqrt(2.0), [0.0, 3.0]),
+                        [1.0, 2.0, 0.5, 2.0 ** -1000]])
+    out = lanewise(_vlog, x)
     want = np.log(x)
     ulps = np.abs(out - want) / np.spacing(np.maximum(np.abs(want), np.finfo(float).tiny))
     assert ulps.max() <= 2.0, ulps.max()
-    special = np.array([0.0, np.inf, -1.0, np.nan, -np.inf, 1.0, 1.0, 1.0])
-    got = np.empty_like(special)
-    run(special, got)
-    assert got[0] == -np.inf and got[1] == np.inf and np.isnan(got[2:5]).all() and (got[5:] == 0.0).all()
+    got = lanewise(_vlog, np.array([0.0, np.inf, -1.0, np.nan, -np.inf, 1.0]))
+    assert got[0] == -np.inf and got[1] == np.inf and np.isnan(got[2:5]).all() and got[5] == 0.0
 
 
 def test_softmax_subopt_kernel_equals_problem_formula():

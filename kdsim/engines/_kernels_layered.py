@@ -605,28 +605,22 @@ def _step_range(x, g, lo, hi, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on
     alpha_on = not (uniform and alpha_u == 0)
     sc = (inv_b, alpha_u, a, gam, mom)
     if uniform and not alpha_on:
-        if ridge_on:
-            if momentum:
-                return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, True, True)
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, True, False)
-        if momentum:
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, False, True)
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, False, False)
+        return _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, True, False, ridge_on, momentum)
     if uniform:
-        if ridge_on:
-            if momentum:
-                return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, True, True)
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, True, False)
-        if momentum:
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, False, True)
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, False, False)
+        return _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, True, True, ridge_on, momentum)
+    return _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, False, True, ridge_on, momentum)
+
+
+@njit(nogil=True, inline="always")
+def _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge_on, momentum):
+    """``_step_range_as`` with ``ridge_on`` and ``momentum`` made constants too (the second level of the branch)."""
     if ridge_on:
         if momentum:
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, True, True)
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, True, False)
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, True, True)
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, True, False)
     if momentum:
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, False, True)
-    return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, False, False)
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, False, True)
+    return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, False, False)
 
 
 @njit(nogil=True, inline="always")
