@@ -8,7 +8,6 @@ Timings: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
-
 import numpy as np
 from numba import njit
 
@@ -108,8 +107,8 @@ def softmax_subopt(lo, hi, X, xstar, AT, PT, logPT, n, g, l2, h_coef, out):
             D = _vlog1p_taylor_branch(w)
             if _vsum(_vnonneg(_vsub(big, _vsplat(1.0)))) > 0.0:
                 # the log-sum-exp branch of some sample of the chunk: lse = m + log Σ_k e^(log p*_k + d_k − m)
-                # from the stored log p*_k + d_k that gave m (recomputed, the largest of them could come out an
-                # ulp of ~|d| apart from m, and every term then underflow when |d| is huge)
+                # from the stored log p*_k + d_k that gave m: recomputed, they came out a few ulps of |d| away
+                # from m, and at |d| ~ 1e18 every term then underflowed
                 sm = _vzero(AT)
                 for k in range(K):
                     sm = _vadd(sm, _vexp(_vsub(_vload(zs, k * LANES), m)))

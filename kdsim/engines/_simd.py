@@ -353,11 +353,12 @@ def _vlog(typingctx, v):
     """log v per lane for positive normal v (within two ulp), −inf at 0, +inf at +inf, NaN below 0 and at NaN
     (subnormal v is outside its domain): v = 2^e·m with √½ <= m < √2, log m by its atanh series in
     s = (m − 1)/(m + 1), then e·ln2 (Cody–Waite) added."""
+    if not (isinstance(v, _Vec) and v.dtype == types.float64):
+        raise TypingError(f"_vlog is written for float64 vectors, got {v}")
+
     def codegen(context, builder, sig, args):
         x = args[0]
         vd = x.type
-        if vd.element != ir.DoubleType():
-            raise NotImplementedError("_vlog is written for float64")
         vi = ir.VectorType(_I64, LANES)
 
         def c(val):
