@@ -564,6 +564,26 @@ def test_softmax_kernel_on_many_classes_matches_reference(k):
         np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
 
 
+
+@pytest.mark.parametrize("hidden", [(8,), (3, 8), (6,)])
+def test_ten_class_deep_linear_softmax_matches_reference(hidden):
+    # a deep linear softmax net on ten classes: the last hidden width whole vectors (8) takes the output layer
+    # and the residuals in one pass, after the hidden layers (batches of 8 and 16: the lanes path of the forward
+    # stops one layer short), 6 the layer-by-layer path; SVRG and corrected KD add the snapshot's and the
+    # teacher's full passes
+    from kdsim.problems.deep_linear import DeepLinear
+    r = np.random.default_rng(6)
+    p = DeepLinear(r.standard_normal((40, 5)), np.arange(40) % 10, hidden=hidden, loss="softmax", l2=0.1)
+    theta = p.solution_map() + 0.2 * r.standard_normal((p.d_out, p.d_in))
+    for estimator in ("kd", "svrg", "corrected"):
+        for b in (3, 8, 16):
+            plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.1, 40, 2, batch_size=b, estimator=estimator,
+                             record_every=10, seed=2, svrg_period=5)
+            got = run_arrays(numba_cpu, p, plan)
+            want = run_arrays(reference, p, plan)
+            assert_records_close(got, want)
+            np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+
 def lanewise(fn, x):
     """fn (a vector function of ``_simd``'s vectors) applied to x, LANES elements at a time (x padded with 1s)."""
     from numba import njit

@@ -156,6 +156,94 @@ def _gemm_nt(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K, rows, row0, gather):
                 _vstore_n(C, c0 + i * cs + r + 4, _vsplat(_vsum(a04)), 1)
 
 
+@njit(nogil=True, inline="always")
+def _gemm_nn_rows5(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, n4, accumulate, rows, row0, gather):
+    """``_gemm_nn``'s vectors of q below n4 in blocks of 5 rows × 4 vectors (M a multiple of 5): twenty
+    sums, five broadcasts and four loads per twenty fused multiply-adds, the row of B looked up once."""
+    for i in range(0, M, 5):
+        pa = a0 + i * ai
+        pc = c0 + i * cs
+        for q in range(0, n4, 4 * LANES):
+            if accumulate:
+                c00 = _vload(C, pc + q)
+                c01 = _vload(C, pc + q + LANES)
+                c02 = _vload(C, pc + q + 2 * LANES)
+                c03 = _vload(C, pc + q + 3 * LANES)
+                c10 = _vload(C, pc + cs + q)
+                c11 = _vload(C, pc + cs + q + LANES)
+                c12 = _vload(C, pc + cs + q + 2 * LANES)
+                c13 = _vload(C, pc + cs + q + 3 * LANES)
+                c20 = _vload(C, pc + 2 * cs + q)
+                c21 = _vload(C, pc + 2 * cs + q + LANES)
+                c22 = _vload(C, pc + 2 * cs + q + 2 * LANES)
+                c23 = _vload(C, pc + 2 * cs + q + 3 * LANES)
+                c30 = _vload(C, pc + 3 * cs + q)
+                c31 = _vload(C, pc + 3 * cs + q + LANES)
+                c32 = _vload(C, pc + 3 * cs + q + 2 * LANES)
+                c33 = _vload(C, pc + 3 * cs + q + 3 * LANES)
+                c40 = _vload(C, pc + 4 * cs + q)
+                c41 = _vload(C, pc + 4 * cs + q + LANES)
+                c42 = _vload(C, pc + 4 * cs + q + 2 * LANES)
+                c43 = _vload(C, pc + 4 * cs + q + 3 * LANES)
+            else:
+                c00 = _vzero(C)
+                c01, c02, c03, c10, c11, c12, c13 = c00, c00, c00, c00, c00, c00, c00
+                c20, c21, c22, c23, c30, c31, c32, c33 = c00, c00, c00, c00, c00, c00, c00, c00
+                c40, c41, c42, c43 = c00, c00, c00, c00
+            for k in range(K):
+                pb = b0 + (rows[row0 + k] if gather else k) * sb + q
+                v0 = _vload(B, pb)
+                v1 = _vload(B, pb + LANES)
+                v2 = _vload(B, pb + 2 * LANES)
+                v3 = _vload(B, pb + 3 * LANES)
+                pk = pa + k * ak
+                s = _vbcast(A, pk)
+                c00 = _vfma(s, v0, c00)
+                c01 = _vfma(s, v1, c01)
+                c02 = _vfma(s, v2, c02)
+                c03 = _vfma(s, v3, c03)
+                s = _vbcast(A, pk + ai)
+                c10 = _vfma(s, v0, c10)
+                c11 = _vfma(s, v1, c11)
+                c12 = _vfma(s, v2, c12)
+                c13 = _vfma(s, v3, c13)
+                s = _vbcast(A, pk + 2 * ai)
+                c20 = _vfma(s, v0, c20)
+                c21 = _vfma(s, v1, c21)
+                c22 = _vfma(s, v2, c22)
+                c23 = _vfma(s, v3, c23)
+                s = _vbcast(A, pk + 3 * ai)
+                c30 = _vfma(s, v0, c30)
+                c31 = _vfma(s, v1, c31)
+                c32 = _vfma(s, v2, c32)
+                c33 = _vfma(s, v3, c33)
+                s = _vbcast(A, pk + 4 * ai)
+                c40 = _vfma(s, v0, c40)
+                c41 = _vfma(s, v1, c41)
+                c42 = _vfma(s, v2, c42)
+                c43 = _vfma(s, v3, c43)
+            _vstore(C, pc + q, c00)
+            _vstore(C, pc + q + LANES, c01)
+            _vstore(C, pc + q + 2 * LANES, c02)
+            _vstore(C, pc + q + 3 * LANES, c03)
+            _vstore(C, pc + cs + q, c10)
+            _vstore(C, pc + cs + q + LANES, c11)
+            _vstore(C, pc + cs + q + 2 * LANES, c12)
+            _vstore(C, pc + cs + q + 3 * LANES, c13)
+            _vstore(C, pc + 2 * cs + q, c20)
+            _vstore(C, pc + 2 * cs + q + LANES, c21)
+            _vstore(C, pc + 2 * cs + q + 2 * LANES, c22)
+            _vstore(C, pc + 2 * cs + q + 3 * LANES, c23)
+            _vstore(C, pc + 3 * cs + q, c30)
+            _vstore(C, pc + 3 * cs + q + LANES, c31)
+            _vstore(C, pc + 3 * cs + q + 2 * LANES, c32)
+            _vstore(C, pc + 3 * cs + q + 3 * LANES, c33)
+            _vstore(C, pc + 4 * cs + q, c40)
+            _vstore(C, pc + 4 * cs + q + LANES, c41)
+            _vstore(C, pc + 4 * cs + q + 2 * LANES, c42)
+            _vstore(C, pc + 4 * cs + q + 3 * LANES, c43)
+
+
 @njit(cache=True, nogil=True)
 def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row0, gather):
     """C.flat[c0 + i·cs + q] (+)= Σ_k A.flat[a0 + i·ai + k·ak] · B.flat[b0 + ρ(k)·sb + q] for i < M, q < N,
@@ -167,7 +255,10 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
     A partial block repeats its last row (both copies load C before either stores the same values).
     """
     n4 = N - N % (4 * LANES)
-    for i in range(0, M, 2):
+    five = M % 8 != 0 and M % 5 == 0                    # (softmax on 10 classes: no row computed twice)
+    if five:
+        _gemm_nn_rows5(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, n4, accumulate, rows, row0, gather)
+    for i in range(0, 0 if five else M, 2):
         i1 = min(i + 1, M - 1)
         pa0 = a0 + i * ai
         pa1 = a0 + i1 * ai
@@ -216,7 +307,6 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
             _vstore(C, pc1 + q + LANES, c11)
             _vstore(C, pc1 + q + 2 * LANES, c12)
             _vstore(C, pc1 + q + 3 * LANES, c13)
-    five = M % 8 != 0 and M % 5 == 0                    # (softmax on 10 classes: no row computed twice)
     rb = 5 if five else 8
     for q in range(n4, N, LANES):
         nq = N - q
@@ -273,7 +363,7 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _forward_batch(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs):
     """``_forward`` with its own scratch."""
-    _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, _forward_scratch(nb, H))
+    _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, _forward_scratch(nb, H), dims.shape[0] - 1)
 
 
 @njit(cache=True, nogil=True)
@@ -284,8 +374,10 @@ def _forward_scratch(rows, H):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, HT):
-    """Activations of the samples idx[j0:j0 + nb]: row j of H holds h_{k+1} = W_k h_k in slot k + 1, from
+def _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, HT, nl):
+    """Activations of the samples idx[j0:j0 + nb] through the first ``nl`` layers (all: the number of
+    layers; one less: the output layer is left to ``_softmax_layer_residuals``): row j of H holds
+    h_{k+1} = W_k h_k in slot k + 1, from
     h_0 = a_{idx[j0 + j]} (MLPs: h_{k+1} = σ(W_k h_k + b_k) below the output layer, W_L h_L + b_L at it;
     ``act`` the activation code, ``boffs`` the bias offsets, empty without biases). Slot 0 of H stays
     unwritten: h_0 is read from A's rows in place, here and by the backward pass (a copy of the rows cost
@@ -306,9 +398,9 @@ def _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, HT):
             lanes = False
     if lanes:
         for g in range(nb // LANES):
-            _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT)
+            _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT, nl)
         return
-    for k in range(L):
+    for k in range(nl):
         rows, cols = dims[k + 1], dims[k]
         ho = hoff[k + 1]
         if k == 0:
@@ -328,8 +420,8 @@ def _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, HT):
 
 
 @njit(cache=True, nogil=True)
-def _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT):
-    """Linear layers for the LANES samples of group g (samples idx[j0 + g·LANES …], rows g·LANES … of H),
+def _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT, nl):
+    """The first ``nl`` linear layers for the LANES samples of group g (samples idx[j0 + g·LANES …], rows g·LANES … of H),
     one sample per lane: row g of HT holds each layer's input transposed (component c of the group's
     samples at LANES·(hoff[k] + c)), so h_{k+1}[r] = Σ_c W_k[r, c]·h_k[c] for all samples at once is LANES-wide fused
     multiply-adds with W_k[r, c] broadcast, no horizontal sums. Blocks of 8 rows of W_k (a last partial
@@ -350,7 +442,7 @@ def _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT):
                          _vload_n(A, idx[p + 6] * d0 + c, n), _vload_n(A, idx[p + 7] * d0 + c, n))
         for l in range(min(LANES, n)):
             _vstore(HT, gb + (c + l) * LANES, t[l])
-    for k in range(L):
+    for k in range(nl):
         rows, cols = dims[k + 1], dims[k]
         hi = gb + hoff[k] * LANES
         ho = hoff[k + 1]
@@ -381,7 +473,7 @@ def _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT):
                 a5 = _vfma(_vbcast(x, w5 + c), h, a5)
                 a6 = _vfma(_vbcast(x, w6 + c), h, a6)
                 a7 = _vfma(_vbcast(x, w7 + c), h, a7)
-            if k < L - 1:                          # the next layer's input, transposed
+            if k < nl - 1:                         # the next layer's input, transposed
                 ot = gb + (ho + r) * LANES
                 _vstore(HT, ot, a0)
                 _vstore(HT, ot + LANES, a1)
@@ -407,6 +499,145 @@ def _logit_max(H, j, z0, m):
     return zmax
 
 
+@njit(nogil=True, inline="always")
+def _softmax_shift(z0, z1, m):
+    """z − max(z) of one sample's m logits (z0, z1: classes 0 .. LANES − 1, then the rest; LANES < m <=
+    2·LANES; lanes past m are ignored, they take a logit already counted)."""
+    zm = _vmax_all(_vmax(z0, _vblend_n(z1, m - LANES, z0)))
+    return _vsub(z0, zm), _vsub(z1, zm)
+
+
+@njit(nogil=True, inline="always")
+def _softmax_pair(z0, z1, y0, y1, m, shifted):
+    """The softmax probabilities of two samples with LANES < m <= 2·LANES classes, from their logits (z0, z1)
+    and (y0, y1) (classes 0 .. LANES − 1, then the rest; lanes past m ignored; ``shifted``: logits less
+    their max already, ``_softmax_shift``): (p0, p1, q0, q1), lanes past m zero. The two chains of exp,
+    sum and reciprocal are independent."""
+    if not shifted:
+        z0, z1 = _softmax_shift(z0, z1, m)
+        y0, y1 = _softmax_shift(y0, y1, m)
+    e0 = _vexp(z0)
+    f0 = _vexp(y0)
+    if m <= LANES + LANES // 2:
+        # both samples' last classes in one vector: three exps for the two samples instead of four
+        t = _vexp(_vjoin_low(z1, y1))
+        e1 = _vkeep_n(t, m - LANES)
+        f1 = _vkeep_n(_vhigh_to_low(t), m - LANES)
+    else:
+        e1 = _vkeep_n(_vexp(z1), m - LANES)
+        f1 = _vkeep_n(_vexp(y1), m - LANES)
+    # one division per sample (a vector division per vector would cost about as much as the exps)
+    sv = _vsplat_recip(_vsum(_vadd(e0, e1)))
+    sw = _vsplat_recip(_vsum(_vadd(f0, f1)))
+    return _vmul(e0, sv), _vmul(e1, sv), _vmul(f0, sw), _vmul(f1, sw)
+
+
+@njit(nogil=True, inline="always")
+def _store_residual_pair(D, j, j1, nv, p0, p1, q0, q1, m, Y, i, i1, ma, rt, teacher):
+    """Rows j and j1 of D: the softmax residuals p − y_i and q − y_i1 (``_softmax_pair``), less a·rθ of each
+    sample when ``teacher`` (ma = −a in every lane); ``nv`` the lanes a row's store may write."""
+    dw = D.shape[1]
+    d0 = _vsub(p0, _vload(Y, i * m))
+    d1 = _vsub(p1, _vload_n(Y, i * m + LANES, m - LANES))
+    c0 = _vsub(q0, _vload(Y, i1 * m))
+    c1 = _vsub(q1, _vload_n(Y, i1 * m + LANES, m - LANES))
+    if teacher:
+        d0 = _vfma(ma, _vload(rt, i * m), d0)
+        d1 = _vfma(ma, _vload_n(rt, i * m + LANES, m - LANES), d1)
+        c0 = _vfma(ma, _vload(rt, i1 * m), c0)
+        c1 = _vfma(ma, _vload_n(rt, i1 * m + LANES, m - LANES), c1)
+    _vstore_n(D, j1 * dw, c0, nv)
+    _vstore_n(D, j1 * dw + LANES, c1, nv - LANES)
+    _vstore_n(D, j * dw, d0, nv)
+    _vstore_n(D, j * dw + LANES, d1, nv - LANES)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0, nb, D, a, rt, teacher, Z, zoff):
+    """The output layer and the softmax residuals in one pass, for LANES < m <= LANES + 2 classes (ten
+    classes, the common case): D[j, :m] = softmax(W h_j + b) − y_i (less a·rθ_i when ``teacher``) for the
+    samples i = idx[j0 + j], W the m × K rows at x[w0:], b the m biases at x[boff:] (boff < 0: none),
+    h_j row ρ(j) of Hin from a0 with stride sa (ρ(j) = idx[j0 + j] when ``gather``, else j); K a whole
+    number of vectors. Z's rows from zoff (2·LANES each) receive the logits less their max.
+
+    First the logits, two samples × m classes at a time: 2m sums over the inputs, LANES terms at a time,
+    each weight vector loaded once for both samples (``_gemm_nt`` blocks 2 × 5 and loads W twice), reduced
+    by transposing horizontal sums into whole vectors, shifted by their max and stored whole (a later load
+    of them is served by store forwarding; ``_gemm_nt``'s masked stores were not). Then the softmax of each
+    pair of samples (``_softmax_pair``): the pairs' chains are independent, so they overlap, where in one
+    pass each waited on its own sums. Rows past m repeat the last row (computed twice, never used); an
+    odd last sample is computed twice.
+    """
+    dw = D.shape[1]
+    nv = m if dw < 2 * LANES else dw                    # lanes a store may write
+    zw = Z.shape[1]
+    ma = _vsplat(-a)
+    p9 = w0 + min(LANES + 1, m - 1) * K                 # (m = LANES + 1: the last row again)
+    for j in range(0, nb, 2):
+        j1 = min(j + 1, nb - 1)
+        i = idx[j0 + j]
+        i1 = idx[j0 + j1]
+        pa = a0 + (i if gather else j) * sa
+        pb = a0 + (i1 if gather else j1) * sa
+        u0 = _vzero(D)
+        u1, u2, u3, u4, u5, u6, u7, u8, u9 = u0, u0, u0, u0, u0, u0, u0, u0, u0
+        v0, v1, v2, v3, v4, v5, v6, v7, v8, v9 = u0, u0, u0, u0, u0, u0, u0, u0, u0, u0
+        for q in range(0, K, LANES):
+            h = _vload(Hin, pa + q)
+            g = _vload(Hin, pb + q)
+            w = _vload(x, w0 + q)
+            u0 = _vfma(w, h, u0)
+            v0 = _vfma(w, g, v0)
+            w = _vload(x, w0 + K + q)
+            u1 = _vfma(w, h, u1)
+            v1 = _vfma(w, g, v1)
+            w = _vload(x, w0 + 2 * K + q)
+            u2 = _vfma(w, h, u2)
+            v2 = _vfma(w, g, v2)
+            w = _vload(x, w0 + 3 * K + q)
+            u3 = _vfma(w, h, u3)
+            v3 = _vfma(w, g, v3)
+            w = _vload(x, w0 + 4 * K + q)
+            u4 = _vfma(w, h, u4)
+            v4 = _vfma(w, g, v4)
+            w = _vload(x, w0 + 5 * K + q)
+            u5 = _vfma(w, h, u5)
+            v5 = _vfma(w, g, v5)
+            w = _vload(x, w0 + 6 * K + q)
+            u6 = _vfma(w, h, u6)
+            v6 = _vfma(w, g, v6)
+            w = _vload(x, w0 + 7 * K + q)
+            u7 = _vfma(w, h, u7)
+            v7 = _vfma(w, g, v7)
+            w = _vload(x, w0 + 8 * K + q)
+            u8 = _vfma(w, h, u8)
+            v8 = _vfma(w, g, v8)
+            w = _vload(x, p9 + q)
+            u9 = _vfma(w, h, u9)
+            v9 = _vfma(w, g, v9)
+        z0 = _vhsum8(u0, u1, u2, u3, u4, u5, u6, u7)
+        y0 = _vhsum8(v0, v1, v2, v3, v4, v5, v6, v7)
+        t = _vhsum8(u8, u9, u8, u9, v8, v9, v8, v9)     # lanes 0, 1: sample j's last logits; 4, 5: sample j1's
+        z1 = t
+        y1 = _vhigh_to_low(t)
+        if boff >= 0:
+            z0 = _vadd(z0, _vload(x, boff))
+            y0 = _vadd(y0, _vload(x, boff))
+            z1 = _vadd(z1, _vload_n(x, boff + LANES, m - LANES))
+            y1 = _vadd(y1, _vload_n(x, boff + LANES, m - LANES))
+        z0, z1 = _softmax_shift(z0, z1, m)
+        y0, y1 = _softmax_shift(y0, y1, m)
+        _vstore(Z, j1 * zw + zoff, y0)
+        _vstore(Z, j1 * zw + zoff + LANES, y1)
+        _vstore(Z, j * zw + zoff, z0)
+        _vstore(Z, j * zw + zoff + LANES, z1)
+    for j in range(0, nb, 2):
+        j1 = min(j + 1, nb - 1)
+        q0, q1, s0, s1 = _softmax_pair(_vload(Z, j * zw + zoff), _vload(Z, j * zw + zoff + LANES), _vload(Z, j1 * zw + zoff),
+                                       _vload(Z, j1 * zw + zoff + LANES), m, True)
+        _store_residual_pair(D, j, j1, nv, q0, q1, s0, s1, m, Y, idx[j0 + j], idx[j0 + j1], ma, rt, teacher)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _output_residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero, a, rt, teacher):
     """``_residuals``, less a·rθ_i (``rt``) when ``teacher``: the combined residuals of a step.
@@ -423,43 +654,11 @@ def _output_residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero, a, rt, teacher)
     if code == 1 and LANES < m <= 2 * LANES:
         for j in range(0, nb, 2):
             j1 = min(j + 1, nb - 1)
-            i = idx[j0 + j]
-            i1 = idx[j0 + j1]
             hj = j * hw + zoff
             hj1 = j1 * hw + zoff
-            z0 = _vload(H, hj)
-            y0 = _vload(H, hj1)
-            z1 = _vload_n(H, hj + LANES, m - LANES)
-            y1 = _vload_n(H, hj1 + LANES, m - LANES)
-            # the shifts: the largest logit of each sample, by vectors (lanes past m hold a logit already counted)
-            zm = _vmax_all(_vmax(z0, _vblend_n(z1, m - LANES, z0)))
-            zmb = _vmax_all(_vmax(y0, _vblend_n(y1, m - LANES, y0)))
-            e0 = _vexp(_vsub(z0, zm))
-            f0 = _vexp(_vsub(y0, zmb))
-            if m <= LANES + LANES // 2:
-                # both samples' last classes in one vector: three exps for the two samples instead of four
-                t = _vexp(_vjoin_low(_vsub(z1, zm), _vsub(y1, zmb)))
-                e1 = _vkeep_n(t, m - LANES)
-                f1 = _vkeep_n(_vhigh_to_low(t), m - LANES)
-            else:
-                e1 = _vkeep_n(_vexp(_vsub(z1, zm)), m - LANES)
-                f1 = _vkeep_n(_vexp(_vsub(y1, zmb)), m - LANES)
-            # one division per sample (a vector division per vector would cost about as much as the exps)
-            sv = _vsplat_recip(_vsum(_vadd(e0, e1)))
-            sw = _vsplat_recip(_vsum(_vadd(f0, f1)))
-            d0 = _vsub(_vmul(e0, sv), _vload(Y, i * m))
-            d1 = _vsub(_vmul(e1, sv), _vload_n(Y, i * m + LANES, m - LANES))
-            c0 = _vsub(_vmul(f0, sw), _vload(Y, i1 * m))
-            c1 = _vsub(_vmul(f1, sw), _vload_n(Y, i1 * m + LANES, m - LANES))
-            if teacher:
-                d0 = _vfma(ma, _vload(rt, i * m), d0)
-                d1 = _vfma(ma, _vload_n(rt, i * m + LANES, m - LANES), d1)
-                c0 = _vfma(ma, _vload(rt, i1 * m), c0)
-                c1 = _vfma(ma, _vload_n(rt, i1 * m + LANES, m - LANES), c1)
-            _vstore_n(D, j1 * dw, c0, nv)
-            _vstore_n(D, j1 * dw + LANES, c1, nv - LANES)
-            _vstore_n(D, j * dw, d0, nv)
-            _vstore_n(D, j * dw + LANES, d1, nv - LANES)
+            p0, p1, q0, q1 = _softmax_pair(_vload(H, hj), _vload_n(H, hj + LANES, m - LANES), _vload(H, hj1),
+                                           _vload_n(H, hj1 + LANES, m - LANES), m, False)
+            _store_residual_pair(D, j, j1, nv, p0, p1, q0, q1, m, Y, idx[j0 + j], idx[j0 + j1], ma, rt, teacher)
         return
     if code == 1 and m <= LANES:
         for j in range(nb):
@@ -881,6 +1080,11 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     for p in range(dim):
         if ridge[p] != 0:
             ridge_on = True
+    # ten-class softmax outputs (LANES < d_out <= LANES + 2) on whole vectors of inputs: the output layer and
+    # the residuals in one pass (the tempered KD loss needs the logits stored: not then)
+    fused_out = (code == 1 and LANES < d_out <= LANES + 2 and dims[L - 1] % LANES == 0
+                 and not (use_teacher and tau != 1))
+    bout = boffs[L - 1] if boffs.shape[0] > 0 else -1
     nx = zero
     key0 = stream_keys[j0]
     rec = 0
@@ -906,7 +1110,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
             for s0 in range(0, n, SAMPLE_BLOCK):
                 nb = min(SAMPLE_BLOCK, n - s0)
                 if L == 1 or not linear:
-                    _forward(y, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs, HTy)
+                    _forward(y, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs, HTy, L)
                     _residuals(code, Hy, hoff[L], d_out, Y, rows_all, s0, nb, Dy, zero)
                     if nfw.shape[0] > 0:                 # full gradient weights n·w_i (batch means)
                         for jj in range(nb):
@@ -945,8 +1149,18 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
         # SAMPLE_BLOCK samples at a time
         for jb in range(0, bt, SAMPLE_BLOCK):
             nb = min(SAMPLE_BLOCK, bt - jb)
-            _forward(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero, act, boffs, HTx)
-            _output_residuals(code, Hx, hoff[L], d_out, Y, idx, jb, nb, D, zero, a, rt, use_teacher and tau == 1)
+            if fused_out:
+                if L > 1:
+                    _forward(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero, act, boffs, HTx, L - 1)
+                    _softmax_layer_residuals(x, offs[L - 1], dims[L - 1], Hx, hoff[L - 1], hoff[L + 1], False, bout,
+                                             d_out, Y, idx, jb, nb, D, a, rt, use_teacher, Hx, hoff[L])
+                else:
+                    _softmax_layer_residuals(x, offs[0], d_in, A, 0, d_in, True, bout, d_out, Y, idx, jb, nb, D, a,
+                                             rt, use_teacher, Hx, hoff[L])
+            else:
+                _forward(x, dims, offs, A, idx, jb, nb, Hx, hoff, zero, act, boffs, HTx, L)
+                _output_residuals(code, Hx, hoff[L], d_out, Y, idx, jb, nb, D, zero, a, rt,
+                                  use_teacher and tau == 1)
             if use_teacher and tau != 1:
                 # literal tempered KD loss (softmax): (1 − a)(p − y) + a·τ·(softmax(z/τ) − q_i)
                 z0 = np.uint64(hoff[L])
@@ -960,7 +1174,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                         pt = np.exp((Hx[jj, z0 + o] - zmax) / tau) / s
                         D[jj, o] = (1 - a) * D[jj, o] + a * tau * (pt - Qt[i, o])
             if snapshot:
-                _forward(y, dims, offs, A, idx, jb, nb, Hy, hoff, zero, act, boffs, HTy)
+                _forward(y, dims, offs, A, idx, jb, nb, Hy, hoff, zero, act, boffs, HTy, L)
                 _residuals(code, Hy, hoff[L], d_out, Y, idx, jb, nb, Dy, zero)
                 if L == 1:
                     for jj in range(nb):
@@ -988,7 +1202,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                     elif not linear:                         # c·(1/n)Σ_i J_i(x)ᵀ rθ_i, back-propagated at x
                         for s0 in range(0, n, SAMPLE_BLOCK):
                             nb = min(SAMPLE_BLOCK, n - s0)
-                            _forward(x, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs, HTy)
+                            _forward(x, dims, offs, A, rows_all, s0, nb, Hy, hoff, zero, act, boffs, HTy, L)
                             for jj in range(nb):
                                 wj = nfw[s0 + jj] if nfw.shape[0] > 0 else 1.0
                                 for o in range(d_out):
