@@ -421,10 +421,10 @@ def _forward(x, dims, offs, A, idx, j0, nb, H, hoff, zero, act, boffs, HT, nl):
 
 @njit(cache=True, nogil=True)
 def _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT, nl):
-    """The first ``nl`` linear layers for the LANES samples of group g (samples idx[j0 + g·LANES …], rows g·LANES … of H),
-    one sample per lane: row g of HT holds each layer's input transposed (component c of the group's
-    samples at LANES·(hoff[k] + c)), so h_{k+1}[r] = Σ_c W_k[r, c]·h_k[c] for all samples at once is LANES-wide fused
-    multiply-adds with W_k[r, c] broadcast, no horizontal sums. Blocks of 8 rows of W_k (a last partial
+    """The first ``nl`` linear layers for the LANES samples of group g (samples idx[j0 + g·LANES …], rows
+    g·LANES … of H), one sample per lane: row g of HT holds each layer's input transposed (component c of
+    the group's samples at LANES·(hoff[k] + c)), so h_{k+1}[r] = Σ_c W_k[r, c]·h_k[c] for all samples at once
+    is LANES-wide fused multiply-adds with W_k[r, c] broadcast, no horizontal sums. Blocks of 8 rows of W_k (a last partial
     block repeats its last row); an 8×8 transpose turns each block back into the rows of H.
     """
     L = dims.shape[0] - 1
@@ -633,8 +633,10 @@ def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0,
         _vstore(Z, j * zw + zoff + LANES, z1)
     for j in range(0, nb, 2):
         j1 = min(j + 1, nb - 1)
-        q0, q1, s0, s1 = _softmax_pair(_vload(Z, j * zw + zoff), _vload(Z, j * zw + zoff + LANES), _vload(Z, j1 * zw + zoff),
-                                       _vload(Z, j1 * zw + zoff + LANES), m, True)
+        pz = j * zw + zoff
+        pz1 = j1 * zw + zoff
+        q0, q1, s0, s1 = _softmax_pair(_vload(Z, pz), _vload(Z, pz + LANES), _vload(Z, pz1), _vload(Z, pz1 + LANES), m,
+                                       True)
         _store_residual_pair(D, j, j1, nv, q0, q1, s0, s1, m, Y, idx[j0 + j], idx[j0 + j1], ma, rt, teacher)
 
 
