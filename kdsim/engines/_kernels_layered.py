@@ -424,8 +424,8 @@ def _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT, nl):
     """The first ``nl`` linear layers for the LANES samples of group g (samples idx[j0 + g·LANES …], rows
     g·LANES … of H), one sample per lane: row g of HT holds each layer's input transposed (component c of
     the group's samples at LANES·(hoff[k] + c)), so h_{k+1}[r] = Σ_c W_k[r, c]·h_k[c] for all samples at once
-    is LANES-wide fused multiply-adds with W_k[r, c] broadcast, no horizontal sums. Blocks of 8 rows of W_k (a last partial
-    block repeats its last row); an 8×8 transpose turns each block back into the rows of H.
+    is LANES-wide fused multiply-adds with W_k[r, c] broadcast, no horizontal sums. Blocks of 8 rows of W_k
+    (a last partial block repeats its last row); an 8×8 transpose turns each block back into the rows of H.
     """
     L = dims.shape[0] - 1
     hw = H.shape[1]
