@@ -565,7 +565,7 @@ def test_softmax_kernel_on_many_classes_matches_reference(k):
 
 
 
-@pytest.mark.parametrize("hidden", [(8,), (3, 8), (6,)])
+@pytest.mark.parametrize("hidden", [(8,), (3, 32), (6,)])
 def test_ten_class_deep_linear_softmax_matches_reference(hidden):
     # a deep linear softmax net on ten classes: the last hidden width whole vectors (8) takes the output layer
     # and the residuals in one pass, after the hidden layers (batches of 8 and 16: the lanes path of the forward
@@ -583,6 +583,24 @@ def test_ten_class_deep_linear_softmax_matches_reference(hidden):
             want = run_arrays(reference, p, plan)
             assert_records_close(got, want)
             np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("l2, momentum", [(0.1, 0.0), (0.0, 0.0), (0.1, 0.5)])
+def test_ten_class_softmax_steps_as_its_gradient_forms_matches_reference(l2, momentum):
+    # ten classes on 30 features (+ bias, 32 padded): the output layer's gradient steps x block by block
+    # (5 classes × 3 vectors, then the last vector), each copy of the step: ridge and uniform α (the teacher's
+    # ridge term with l2 > 0), no α and no ridge (l2 = 0), momentum; b = 32 is one whole block of samples
+    from kdsim.problems.softmax import SoftmaxRegression
+    r = np.random.default_rng(4)
+    p = SoftmaxRegression(r.standard_normal((300, 30)), r.integers(0, 10, 300), 10, bias=True, l2=l2)  # (not separable)
+    theta = p.solution() + 0.3 * r.standard_normal(p.dim)
+    for b in (3, 32):
+        plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 40, 2, batch_size=b, record_every=10, seed=3,
+                         momentum=momentum)
+        got = run_arrays(numba_cpu, p, plan)
+        want = run_arrays(reference, p, plan)
+        assert_records_close(got, want)
+        np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
 
 def lanewise(fn, x):
     """fn (a vector function of ``_simd``'s vectors) applied to x, LANES elements at a time (x padded with 1s)."""

@@ -178,16 +178,20 @@ def test_teacher_outputs_refuse_what_needs_parameters():
         teachers.from_model(kdsim.SoftmaxRegression(p.A, np.arange(24) % 3, 3, l2=0.1), p, p.default_x0())
 
 
-@pytest.mark.parametrize("hidden, bias", [((8,), True), ((8,), False), ((5, 8), True), ((5,), True)])
+@pytest.mark.parametrize("hidden, bias", [((32,), True), ((32,), False), ((5, 32), True), ((5,), True)])
 @pytest.mark.parametrize("estimator", ["kd", "corrected", "svrg", "kd_loss"])
 def test_ten_class_output_layer_matches_the_reference(hidden, bias, estimator):
     # ten classes: the numba kernel forms the output layer's logits and softmax residuals in one pass where
-    # the last hidden width is whole SIMD vectors (8; with and without biases, one and two hidden layers), and
-    # takes the layer-by-layer path otherwise (5); batches 1, 3 (a pass repeats its last sample) and 24
-    r = np.random.default_rng(3)
-    p = MLP(r.standard_normal((24, 4)), np.arange(24) % 10, hidden=hidden, activation="tanh", loss="softmax",
-            bias=bias, l2=0.05, n_classes=10)
+    # the last hidden width is whole SIMD vectors (32; with and without biases, one and two hidden layers), and
+    # takes the layer-by-layer path otherwise (5); batches 1, 3 (a pass repeats its last sample) and 24. The
+    # output layer's gradient steps x as it is formed (blocks of 3 vectors, then 1: 32 inputs take both)
+    A, y = np.random.default_rng(3).standard_normal((24, 4)), np.arange(24) % 10
+    p = MLP(A, y, hidden=hidden, activation="tanh", loss="softmax", bias=bias, l2=0.05, n_classes=10)
     theta = teacher(p)
     for b in (1, 3, 24):
         compare(p, theta, estimator=estimator, batch_size=b)
+    compare(p, theta, estimator=estimator, momentum=0.5)   # the fused step's other copies: momentum, and
+    if bias:                                               # α not uniform (biases without weight decay)
+        q = MLP(A, y, hidden=hidden, activation="tanh", loss="softmax", l2=0.05, l2_bias=False, n_classes=10)
+        compare(q, teacher(q), estimator=estimator)
     compare(p, theta, estimator="kd", temperature=2.0)     # the tempered loss keeps the stored logits

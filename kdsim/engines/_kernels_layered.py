@@ -909,6 +909,133 @@ def _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge
     return _vsum(_vadd(_vadd(s0, s1), _vadd(s2, s3)))
 
 
+@njit(nogil=True, inline="always")
+def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gather, alpha, ridge, vel, sc,
+                      uniform, alpha_on, ridge_on, momentum):
+    """One layer's gradient and its step together, for M a multiple of 5 (ten classes): the block G of
+    ``_gemm_nn`` (C = x from xo, row stride N) is formed in registers, 5 rows × 3 vectors (the vectors left
+    over 5 rows × 1), and x steps on it at once (``_step_math``): the gradient is never stored and loaded
+    back, which halves the stores of a step. Three vectors, not four: the step's constants must stay in
+    registers beside the fifteen sums. The flags are ``_step_range``'s (constants where it is inlined).
+    Returns Σ x_new² over the layer."""
+    ib = _vsplat(sc[0])
+    au = _vsplat(sc[1])
+    ma = _vsplat(-sc[2])
+    mg = _vsplat(-sc[3])
+    mu = _vsplat(sc[4])
+    n3 = N - N % (3 * LANES)
+    s0 = _vzero(x)
+    s1 = s0
+    s2 = s0
+    for i in range(0, M, 5):
+        pa = a0 + i * ai
+        pc = xo + i * N
+        for q in range(0, n3, 3 * LANES):
+            c00 = _vzero(x)
+            c01, c02, c10, c11, c12 = c00, c00, c00, c00, c00
+            c20, c21, c22, c30, c31, c32, c40, c41, c42 = c00, c00, c00, c00, c00, c00, c00, c00, c00
+            for k in range(K):
+                pb = b0 + (rows[row0 + k] if gather else k) * sb + q
+                v0 = _vload(B, pb)
+                v1 = _vload(B, pb + LANES)
+                v2 = _vload(B, pb + 2 * LANES)
+                pk = pa + k * ak
+                w = _vbcast(A, pk)
+                c00 = _vfma(w, v0, c00)
+                c01 = _vfma(w, v1, c01)
+                c02 = _vfma(w, v2, c02)
+                w = _vbcast(A, pk + ai)
+                c10 = _vfma(w, v0, c10)
+                c11 = _vfma(w, v1, c11)
+                c12 = _vfma(w, v2, c12)
+                w = _vbcast(A, pk + 2 * ai)
+                c20 = _vfma(w, v0, c20)
+                c21 = _vfma(w, v1, c21)
+                c22 = _vfma(w, v2, c22)
+                w = _vbcast(A, pk + 3 * ai)
+                c30 = _vfma(w, v0, c30)
+                c31 = _vfma(w, v1, c31)
+                c32 = _vfma(w, v2, c32)
+                w = _vbcast(A, pk + 4 * ai)
+                c40 = _vfma(w, v0, c40)
+                c41 = _vfma(w, v1, c41)
+                c42 = _vfma(w, v2, c42)
+            blk = ((c00, c01, c02), (c10, c11, c12), (c20, c21, c22), (c30, c31, c32), (c40, c41, c42))
+            for r in range(5):                          # (three sums of squares: no chain through the block)
+                p = pc + r * N + q
+                q0 = p
+                xv = _vload(x, q0)
+                av = au if uniform else _vload(alpha, q0)
+                rv = _vload(ridge, q0) if ridge_on else xv
+                wv = _vload(vel, q0) if momentum else xv
+                wn, xn = _step_math(blk[r][0], xv, av, rv, wv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+                if momentum:
+                    _vstore(vel, q0, wn)
+                _vstore(x, q0, xn)
+                s0 = _vfma(xn, xn, s0)
+                q1 = p + LANES
+                xv = _vload(x, q1)
+                av = au if uniform else _vload(alpha, q1)
+                rv = _vload(ridge, q1) if ridge_on else xv
+                wv = _vload(vel, q1) if momentum else xv
+                wn, xn = _step_math(blk[r][1], xv, av, rv, wv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+                if momentum:
+                    _vstore(vel, q1, wn)
+                _vstore(x, q1, xn)
+                s1 = _vfma(xn, xn, s1)
+                q2 = p + 2 * LANES
+                xv = _vload(x, q2)
+                av = au if uniform else _vload(alpha, q2)
+                rv = _vload(ridge, q2) if ridge_on else xv
+                wv = _vload(vel, q2) if momentum else xv
+                wn, xn = _step_math(blk[r][2], xv, av, rv, wv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+                if momentum:
+                    _vstore(vel, q2, wn)
+                _vstore(x, q2, xn)
+                s2 = _vfma(xn, xn, s2)
+        for q in range(n3, N, LANES):
+            nq = N - q
+            c0_ = _vzero(x)
+            c1_, c2_, c3_, c4_ = c0_, c0_, c0_, c0_
+            for k in range(K):
+                v = _vload_n(B, b0 + (rows[row0 + k] if gather else k) * sb + q, nq)
+                pk = pa + k * ak
+                c0_ = _vfma(_vbcast(A, pk), v, c0_)
+                c1_ = _vfma(_vbcast(A, pk + ai), v, c1_)
+                c2_ = _vfma(_vbcast(A, pk + 2 * ai), v, c2_)
+                c3_ = _vfma(_vbcast(A, pk + 3 * ai), v, c3_)
+                c4_ = _vfma(_vbcast(A, pk + 4 * ai), v, c4_)
+            blk1 = (c0_, c1_, c2_, c3_, c4_)
+            for r in range(5):
+                p = pc + r * N + q
+                xv = _vload_n(x, p, nq)
+                av = au if uniform else _vload_n(alpha, p, nq)
+                rv = _vload_n(ridge, p, nq) if ridge_on else xv
+                wv = _vload_n(vel, p, nq) if momentum else xv
+                wn, xn = _step_math(blk1[r], xv, av, rv, wv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+                if momentum:
+                    _vstore_n(vel, p, wn, nq)
+                _vstore_n(x, p, xn, nq)
+                s1 = _vfma(xn, xn, s1)                  # (lanes past nq: x's loads were zero there)
+    return _vsum(_vadd(_vadd(s0, s1), s2))
+
+
+@njit(cache=True, nogil=True)
+def _gemm_nn_step5(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gather, alpha, ridge, vel, sc, fl):
+    """``_gemm_nn_step5_as`` with fl = (uniform, alpha_on, ridge_on, momentum): the two common cases, a uniform
+    α without momentum, with the teacher's ridge term and without, get copies whose flags are constants
+    (the step's tests per vector cost as much as the step); the others test them."""
+    uniform, alpha_on, ridge_on, momentum = fl
+    if uniform and alpha_on and not momentum:
+        if ridge_on:
+            return _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gather, alpha, ridge, vel,
+                                     sc, True, True, True, False)
+        return _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gather, alpha, ridge, vel,
+                                 sc, True, True, False, False)
+    return _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gather, alpha, ridge, vel, sc,
+                             uniform, alpha_on, ridge_on, momentum)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _backward_step(x, dims, offs, A, idx, j0, H, hoff, D, Dn, g, nb, zero, act, boffs, inv_b, alpha, alpha_u,
                    uniform, ridge, a, ridge_on, gam, mom, vel):
@@ -938,12 +1065,22 @@ def _backward_step(x, dims, offs, A, idx, j0, H, hoff, D, Dn, g, nb, zero, act, 
                 g[boffs[k] + r] = s
             nx += _step_range(x, g, boffs[k], boffs[k] + rows, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on,
                               gam, mom, vel)
-        if k == 0:
-            _gemm_nn(g, offs[k], cols, cur, 0, 1, cur.shape[1], A, 0, cols, rows, nb, cols, False, idx, j0, True)
+        if rows % 5 == 0 and rows % 8 != 0:            # (ten classes) the gradient never stored
+            fl = (uniform, not (uniform and alpha_u == 0), ridge_on, mom != 0)
+            sc = (inv_b, alpha_u, a, gam, mom)
+            if k == 0:
+                nx += _gemm_nn_step5(x, offs[k], cur, 0, 1, cur.shape[1], A, 0, cols, rows, nb, cols, idx, j0, True,
+                                     alpha, ridge, vel, sc, fl)
+            else:
+                nx += _gemm_nn_step5(x, offs[k], cur, 0, 1, cur.shape[1], H, hi, hw, rows, nb, cols, idx, j0, False,
+                                     alpha, ridge, vel, sc, fl)
         else:
-            _gemm_nn(g, offs[k], cols, cur, 0, 1, cur.shape[1], H, hi, hw, rows, nb, cols, False, idx, j0, False)
-        nx += _step_range(x, g, offs[k], offs[k] + rows * cols, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on,
-                          gam, mom, vel)
+            if k == 0:
+                _gemm_nn(g, offs[k], cols, cur, 0, 1, cur.shape[1], A, 0, cols, rows, nb, cols, False, idx, j0, True)
+            else:
+                _gemm_nn(g, offs[k], cols, cur, 0, 1, cur.shape[1], H, hi, hw, rows, nb, cols, False, idx, j0, False)
+            nx += _step_range(x, g, offs[k], offs[k] + rows * cols, inv_b, alpha, alpha_u, uniform, ridge, a,
+                              ridge_on, gam, mom, vel)
         cur, nxt = nxt, cur
     return nx
 
