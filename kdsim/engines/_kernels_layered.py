@@ -36,7 +36,11 @@ gradient and for δ ← W_kᵀδ; ``_forward_lanes``: linear layers, one sample 
 block is whole groups of LANES samples), exponentials by ``_vexp``. A step whose minibatch is
 one block and whose g has no full-data term (no SVRG, c = 0) is fused into its backward pass:
 each layer's gradient block is formed and x steps on it at once (``_step_range``), ‖x‖² from
-the same pass; otherwise the gradient accumulates in g and ``_heavy_ball`` steps. The step
+the same pass; otherwise the gradient accumulates in g and ``_heavy_ball`` steps. Softmax outputs
+of ten classes (LANES < m <= LANES + 2) on whole vectors of inputs take the output layer and the
+residuals in one function (``_softmax_layer_residuals``); in the fused step, a layer whose rows are a
+multiple of 5 and not of 8 (ten classes) forms its gradient in registers and x steps on it at once
+(``_gemm_nn_step5``, no store of g). The step
 loop passes borrowed views of its arrays (``_borrow``): a call with array arguments would
 otherwise cost two atomic reference-count updates per array. The engine may pad d_in with
 zero inputs (whole vectors per row of W_1); ``keep`` maps x back to the problem's coordinates.
@@ -156,94 +160,6 @@ def _gemm_nt(C, c0, cs, A, a0, sa, B, b0, sb, M, N, K, rows, row0, gather):
                 _vstore_n(C, c0 + i * cs + r + 4, _vsplat(_vsum(a04)), 1)
 
 
-@njit(nogil=True, inline="always")
-def _gemm_nn_rows5(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, n4, accumulate, rows, row0, gather):
-    """``_gemm_nn``'s vectors of q below n4 in blocks of 5 rows × 4 vectors (M a multiple of 5): twenty
-    sums, five broadcasts and four loads per twenty fused multiply-adds, the row of B looked up once."""
-    for i in range(0, M, 5):
-        pa = a0 + i * ai
-        pc = c0 + i * cs
-        for q in range(0, n4, 4 * LANES):
-            if accumulate:
-                c00 = _vload(C, pc + q)
-                c01 = _vload(C, pc + q + LANES)
-                c02 = _vload(C, pc + q + 2 * LANES)
-                c03 = _vload(C, pc + q + 3 * LANES)
-                c10 = _vload(C, pc + cs + q)
-                c11 = _vload(C, pc + cs + q + LANES)
-                c12 = _vload(C, pc + cs + q + 2 * LANES)
-                c13 = _vload(C, pc + cs + q + 3 * LANES)
-                c20 = _vload(C, pc + 2 * cs + q)
-                c21 = _vload(C, pc + 2 * cs + q + LANES)
-                c22 = _vload(C, pc + 2 * cs + q + 2 * LANES)
-                c23 = _vload(C, pc + 2 * cs + q + 3 * LANES)
-                c30 = _vload(C, pc + 3 * cs + q)
-                c31 = _vload(C, pc + 3 * cs + q + LANES)
-                c32 = _vload(C, pc + 3 * cs + q + 2 * LANES)
-                c33 = _vload(C, pc + 3 * cs + q + 3 * LANES)
-                c40 = _vload(C, pc + 4 * cs + q)
-                c41 = _vload(C, pc + 4 * cs + q + LANES)
-                c42 = _vload(C, pc + 4 * cs + q + 2 * LANES)
-                c43 = _vload(C, pc + 4 * cs + q + 3 * LANES)
-            else:
-                c00 = _vzero(C)
-                c01, c02, c03, c10, c11, c12, c13 = c00, c00, c00, c00, c00, c00, c00
-                c20, c21, c22, c23, c30, c31, c32, c33 = c00, c00, c00, c00, c00, c00, c00, c00
-                c40, c41, c42, c43 = c00, c00, c00, c00
-            for k in range(K):
-                pb = b0 + (rows[row0 + k] if gather else k) * sb + q
-                v0 = _vload(B, pb)
-                v1 = _vload(B, pb + LANES)
-                v2 = _vload(B, pb + 2 * LANES)
-                v3 = _vload(B, pb + 3 * LANES)
-                pk = pa + k * ak
-                s = _vbcast(A, pk)
-                c00 = _vfma(s, v0, c00)
-                c01 = _vfma(s, v1, c01)
-                c02 = _vfma(s, v2, c02)
-                c03 = _vfma(s, v3, c03)
-                s = _vbcast(A, pk + ai)
-                c10 = _vfma(s, v0, c10)
-                c11 = _vfma(s, v1, c11)
-                c12 = _vfma(s, v2, c12)
-                c13 = _vfma(s, v3, c13)
-                s = _vbcast(A, pk + 2 * ai)
-                c20 = _vfma(s, v0, c20)
-                c21 = _vfma(s, v1, c21)
-                c22 = _vfma(s, v2, c22)
-                c23 = _vfma(s, v3, c23)
-                s = _vbcast(A, pk + 3 * ai)
-                c30 = _vfma(s, v0, c30)
-                c31 = _vfma(s, v1, c31)
-                c32 = _vfma(s, v2, c32)
-                c33 = _vfma(s, v3, c33)
-                s = _vbcast(A, pk + 4 * ai)
-                c40 = _vfma(s, v0, c40)
-                c41 = _vfma(s, v1, c41)
-                c42 = _vfma(s, v2, c42)
-                c43 = _vfma(s, v3, c43)
-            _vstore(C, pc + q, c00)
-            _vstore(C, pc + q + LANES, c01)
-            _vstore(C, pc + q + 2 * LANES, c02)
-            _vstore(C, pc + q + 3 * LANES, c03)
-            _vstore(C, pc + cs + q, c10)
-            _vstore(C, pc + cs + q + LANES, c11)
-            _vstore(C, pc + cs + q + 2 * LANES, c12)
-            _vstore(C, pc + cs + q + 3 * LANES, c13)
-            _vstore(C, pc + 2 * cs + q, c20)
-            _vstore(C, pc + 2 * cs + q + LANES, c21)
-            _vstore(C, pc + 2 * cs + q + 2 * LANES, c22)
-            _vstore(C, pc + 2 * cs + q + 3 * LANES, c23)
-            _vstore(C, pc + 3 * cs + q, c30)
-            _vstore(C, pc + 3 * cs + q + LANES, c31)
-            _vstore(C, pc + 3 * cs + q + 2 * LANES, c32)
-            _vstore(C, pc + 3 * cs + q + 3 * LANES, c33)
-            _vstore(C, pc + 4 * cs + q, c40)
-            _vstore(C, pc + 4 * cs + q + LANES, c41)
-            _vstore(C, pc + 4 * cs + q + 2 * LANES, c42)
-            _vstore(C, pc + 4 * cs + q + 3 * LANES, c43)
-
-
 @njit(cache=True, nogil=True)
 def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row0, gather):
     """C.flat[c0 + i·cs + q] (+)= Σ_k A.flat[a0 + i·ai + k·ak] · B.flat[b0 + ρ(k)·sb + q] for i < M, q < N,
@@ -255,10 +171,7 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
     A partial block repeats its last row (both copies load C before either stores the same values).
     """
     n4 = N - N % (4 * LANES)
-    five = M % 8 != 0 and M % 5 == 0                    # (softmax on 10 classes: no row computed twice)
-    if five:
-        _gemm_nn_rows5(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, n4, accumulate, rows, row0, gather)
-    for i in range(0, 0 if five else M, 2):
+    for i in range(0, M, 2):
         i1 = min(i + 1, M - 1)
         pa0 = a0 + i * ai
         pa1 = a0 + i1 * ai
@@ -307,6 +220,7 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
             _vstore(C, pc1 + q + LANES, c11)
             _vstore(C, pc1 + q + 2 * LANES, c12)
             _vstore(C, pc1 + q + 3 * LANES, c13)
+    five = M % 8 != 0 and M % 5 == 0                    # (softmax on 10 classes: no row computed twice)
     rb = 5 if five else 8
     for q in range(n4, N, LANES):
         nq = N - q
