@@ -466,6 +466,12 @@ def _store_residual_pair(D, j, j1, nv, p0, p1, q0, q1, m, Y, i, i1, ma, rt, teac
     _vstore_n(D, j * dw + LANES, d1, nv - LANES)
 
 
+@njit(nogil=True, inline="always")
+def _fma_pair(w, h, g, u, v):
+    """(u + w⊙h, v + w⊙g): one weight vector against two samples' inputs."""
+    return _vfma(w, h, u), _vfma(w, g, v)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0, nb, D, a, rt, teacher, Z, zoff):
     """The output layer and the softmax residuals in one pass, for LANES < m <= LANES + 2 classes (ten
@@ -499,36 +505,16 @@ def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0,
         for q in range(0, K, LANES):
             h = _vload(Hin, pa + q)
             g = _vload(Hin, pb + q)
-            w = _vload(x, w0 + q)
-            u0 = _vfma(w, h, u0)
-            v0 = _vfma(w, g, v0)
-            w = _vload(x, w0 + K + q)
-            u1 = _vfma(w, h, u1)
-            v1 = _vfma(w, g, v1)
-            w = _vload(x, w0 + 2 * K + q)
-            u2 = _vfma(w, h, u2)
-            v2 = _vfma(w, g, v2)
-            w = _vload(x, w0 + 3 * K + q)
-            u3 = _vfma(w, h, u3)
-            v3 = _vfma(w, g, v3)
-            w = _vload(x, w0 + 4 * K + q)
-            u4 = _vfma(w, h, u4)
-            v4 = _vfma(w, g, v4)
-            w = _vload(x, w0 + 5 * K + q)
-            u5 = _vfma(w, h, u5)
-            v5 = _vfma(w, g, v5)
-            w = _vload(x, w0 + 6 * K + q)
-            u6 = _vfma(w, h, u6)
-            v6 = _vfma(w, g, v6)
-            w = _vload(x, w0 + 7 * K + q)
-            u7 = _vfma(w, h, u7)
-            v7 = _vfma(w, g, v7)
-            w = _vload(x, w0 + 8 * K + q)
-            u8 = _vfma(w, h, u8)
-            v8 = _vfma(w, g, v8)
-            w = _vload(x, p9 + q)
-            u9 = _vfma(w, h, u9)
-            v9 = _vfma(w, g, v9)
+            u0, v0 = _fma_pair(_vload(x, w0 + q), h, g, u0, v0)
+            u1, v1 = _fma_pair(_vload(x, w0 + K + q), h, g, u1, v1)
+            u2, v2 = _fma_pair(_vload(x, w0 + 2 * K + q), h, g, u2, v2)
+            u3, v3 = _fma_pair(_vload(x, w0 + 3 * K + q), h, g, u3, v3)
+            u4, v4 = _fma_pair(_vload(x, w0 + 4 * K + q), h, g, u4, v4)
+            u5, v5 = _fma_pair(_vload(x, w0 + 5 * K + q), h, g, u5, v5)
+            u6, v6 = _fma_pair(_vload(x, w0 + 6 * K + q), h, g, u6, v6)
+            u7, v7 = _fma_pair(_vload(x, w0 + 7 * K + q), h, g, u7, v7)
+            u8, v8 = _fma_pair(_vload(x, w0 + 8 * K + q), h, g, u8, v8)
+            u9, v9 = _fma_pair(_vload(x, p9 + q), h, g, u9, v9)
         z0 = _vhsum8(u0, u1, u2, u3, u4, u5, u6, u7)
         y0 = _vhsum8(v0, v1, v2, v3, v4, v5, v6, v7)
         t = _vhsum8(u8, u9, u8, u9, v8, v9, v8, v9)     # lanes 0, 1: sample j's last logits; 4, 5: sample j1's
@@ -824,6 +810,12 @@ def _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge
 
 
 @njit(nogil=True, inline="always")
+def _fma_row3(w, v0, v1, v2, c0, c1, c2):
+    """(c0 + w⊙v0, c1 + w⊙v1, c2 + w⊙v2): one broadcast entry against three vectors of a row."""
+    return _vfma(w, v0, c0), _vfma(w, v1, c1), _vfma(w, v2, c2)
+
+
+@njit(nogil=True, inline="always")
 def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gather, alpha, ridge, vel, sc,
                       uniform, alpha_on, ridge_on, momentum):
     """One layer's gradient and its step together, for M a multiple of 5 (ten classes): the block G of
@@ -840,7 +832,6 @@ def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gath
     n3 = N - N % (3 * LANES)
     s0 = _vzero(x)
     s1 = s0
-    s2 = s0
     for i in range(0, M, 5):
         pa = a0 + i * ai
         pc = xo + i * N
@@ -854,59 +845,26 @@ def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gath
                 v1 = _vload(B, pb + LANES)
                 v2 = _vload(B, pb + 2 * LANES)
                 pk = pa + k * ak
-                w = _vbcast(A, pk)
-                c00 = _vfma(w, v0, c00)
-                c01 = _vfma(w, v1, c01)
-                c02 = _vfma(w, v2, c02)
-                w = _vbcast(A, pk + ai)
-                c10 = _vfma(w, v0, c10)
-                c11 = _vfma(w, v1, c11)
-                c12 = _vfma(w, v2, c12)
-                w = _vbcast(A, pk + 2 * ai)
-                c20 = _vfma(w, v0, c20)
-                c21 = _vfma(w, v1, c21)
-                c22 = _vfma(w, v2, c22)
-                w = _vbcast(A, pk + 3 * ai)
-                c30 = _vfma(w, v0, c30)
-                c31 = _vfma(w, v1, c31)
-                c32 = _vfma(w, v2, c32)
-                w = _vbcast(A, pk + 4 * ai)
-                c40 = _vfma(w, v0, c40)
-                c41 = _vfma(w, v1, c41)
-                c42 = _vfma(w, v2, c42)
+                c00, c01, c02 = _fma_row3(_vbcast(A, pk), v0, v1, v2, c00, c01, c02)
+                c10, c11, c12 = _fma_row3(_vbcast(A, pk + ai), v0, v1, v2, c10, c11, c12)
+                c20, c21, c22 = _fma_row3(_vbcast(A, pk + 2 * ai), v0, v1, v2, c20, c21, c22)
+                c30, c31, c32 = _fma_row3(_vbcast(A, pk + 3 * ai), v0, v1, v2, c30, c31, c32)
+                c40, c41, c42 = _fma_row3(_vbcast(A, pk + 4 * ai), v0, v1, v2, c40, c41, c42)
             blk = ((c00, c01, c02), (c10, c11, c12), (c20, c21, c22), (c30, c31, c32), (c40, c41, c42))
-            for r in range(5):                          # (three sums of squares: no chain through the block)
-                p = pc + r * N + q
-                q0 = p
-                xv = _vload(x, q0)
-                av = au if uniform else _vload(alpha, q0)
-                rv = _vload(ridge, q0) if ridge_on else xv
-                wv = _vload(vel, q0) if momentum else xv
-                wn, xn = _step_math(blk[r][0], xv, av, rv, wv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
-                if momentum:
-                    _vstore(vel, q0, wn)
-                _vstore(x, q0, xn)
-                s0 = _vfma(xn, xn, s0)
-                q1 = p + LANES
-                xv = _vload(x, q1)
-                av = au if uniform else _vload(alpha, q1)
-                rv = _vload(ridge, q1) if ridge_on else xv
-                wv = _vload(vel, q1) if momentum else xv
-                wn, xn = _step_math(blk[r][1], xv, av, rv, wv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
-                if momentum:
-                    _vstore(vel, q1, wn)
-                _vstore(x, q1, xn)
-                s1 = _vfma(xn, xn, s1)
-                q2 = p + 2 * LANES
-                xv = _vload(x, q2)
-                av = au if uniform else _vload(alpha, q2)
-                rv = _vload(ridge, q2) if ridge_on else xv
-                wv = _vload(vel, q2) if momentum else xv
-                wn, xn = _step_math(blk[r][2], xv, av, rv, wv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
-                if momentum:
-                    _vstore(vel, q2, wn)
-                _vstore(x, q2, xn)
-                s2 = _vfma(xn, xn, s2)
+            for r in range(5):
+                t = _vzero(x)                           # (a row's squares apart: no chain through the block)
+                for v in range(3):
+                    p = pc + r * N + q + v * LANES
+                    xv = _vload(x, p)
+                    av = au if uniform else _vload(alpha, p)
+                    rv = _vload(ridge, p) if ridge_on else xv
+                    wv = _vload(vel, p) if momentum else xv
+                    wn, xn = _step_math(blk[r][v], xv, av, rv, wv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+                    if momentum:
+                        _vstore(vel, p, wn)
+                    _vstore(x, p, xn)
+                    t = _vfma(xn, xn, t)
+                s0 = _vadd(s0, t)
         for q in range(n3, N, LANES):
             nq = N - q
             c0_ = _vzero(x)
@@ -931,7 +889,7 @@ def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gath
                     _vstore_n(vel, p, wn, nq)
                 _vstore_n(x, p, xn, nq)
                 s1 = _vfma(xn, xn, s1)                  # (lanes past nq: x's loads were zero there)
-    return _vsum(_vadd(_vadd(s0, s1), s2))
+    return _vsum(_vadd(s0, s1))
 
 
 @njit(cache=True, nogil=True)
