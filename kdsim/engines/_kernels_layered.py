@@ -481,7 +481,7 @@ def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0,
     number of vectors. Z's rows from zoff (2·LANES each) receive the logits less their max.
 
     First the logits, two samples × m classes at a time: 2m sums over the inputs, LANES terms at a time,
-    each weight vector loaded once for both samples (``_gemm_nt`` blocks 2 × 5 and loads W twice), reduced
+    each input vector loaded once for all m classes (``_gemm_nt``'s blocks of 2 × 5 load it twice), reduced
     by transposing horizontal sums into whole vectors, shifted by their max and stored whole (a later load
     of them is served by store forwarding; ``_gemm_nt``'s masked stores were not). Then the softmax of each
     pair of samples (``_softmax_pair``): the pairs' chains are independent, so they overlap, where in one
