@@ -565,7 +565,8 @@ def test_softmax_kernel_on_many_classes_matches_reference(k):
 
 
 
-@pytest.mark.parametrize("hidden", [(8,), (3, 32), (6,)])
+@pytest.mark.parametrize("hidden", [pytest.param((8,), marks=pytest.mark.slow), (3, 32),
+                                    pytest.param((6,), marks=pytest.mark.slow)])
 def test_ten_class_deep_linear_softmax_matches_reference(hidden):
     # a deep linear softmax net on ten classes: the last hidden width whole vectors (8) takes the output layer
     # and the residuals in one pass, after the hidden layers (batches of 8 and 16: the lanes path of the forward

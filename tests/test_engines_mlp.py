@@ -178,13 +178,19 @@ def test_teacher_outputs_refuse_what_needs_parameters():
         teachers.from_model(kdsim.SoftmaxRegression(p.A, np.arange(24) % 3, 3, l2=0.1), p, p.default_x0())
 
 
-@pytest.mark.parametrize("hidden, bias", [((32,), True), ((32,), False), ((5, 32), True), ((5,), True)])
-@pytest.mark.parametrize("estimator", ["kd", "corrected", "svrg", "kd_loss"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("hidden, bias", [((32,), True), pytest.param((32,), False, marks=SLOW),
+                                          pytest.param((5, 32), True, marks=SLOW), ((5,), True)])
+@pytest.mark.parametrize("estimator", ["kd", pytest.param("corrected", marks=SLOW), pytest.param("svrg", marks=SLOW),
+                                       pytest.param("kd_loss", marks=SLOW)])
 def test_ten_class_output_layer_matches_the_reference(hidden, bias, estimator):
     # ten classes: the numba kernel forms the output layer's logits and softmax residuals in one pass where
     # the last hidden width is whole SIMD vectors (32; with and without biases, one and two hidden layers), and
     # takes the layer-by-layer path otherwise (5); batches 1, 3 (a pass repeats its last sample) and 24. The
-    # output layer's gradient steps x as it is formed (blocks of 3 vectors, then 1: 32 inputs take both)
+    # output layer's gradient steps x as it is formed (blocks of 3 vectors, then 1: 32 inputs take both).
+    # The default run keeps kd on one hidden layer of 32 with biases and the fallback; the rest is slow
     A, y = np.random.default_rng(3).standard_normal((24, 4)), np.arange(24) % 10
     p = MLP(A, y, hidden=hidden, activation="tanh", loss="softmax", bias=bias, l2=0.05, n_classes=10)
     theta = teacher(p)
