@@ -783,3 +783,137 @@ def test_layered_kernel_on_cpus_without_avx512(cpu, tmp_path):
     env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", _OTHER_TARGET], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-3000:]
+
+
+# ------------------------------------------------------------- the intercept as a bias
+def _intercept_problems():
+    """Problems whose last input is an intercept column and whose other inputs are whole vectors of the kernel
+    (d = LANES and 2·LANES features + the ones column): the runner gives the column's weights to the kernel
+    as the layer's bias."""
+    from kdsim.engines._simd import LANES
+    from kdsim.problems.glm import LogisticRegression, PoissonRegression
+    from kdsim.problems.softmax import SoftmaxRegression
+    r = np.random.default_rng(11)
+    A = r.standard_normal((60, 2 * LANES))
+    return {
+        "softmax10": SoftmaxRegression(A, r.integers(0, 10, 60), 10, bias=True, l2=0.1),
+        "softmax3_l2_bias_off": SoftmaxRegression(A[:, :LANES], r.integers(0, 3, 60), 3, bias=True, l2=0.1,
+                                                  l2_bias=False),
+        "logistic": LogisticRegression(A[:, :LANES], (r.random(60) < 0.4).astype(float), l2=0.1, bias=True),
+        "poisson": PoissonRegression(0.3 * A[:, :LANES], r.poisson(1.0, 60).astype(float), l2=0.05, bias=True),
+    }
+
+
+@pytest.mark.parametrize("name", ["softmax10", "softmax3_l2_bias_off", "logistic", "poisson"])
+def test_intercept_column_runs_as_the_layer_bias_and_matches_reference(name):
+    # the fold is taken (its layout checked), and every path that reads the bias agrees with the reference:
+    # the fused step (kd, b = 3 and 24), the teacher's full term through Gt's bias column (corrected), the
+    # snapshot's full gradient (svrg), momentum, reshuffled epochs, α not uniform (l2_bias=False)
+    p = _intercept_problems()[name]
+    theta = p.solution() + 0.3 * np.random.default_rng(12).standard_normal(p.dim)
+    cases = [("kd", 3, 0.0, "iid"), ("kd", 24, 0.5, "reshuffle"), ("corrected", 5, 0.0, "iid"),
+             ("svrg", 4, 0.0, "iid")]
+    for estimator, b, momentum, sampling in cases:
+        plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 30, 2, batch_size=b, estimator=estimator,
+                         record_every=10, seed=4, svrg_period=6, momentum=momentum, sampling=sampling)
+        runner = driver.prepare(p, plan, numba_cpu)
+        assert runner.fold
+        d0 = p.A.shape[1]
+        assert runner.A.shape[1] == d0 - 1 and np.array_equal(runner.A[:, :], p.A[:, :-1])
+        m = runner.dims[1]
+        assert list(runner.boffs) == [m * (d0 - 1), m * d0]
+        # the kernel's x is a permutation of the problem's: its bias block holds the intercept weights
+        x = np.arange(p.dim, dtype=float)
+        xk = np.empty(p.dim)
+        xk[runner.keep] = x
+        np.testing.assert_array_equal(xk[runner.boffs[0]:], x.reshape(m, d0)[:, -1])
+        got = run_arrays(numba_cpu, p, plan)
+        want = run_arrays(reference, p, plan)
+        assert_records_close(got, want)
+        np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+
+
+def test_intercept_fold_needs_a_column_of_ones_and_one_layer():
+    # a last column that is not all ones, inputs that are not whole vectors, or several layers: no fold
+    from kdsim.engines._simd import LANES
+    from kdsim.problems.deep_linear import DeepLinear
+    from kdsim.problems.softmax import SoftmaxRegression
+    r = np.random.default_rng(13)
+    A = np.hstack([r.standard_normal((40, LANES)), np.ones((40, 1))])
+    y = r.integers(0, 10, 40)
+    B = A.copy()
+    B[7, -1] = 1.5
+    almost = SoftmaxRegression(B, y, 10, l2=0.1)
+    ragged = SoftmaxRegression(A[:, :LANES - 1].copy(), y, 10, bias=True, l2=0.1)
+    deep = DeepLinear(A, y, hidden=(8,), loss="softmax", l2=0.1)
+    for p in (almost, ragged, deep):
+        theta = p.solution() + 0.2 * r.standard_normal(p.dim)
+        plan = make_plan(p, theta, [0.0, 1.0], 0.05, 20, 2, batch_size=4, record_every=10)
+        assert not driver.prepare(p, plan, numba_cpu).fold
+        got = run_arrays(numba_cpu, p, plan)
+        want = run_arrays(reference, p, plan)
+        assert_records_close(got, want)
+
+
+def test_intercept_fold_with_the_tempered_kd_loss_matches_reference():
+    # the tempered loss keeps the logits stored (layer by layer, the bias added in the forward pass)
+    p = _intercept_problems()["softmax10"]
+    theta = p.solution() + 0.3 * np.random.default_rng(14).standard_normal(p.dim)
+    plan = make_plan(p, theta, [0.0, 0.5, 1.0], 0.05, 30, 2, batch_size=6, estimator="kd_loss", record_every=10,
+                     temperature=2.0)
+    assert driver.prepare(p, plan, numba_cpu).fold
+    got = run_arrays(numba_cpu, p, plan)
+    want = run_arrays(reference, p, plan)
+    assert_records_close(got, want)
+    np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+
+
+def test_vector_exp_safe_bounds_per_dtype():
+    # |z| <= 700 (float64) or 80 (float32) in every lane, NaN failing: the softmax's unshifted branch
+    from numba import njit
+
+    from kdsim.engines._simd import EXP_SAFE, LANES, _vexp_safe, _vload
+
+    @njit
+    def safe(x):
+        return _vexp_safe(_vload(x, 0))
+    for dt, bits in ((np.float64, 64), (np.float32, 32)):
+        c = EXP_SAFE[bits]
+        base = np.linspace(-c, c, LANES).astype(dt)
+        assert safe(base)
+        for bad in (np.nextafter(dt(c), dt(np.inf)), -np.nextafter(dt(c), dt(np.inf)), np.nan):
+            for lane in (0, LANES - 1):
+                x = base.copy()
+                x[lane] = bad
+                assert not safe(x)
+    # the bound's promise: LANES·2 exps of magnitude c, their sum and its reciprocal are normal numbers
+    for dt, bits in ((np.float64, 64), (np.float32, 32)):
+        c = EXP_SAFE[bits]
+        with np.errstate(all="raise"):
+            big = dt(2 * LANES) * np.exp(dt(c))
+            assert np.isfinite(big) and dt(1) / big >= np.finfo(dt).tiny and np.exp(dt(-c)) >= np.finfo(dt).tiny
+
+
+@pytest.mark.parametrize("scale", [1.0, 400.0])
+def test_ten_class_softmax_large_logits_take_the_shifted_branch_and_match_reference(scale):
+    # logits beyond ±700 (inputs × 400 from a start far from 0) take the softmax's shift by the max; both
+    # branches agree with the reference's stable softmax
+    from kdsim.engines._simd import LANES
+    from kdsim.problems.softmax import SoftmaxRegression
+    r = np.random.default_rng(15)
+    p = SoftmaxRegression(scale * r.standard_normal((50, 2 * LANES)), r.integers(0, 10, 50), 10, bias=True, l2=0.1)
+    theta = p.solution() + 0.3 * r.standard_normal(p.dim)
+    x0 = 0.5 * r.standard_normal(p.dim)
+    z = p.A @ x0.reshape(10, -1).T
+    assert (np.abs(z).max() > 700) == (scale > 1)
+    plan = make_plan(p, theta, [0.0, 0.5, 1.0], 1e-6, 20, 2, batch_size=4, record_every=10, x0=x0)
+    got = run_arrays(numba_cpu, p, plan)
+    want = run_arrays(reference, p, plan)
+    assert_records_close(got, want)
+    np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
+
+
+def test_intercept_fold_in_float32_close_to_float64():
+    # float32 takes the same fold and the softmax's float32 bound (|z| <= 80 unshifted)
+    p = _intercept_problems()["softmax10"]
+    _float32_case(p, p.solution() + 0.2, False, 2e-3, 1e-4)

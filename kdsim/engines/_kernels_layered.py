@@ -61,9 +61,10 @@ from numba import njit
 from ..rng import batch_into_nb
 from . import _activations
 from ._kernels_ls import FASTMATH, _heavy_ball
-from ._simd import (LANES, _aligned_empty, _alive, _borrow, _vadd, _vbcast, _vblend_n, _vdiv, _vexp, _vfma,
-                    _vhigh_to_low, _vhsum8, _vjoin_low, _vkeep_n, _vload, _vload_n, _vmax, _vmax_all, _vmul, _vsplat,
-                    _vsplat_recip, _vstore, _vstore_half_n, _vstore_n, _vsub, _vsum, _vtranspose8, _vzero)
+from ._simd import (LANES, _aligned_empty, _alive, _borrow, _vabs, _vadd, _vbcast, _vblend_n, _vdiv, _vexp,
+                    _vexp_safe, _vfma, _vhigh_to_low, _vhsum8, _vjoin_low, _vkeep_n, _vload, _vload_n, _vmax,
+                    _vmax_all, _vmul, _vsplat, _vsplat_recip, _vstore, _vstore_half_n, _vstore_n, _vsub, _vsum,
+                    _vtranspose8, _vzero)
 
 #: samples taken through the layers together; the minibatch scratch of a trajectory is
 #: O(SAMPLE_BLOCK · Σ widths) whatever the batch size (full-batch runs included)
@@ -424,10 +425,12 @@ def _softmax_shift(z0, z1, m):
 @njit(nogil=True, inline="always")
 def _softmax_pair(z0, z1, y0, y1, m, shifted):
     """The softmax probabilities of two samples with LANES < m <= 2·LANES classes, from their logits (z0, z1)
-    and (y0, y1) (classes 0 .. LANES − 1, then the rest; lanes past m ignored; ``shifted``: logits less
-    their max already, ``_softmax_shift``): (p0, p1, q0, q1), lanes past m zero. The two chains of exp,
-    sum and reciprocal are independent."""
-    if not shifted:
+    and (y0, y1) (classes 0 .. LANES − 1, then the rest; lanes past m ignored but finite; ``shifted``:
+    logits less their max already, ``_softmax_shift``): (p0, p1, q0, q1), lanes past m zero. Logits of
+    magnitude at most ``_simd.EXP_SAFE`` need no shift (their exps and sums are normal numbers; the check is one
+    compare, off the exps' chains, where the max is a chain of shuffles before them). The two chains
+    of exp, sum and reciprocal are independent."""
+    if not shifted and not _vexp_safe(_vmax(_vmax(_vabs(z0), _vabs(z1)), _vmax(_vabs(y0), _vabs(y1)))):
         z0, z1 = _softmax_shift(z0, z1, m)
         y0, y1 = _softmax_shift(y0, y1, m)
     e0 = _vexp(z0)
@@ -447,23 +450,16 @@ def _softmax_pair(z0, z1, y0, y1, m, shifted):
 
 
 @njit(nogil=True, inline="always")
-def _store_residual_pair(D, j, j1, nv, p0, p1, q0, q1, m, Y, i, i1, ma, rt, teacher):
-    """Rows j and j1 of D: the softmax residuals p − y_i and q − y_i1 (``_softmax_pair``), less a·rθ of each
-    sample when ``teacher`` (ma = −a in every lane); ``nv`` the lanes a row's store may write."""
-    dw = D.shape[1]
-    d0 = _vsub(p0, _vload(Y, i * m))
-    d1 = _vsub(p1, _vload_n(Y, i * m + LANES, m - LANES))
-    c0 = _vsub(q0, _vload(Y, i1 * m))
-    c1 = _vsub(q1, _vload_n(Y, i1 * m + LANES, m - LANES))
+def _less_targets(p0, p1, y0, y1, t0, t1, ma, teacher):
+    """One sample's residual vectors p − y (classes 0 .. LANES − 1, then the rest), less a·rθ = −ma⊙t when
+    ``teacher``. Values only: the callers load and store (an inlined helper taking D, Y and rt cost
+    reference-count calls per pair, and the calls spill every vector register)."""
+    d0 = _vsub(p0, y0)
+    d1 = _vsub(p1, y1)
     if teacher:
-        d0 = _vfma(ma, _vload(rt, i * m), d0)
-        d1 = _vfma(ma, _vload_n(rt, i * m + LANES, m - LANES), d1)
-        c0 = _vfma(ma, _vload(rt, i1 * m), c0)
-        c1 = _vfma(ma, _vload_n(rt, i1 * m + LANES, m - LANES), c1)
-    _vstore_n(D, j1 * dw, c0, nv)
-    _vstore_n(D, j1 * dw + LANES, c1, nv - LANES)
-    _vstore_n(D, j * dw, d0, nv)
-    _vstore_n(D, j * dw + LANES, d1, nv - LANES)
+        d0 = _vfma(ma, t0, d0)
+        d1 = _vfma(ma, t1, d1)
+    return d0, d1
 
 
 @njit(nogil=True, inline="always")
@@ -525,8 +521,6 @@ def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0,
             y0 = _vadd(y0, _vload(x, boff))
             z1 = _vadd(z1, _vload_n(x, boff + LANES, m - LANES))
             y1 = _vadd(y1, _vload_n(x, boff + LANES, m - LANES))
-        z0, z1 = _softmax_shift(z0, z1, m)
-        y0, y1 = _softmax_shift(y0, y1, m)
         _vstore(Z, j1 * zw + zoff, y0)
         _vstore(Z, j1 * zw + zoff + LANES, y1)
         _vstore(Z, j * zw + zoff, z0)
@@ -535,9 +529,20 @@ def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0,
         j1 = min(j + 1, nb - 1)
         pz = j * zw + zoff
         pz1 = j1 * zw + zoff
-        q0, q1, s0, s1 = _softmax_pair(_vload(Z, pz), _vload(Z, pz + LANES), _vload(Z, pz1), _vload(Z, pz1 + LANES), m,
-                                       True)
-        _store_residual_pair(D, j, j1, nv, q0, q1, s0, s1, m, Y, idx[j0 + j], idx[j0 + j1], ma, rt, teacher)
+        p0, p1, q0, q1 = _softmax_pair(_vload(Z, pz), _vload(Z, pz + LANES), _vload(Z, pz1), _vload(Z, pz1 + LANES), m,
+                                       False)
+        i = idx[j0 + j]
+        i1 = idx[j0 + j1]
+        t0, t1, u0, u1 = ma, ma, ma, ma
+        if teacher:
+            t0, t1 = _vload(rt, i * m), _vload_n(rt, i * m + LANES, m - LANES)
+            u0, u1 = _vload(rt, i1 * m), _vload_n(rt, i1 * m + LANES, m - LANES)
+        d0, d1 = _less_targets(p0, p1, _vload(Y, i * m), _vload_n(Y, i * m + LANES, m - LANES), t0, t1, ma, teacher)
+        c0, c1 = _less_targets(q0, q1, _vload(Y, i1 * m), _vload_n(Y, i1 * m + LANES, m - LANES), u0, u1, ma, teacher)
+        _vstore_n(D, j1 * dw, c0, nv)
+        _vstore_n(D, j1 * dw + LANES, c1, nv - LANES)
+        _vstore_n(D, j * dw, d0, nv)
+        _vstore_n(D, j * dw + LANES, d1, nv - LANES)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -560,7 +565,20 @@ def _output_residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero, a, rt, teacher)
             hj1 = j1 * hw + zoff
             p0, p1, q0, q1 = _softmax_pair(_vload(H, hj), _vload_n(H, hj + LANES, m - LANES), _vload(H, hj1),
                                            _vload_n(H, hj1 + LANES, m - LANES), m, False)
-            _store_residual_pair(D, j, j1, nv, p0, p1, q0, q1, m, Y, idx[j0 + j], idx[j0 + j1], ma, rt, teacher)
+            i = idx[j0 + j]
+            i1 = idx[j0 + j1]
+            t0, t1, u0, u1 = ma, ma, ma, ma
+            if teacher:
+                t0, t1 = _vload(rt, i * m), _vload_n(rt, i * m + LANES, m - LANES)
+                u0, u1 = _vload(rt, i1 * m), _vload_n(rt, i1 * m + LANES, m - LANES)
+            d0, d1 = _less_targets(p0, p1, _vload(Y, i * m), _vload_n(Y, i * m + LANES, m - LANES), t0, t1, ma,
+                                   teacher)
+            c0, c1 = _less_targets(q0, q1, _vload(Y, i1 * m), _vload_n(Y, i1 * m + LANES, m - LANES), u0, u1, ma,
+                                   teacher)
+            _vstore_n(D, j1 * dw, c0, nv)
+            _vstore_n(D, j1 * dw + LANES, c1, nv - LANES)
+            _vstore_n(D, j * dw, d0, nv)
+            _vstore_n(D, j * dw + LANES, d1, nv - LANES)
         return
     if code == 1 and m <= LANES:
         for j in range(nb):
@@ -816,11 +834,17 @@ def _fma_row3(w, v0, v1, v2, c0, c1, c2):
 
 
 @njit(nogil=True, inline="always")
+def _fma_row2(w, v0, v1, c0, c1):
+    """(c0 + w⊙v0, c1 + w⊙v1): one broadcast entry against two vectors of a row."""
+    return _vfma(w, v0, c0), _vfma(w, v1, c1)
+
+
+@njit(nogil=True, inline="always")
 def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gather, alpha, ridge, vel, sc,
                       uniform, alpha_on, ridge_on, momentum):
     """One layer's gradient and its step together, for M a multiple of 5 (ten classes): the block G of
     ``_gemm_nn`` (C = x from xo, row stride N) is formed in registers, 5 rows × 3 vectors (the vectors left
-    over 5 rows × 1), and x steps on it at once (``_step_math``): the gradient is never stored and loaded
+    over 5 rows × 2, then 5 rows × 1), and x steps on it at once (``_step_math``): the gradient is never stored and loaded
     back, which halves the stores of a step. Three vectors, not four: the step's constants must stay in
     registers beside the fifteen sums. The flags are ``_step_range``'s (constants where it is inlined).
     Returns Σ x_new² over the layer."""
@@ -865,7 +889,37 @@ def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gath
                     _vstore(x, p, xn)
                     t = _vfma(xn, xn, t)
                 s0 = _vadd(s0, t)
-        for q in range(n3, N, LANES):
+        q1 = n3
+        if N - n3 >= 2 * LANES:                         # two whole vectors left: 5 rows × 2
+            q1 = n3 + 2 * LANES
+            d00 = _vzero(x)
+            d01, d10, d11, d20, d21, d30, d31, d40, d41 = d00, d00, d00, d00, d00, d00, d00, d00, d00
+            for k in range(K):
+                pb = b0 + (rows[row0 + k] if gather else k) * sb + n3
+                v0 = _vload(B, pb)
+                v1 = _vload(B, pb + LANES)
+                pk = pa + k * ak
+                d00, d01 = _fma_row2(_vbcast(A, pk), v0, v1, d00, d01)
+                d10, d11 = _fma_row2(_vbcast(A, pk + ai), v0, v1, d10, d11)
+                d20, d21 = _fma_row2(_vbcast(A, pk + 2 * ai), v0, v1, d20, d21)
+                d30, d31 = _fma_row2(_vbcast(A, pk + 3 * ai), v0, v1, d30, d31)
+                d40, d41 = _fma_row2(_vbcast(A, pk + 4 * ai), v0, v1, d40, d41)
+            blk2 = ((d00, d01), (d10, d11), (d20, d21), (d30, d31), (d40, d41))
+            for r in range(5):
+                t = _vzero(x)
+                for v in range(2):
+                    p = pc + r * N + n3 + v * LANES
+                    xv = _vload(x, p)
+                    av = au if uniform else _vload(alpha, p)
+                    rv = _vload(ridge, p) if ridge_on else xv
+                    wv = _vload(vel, p) if momentum else xv
+                    wn, xn = _step_math(blk2[r][v], xv, av, rv, wv, ib, ma, mg, mu, alpha_on, ridge_on, momentum)
+                    if momentum:
+                        _vstore(vel, p, wn)
+                    _vstore(x, p, xn)
+                    t = _vfma(xn, xn, t)
+                s0 = _vadd(s0, t)
+        for q in range(q1, N, LANES):
             nq = N - q
             c0_ = _vzero(x)
             c1_, c2_, c3_, c4_ = c0_, c0_, c0_, c0_
@@ -930,13 +984,25 @@ def _backward_step(x, dims, offs, A, idx, j0, H, hoff, D, Dn, g, nb, zero, act, 
                     for c in range(cols):
                         nxt[j, c] *= _activation_d1(act, H[j, hi + c])
         if boffs.shape[0] > 0:
-            for r in range(rows):
-                s = zero
+            # the bias steps on Σ_j δ_j, LANES rows at a time (sample order kept), as ``_step_range`` would; its
+            # few vectors test the flags (a call would cost more)
+            cw = cur.shape[1]
+            for r in range(0, rows, LANES):
+                nr = rows - r
+                s = _vzero(g)
                 for j in range(nb):
-                    s += cur[j, r]
-                g[boffs[k] + r] = s
-            nx += _step_range(x, g, boffs[k], boffs[k] + rows, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on,
-                              gam, mom, vel)
+                    s = _vadd(s, _vload_n(cur, j * cw + r, nr))
+                p = boffs[k] + r
+                xv = _vload_n(x, p, nr)
+                av = _vsplat(alpha_u) if uniform else _vload_n(alpha, p, nr)
+                rv = _vload_n(ridge, p, nr) if ridge_on else xv
+                wv = _vload_n(vel, p, nr) if mom != 0 else xv
+                wn, xn = _step_math(s, xv, av, rv, wv, _vsplat(inv_b), _vsplat(-a), _vsplat(-gam), _vsplat(mom),
+                                    not (uniform and alpha_u == 0), ridge_on, mom != 0)
+                if mom != 0:
+                    _vstore_n(vel, p, wn, nr)
+                _vstore_n(x, p, xn, nr)
+                nx += _vsum(_vmul(xn, xn))
         if rows % 5 == 0 and rows % 8 != 0:            # (ten classes) the gradient never stored
             fl = (uniform, not (uniform and alpha_u == 0), ridge_on, mom != 0)
             sc = (inv_b, alpha_u, a, gam, mom)
@@ -1054,7 +1120,10 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     wout = 0
     for k in range(1, L + 1):
         wout = max(wout, dims[k])
-    linear = act == 0 and boffs.shape[0] == 0            # the end-to-end map W_L⋯W_1 exists
+    # one layer whose bias is the problem's intercept column (the engine's ``fold``): Gt's last column is the
+    # bias's teacher term, and z = Wa + b is still the one-layer linear map
+    folded = L == 1 and boffs.shape[0] > 0 and Gt.shape[1] == d_in + 1
+    linear = act == 0 and (boffs.shape[0] == 0 or folded)   # the end-to-end map W_L⋯W_1 exists
     full_pass = snapshot or (use_teacher and not linear)  # full-data back-propagations (MLP's corrected KD)
     rows_x = min(b, SAMPLE_BLOCK)
     rows_y = SAMPLE_BLOCK if full_pass else 0
@@ -1210,6 +1279,8 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
                         for o in range(d_out):
                             for q in range(d_in):
                                 g[o * d_in + q] += c * Gt[o, q]
+                            if folded:
+                                g[boffs[0] + o] += c * Gt[o, d_in]
                     elif not linear:                         # c·(1/n)Σ_i J_i(x)ᵀ rθ_i, back-propagated at x
                         for s0 in range(0, n, SAMPLE_BLOCK):
                             nb = min(SAMPLE_BLOCK, n - s0)

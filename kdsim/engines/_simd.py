@@ -490,6 +490,25 @@ def _vnonneg(typingctx, v):
     return v(v), codegen
 
 
+#: |z| bounds within which e^z, sums of up to 2·LANES such terms and their reciprocals are normal numbers
+#: (float64: e^±700, 16·e^700 < 1.8e308; float32: e^±80, 16·e^80 < 3.4e38)
+EXP_SAFE = {64: 700.0, 32: 80.0}
+
+
+@intrinsic
+def _vexp_safe(typingctx, v):
+    """True when every lane has |v| <= ``EXP_SAFE`` of v's dtype (a NaN lane fails): a softmax of such
+    logits needs no shift by their max. One compare into a mask, no reduction chain."""
+    def codegen(context, builder, sig, args):
+        vty = args[0].type
+        bits = 64 if vty.element == ir.DoubleType() else 32
+        absv = _intrinsic(builder, f"llvm.fabs.{_vname(vty)}", vty, [args[0]])
+        ok = builder.fcmp_ordered("<=", absv, ir.Constant(vty, [EXP_SAFE[bits]] * LANES))
+        mask = builder.bitcast(ok, ir.IntType(LANES))
+        return builder.icmp_unsigned("==", mask, ir.Constant(ir.IntType(LANES), (1 << LANES) - 1))
+    return types.boolean(v), codegen
+
+
 @intrinsic
 def _vmax(typingctx, a, b):
     """max(a, b) per lane (b where a is NaN)."""

@@ -349,19 +349,31 @@ class _LayeredRunner(_Runner):
         """Zero-pad the inputs to whole vectors of the kernel (``LANES``), on a cache line, so that the
         first layer's rows of weights are whole vectors. The padded weights see zero inputs and have no
         ridge, start at 0 and so stay exactly 0 (‖x‖² unchanged); ``keep`` gives the kernel the problem's
-        coordinates in x."""
+        coordinates in x.
+
+        One layer without biases whose last input is a column of ones (an intercept) and whose other
+        inputs are whole vectors (d_in = k·LANES + 1: 65 with digits' bias) gives that column's weights
+        to the kernel as the layer's bias (``fold``): the products then skip a padded vector that held one
+        input. The same numbers up to the order of a sum; Gt's bias column moves after the others.
+        """
         n, d0 = self.A.shape
-        d1, wd = int(self.dims[1]), self.wd
-        dp = -(-d0 // self.K.LANES) * self.K.LANES
+        d1, wd, lanes = int(self.dims[1]), self.wd, self.K.LANES
+        self.fold = (len(self.dims) == 2 and len(self.boffs) == 0 and d0 > 1 and (d0 - 1) % lanes == 0
+                     and bool(np.all(self.A[:, -1] == 1)))
+        dk = d0 - 1 if self.fold else d0                # inputs the kernel reads from A
+        dp = -(-dk // lanes) * lanes
         A = aligned_zeros((n, dp), wd)
-        A[:, :d0] = self.A
-        self.fixed_bytes += (dp - d0) * n * wd.itemsize
+        A[:, :dk] = self.A[:, :dk]
+        self.fixed_bytes += (dp - dk) * n * wd.itemsize
         self.A = A
         # the same steps when dp == d0 (copies): the kernel then sees the same array types for every problem
         self.keep = np.arange(self.dim, dtype=np.int64)
         w0 = d1 * d0                                    # layer 0's weights, first in x
-        shift = d1 * (dp - d0)
-        self.keep[:w0] = np.arange(w0) // d0 * dp + np.arange(w0) % d0
+        row, col = np.arange(w0) // d0, np.arange(w0) % d0
+        self.keep[:w0] = row * dp + col
+        if self.fold:                                   # the intercept's weights: the bias, after W
+            self.keep[:w0][col == dk] = d1 * dp + row[col == dk]
+        shift = d1 * (dp - d0) + (d1 if self.fold else 0)
         self.keep[w0:] += shift
 
         def padded(v):
@@ -369,13 +381,19 @@ class _LayeredRunner(_Runner):
             out[self.keep] = v
             return out
         self.x0, self.alpha, self.ridge = padded(self.x0), padded(self.alpha), padded(self.ridge)
-        Gt = np.zeros((self.Gt.shape[0], dp), dtype=wd)
-        Gt[:, :d0] = self.Gt
+        Gt = np.zeros((self.Gt.shape[0], dp + (1 if self.fold else 0)), dtype=wd)
+        Gt[:, :dk] = self.Gt[:, :dk]
+        if self.fold:
+            Gt[:, dp] = self.Gt[:, dk]
+            self.boffs = np.array([d1 * dp, d1 * dp + d1], dtype=np.int64)
+        else:
+            self.boffs = self.boffs + shift
         self.Gt = Gt
         self.dims = self.dims.copy()
         self.dims[0] = dp
         self.offs = self.offs + np.where(np.arange(len(self.offs)) > 0, shift, 0)
-        self.boffs = self.boffs + shift
+        if self.fold:
+            self.offs[-1] = d1 * dp                     # the weights end where the bias starts
 
     def _args(self, keys, a, c, saved, div, xfin):
         return (self.A, self.Y, self.rt, self.Gt, self.ridge, self.dims, self.offs, self.code,
