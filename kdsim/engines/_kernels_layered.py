@@ -43,7 +43,9 @@ multiple of 5 and not of 8 (ten classes) forms its gradient in registers and x s
 (``_gemm_nn_step5``, no store of g). The step
 loop passes borrowed views of its arrays (``_borrow``): a call with array arguments would
 otherwise cost two atomic reference-count updates per array. The engine may pad d_in with
-zero inputs (whole vectors per row of W_1); ``keep`` maps x back to the problem's coordinates.
+zero inputs (whole vectors per row of W_1), and may give one layer's intercept column to the kernel
+as its bias (then Gt has d_in + 1 columns, the bias's last); ``keep`` maps x back to the problem's
+coordinates.
 
 Records are not evaluated here: the kernel saves the iterate (float64) at every
 record step and the engine computes the problem's canonical distances and its
