@@ -913,7 +913,9 @@ def test_ten_class_softmax_large_logits_take_the_shifted_branch_and_match_refere
     np.testing.assert_allclose(got["x_final"], want["x_final"], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_intercept_fold_in_float32_close_to_float64():
-    # float32 takes the same fold and the softmax's float32 bound (|z| <= 80 unshifted)
+    # float32 takes the same fold and the softmax's float32 bound (|z| <= 80 unshifted); slow: the layered
+    # kernel's float32 compile
     p = _intercept_problems()["softmax10"]
     _float32_case(p, p.solution() + 0.2, False, 2e-3, 1e-4)

@@ -846,8 +846,8 @@ def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gath
                       uniform, alpha_on, ridge_on, momentum):
     """One layer's gradient and its step together, for M a multiple of 5 (ten classes): the block G of
     ``_gemm_nn`` (C = x from xo, row stride N) is formed in registers, 5 rows × 3 vectors (the vectors left
-    over 5 rows × 2, then 5 rows × 1), and x steps on it at once (``_step_math``): the gradient is never stored and loaded
-    back, which halves the stores of a step. Three vectors, not four: the step's constants must stay in
+    over 5 rows × 2, then 5 rows × 1), and x steps on it at once (``_step_math``): the gradient is never
+    stored and loaded back, which halves the stores of a step. Three vectors, not four: the step's constants must stay in
     registers beside the fifteen sums. The flags are ``_step_range``'s (constants where it is inlined).
     Returns Σ x_new² over the layer."""
     ib = _vsplat(sc[0])
