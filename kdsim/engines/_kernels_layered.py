@@ -425,14 +425,14 @@ def _softmax_shift(z0, z1, m):
 
 
 @njit(nogil=True, inline="always")
-def _softmax_pair(z0, z1, y0, y1, m, shifted):
+def _softmax_pair(z0, z1, y0, y1, m):
     """The softmax probabilities of two samples with LANES < m <= 2·LANES classes, from their logits (z0, z1)
-    and (y0, y1) (classes 0 .. LANES − 1, then the rest; lanes past m ignored but finite; ``shifted``:
-    logits less their max already, ``_softmax_shift``): (p0, p1, q0, q1), lanes past m zero. Logits of
-    magnitude at most ``_simd.EXP_SAFE`` need no shift (their exps and sums are normal numbers; the check is one
-    compare, off the exps' chains, where the max is a chain of shuffles before them). The two chains
-    of exp, sum and reciprocal are independent."""
-    if not shifted and not _vexp_safe(_vmax(_vmax(_vabs(z0), _vabs(z1)), _vmax(_vabs(y0), _vabs(y1)))):
+    and (y0, y1) (classes 0 .. LANES − 1, then the rest; lanes past m ignored but finite): (p0, p1, q0, q1),
+    lanes past m zero. Logits of magnitude at most ``_simd.EXP_SAFE`` need no shift by their max
+    (``_softmax_shift``: their exps and sums are normal numbers; the check is one compare, off the exps'
+    chains, where the max is a chain of shuffles before them). The two chains of exp, sum and reciprocal
+    are independent."""
+    if not _vexp_safe(_vmax(_vmax(_vabs(z0), _vabs(z1)), _vmax(_vabs(y0), _vabs(y1)))):
         z0, z1 = _softmax_shift(z0, z1, m)
         y0, y1 = _softmax_shift(y0, y1, m)
     e0 = _vexp(z0)
@@ -476,11 +476,11 @@ def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0,
     classes, the common case): D[j, :m] = softmax(W h_j + b) − y_i (less a·rθ_i when ``teacher``) for the
     samples i = idx[j0 + j], W the m × K rows at x[w0:], b the m biases at x[boff:] (boff < 0: none),
     h_j row ρ(j) of Hin from a0 with stride sa (ρ(j) = idx[j0 + j] when ``gather``, else j); K a whole
-    number of vectors. Z's rows from zoff (2·LANES each) receive the logits less their max.
+    number of vectors. Z's rows from zoff (2·LANES each) receive the logits.
 
     First the logits, two samples × m classes at a time: 2m sums over the inputs, LANES terms at a time,
     each input vector loaded once for all m classes (``_gemm_nt``'s blocks of 2 × 5 load it twice), reduced
-    by transposing horizontal sums into whole vectors, shifted by their max and stored whole (a later load
+    by transposing horizontal sums into whole vectors and stored whole (a later load
     of them is served by store forwarding; ``_gemm_nt``'s masked stores were not). Then the softmax of each
     pair of samples (``_softmax_pair``): the pairs' chains are independent, so they overlap, where in one
     pass each waited on its own sums. Rows past m repeat the last row (computed twice, never used); an
@@ -531,8 +531,7 @@ def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0,
         j1 = min(j + 1, nb - 1)
         pz = j * zw + zoff
         pz1 = j1 * zw + zoff
-        p0, p1, q0, q1 = _softmax_pair(_vload(Z, pz), _vload(Z, pz + LANES), _vload(Z, pz1), _vload(Z, pz1 + LANES), m,
-                                       False)
+        p0, p1, q0, q1 = _softmax_pair(_vload(Z, pz), _vload(Z, pz + LANES), _vload(Z, pz1), _vload(Z, pz1 + LANES), m)
         i = idx[j0 + j]
         i1 = idx[j0 + j1]
         t0, t1, u0, u1 = ma, ma, ma, ma
@@ -566,7 +565,7 @@ def _output_residuals(code, H, zoff, m, Y, idx, j0, nb, D, zero, a, rt, teacher)
             hj = j * hw + zoff
             hj1 = j1 * hw + zoff
             p0, p1, q0, q1 = _softmax_pair(_vload(H, hj), _vload_n(H, hj + LANES, m - LANES), _vload(H, hj1),
-                                           _vload_n(H, hj1 + LANES, m - LANES), m, False)
+                                           _vload_n(H, hj1 + LANES, m - LANES), m)
             i = idx[j0 + j]
             i1 = idx[j0 + j1]
             t0, t1, u0, u1 = ma, ma, ma, ma
