@@ -15,7 +15,9 @@ def _module(tmp_path):
     return mod
 
 
-def test_cache_files_go_when_a_dependency_changes_and_stay_otherwise(tmp_path):
+def test_cache_files_go_when_a_dependency_changes_and_stay_otherwise(tmp_path, monkeypatch):
+    from numba.core import config
+    monkeypatch.setattr(config, "CACHE_DIR", "")           # the in-tree cache, also where NUMBA_CACHE_DIR is set
     mod = _module(tmp_path)
     dep = tmp_path / "dep.py"
     dep.write_text("A = 1\n")

@@ -719,33 +719,37 @@ def _step_range(x, g, lo, hi, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on
     """The step of x[lo:hi] from its gradient sums g[lo:hi] (``_step_math``; ``uniform``: α is ``alpha_u``
     and not read; ``ridge_on``: ridge is read); returns Σ x_new² over the range.
 
-    One branch here picks a copy of ``_step_range_as`` whose flags are constants: with the flags tested
-    per vector inside its loop LLVM kept the tests and the loop took about twice as long."""
-    momentum = mom != 0
-    alpha_on = not (uniform and alpha_u == 0)
+    The branches pick a copy of ``_step_range_as`` whose flags are literals (one compiled copy each): with
+    the flags tested per vector inside its loop LLVM kept the tests and the loop took about twice as long."""
     sc = (inv_b, alpha_u, a, gam, mom)
-    if uniform and not alpha_on:
-        return _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, True, False, ridge_on, momentum)
+    if uniform and alpha_u == 0:
+        if ridge_on:
+            if mom != 0:
+                return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, True, True)
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, True, False)
+        if mom != 0:
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, False, True)
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, False, False)
     if uniform:
-        return _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, True, True, ridge_on, momentum)
-    return _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, False, True, ridge_on, momentum)
-
-
-@njit(nogil=True, inline="always")
-def _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge_on, momentum):
-    """``_step_range_as`` with ``ridge_on`` and ``momentum`` made constants too (the second level of the branch)."""
+        if ridge_on:
+            if mom != 0:
+                return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, True, True)
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, True, False)
+        if mom != 0:
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, False, True)
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, False, False)
     if ridge_on:
-        if momentum:
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, True, True)
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, True, False)
-    if momentum:
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, False, True)
-    return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, False, False)
+        if mom != 0:
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, True, True)
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, True, False)
+    if mom != 0:
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, False, True)
+    return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, False, False)
 
 
-@njit(nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge_on, momentum):
-    """``_step_range`` with its flags given (constants where it is inlined) and its scalars ``sc`` = (inv_b,
+    """``_step_range`` with its flags given (literals: each combination is compiled on its own) and its scalars ``sc`` = (inv_b,
     alpha_u, a, gam, mom). Four vectors at a time (four independent sums of squares), then one at a time
     (the last masked)."""
     ib = _vsplat(sc[0])
@@ -951,7 +955,8 @@ def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gath
 def _gemm_nn_step5(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gather, alpha, ridge, vel, sc, fl):
     """``_gemm_nn_step5_as`` with fl = (uniform, alpha_on, ridge_on, momentum): the two common cases, a uniform
     α without momentum, with the teacher's ridge term and without, get copies whose flags are constants
-    (the step's tests per vector cost as much as the step); the others test them."""
+    (the step's tests per vector cost as much as the step); the others test them. The copies are inlined, not
+    called: a call would pass a0, ai and b0 as values, not the constants they are here (W3 3% slower)."""
     uniform, alpha_on, ridge_on, momentum = fl
     if uniform and alpha_on and not momentum:
         if ridge_on:
@@ -1084,6 +1089,26 @@ def _pullback_add(x, dims, offs, G, coef, qbuf, qoff, vbuf, grad):
             cur = nxt
 
 
+@njit(cache=True, nogil=True)
+def _all_equal_at(v, at, value):
+    """Whether v[at[p]] == value for every p. A flag set in a loop (``flag = True`` ... ``flag = False``)
+    would be typed first as a literal, and every kernel it is passed to compiled once more for that
+    literal (measured: a third of the layered kernel's compile time); a returned bool is typed bool."""
+    for p in range(at.shape[0]):
+        if v[at[p]] != value:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _any_nonzero(v, n):
+    """Whether v[:n] has an entry other than 0 (a returned bool: see ``_all_equal_at``)."""
+    for p in range(n):
+        if v[p] != 0:
+            return True
+    return False
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv_bs, inv_n, x0, acoef,
                       ccoef, use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b, scode,
@@ -1153,14 +1178,8 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     dims, offs, boffs, nfw, Qt = _borrow(dims), _borrow(offs), _borrow(boffs), _borrow(nfw), _borrow(Qt)
     # α one value on the problem's coordinates (x's padding is 0, so α·x is 0 there too); ridge not all 0
     alpha_u = alpha[keep[0]] if keep.shape[0] > 0 else zero
-    uniform = True
-    for p in range(keep.shape[0]):
-        if alpha[keep[p]] != alpha_u:
-            uniform = False
-    ridge_on = False
-    for p in range(dim):
-        if ridge[p] != 0:
-            ridge_on = True
+    uniform = _all_equal_at(alpha, keep, alpha_u)
+    ridge_on = _any_nonzero(ridge, dim)
     # ten-class softmax outputs (LANES < d_out <= LANES + 2) on whole vectors of inputs: the output layer and
     # the residuals in one pass (the tempered KD loss needs the logits stored: not then)
     fused_out = (code == 1 and LANES < d_out <= LANES + 2 and dims[L - 1] % LANES == 0
@@ -1168,7 +1187,7 @@ def _layered_traj_one(j0, A, Y, rt, Gt, ridge, dims, offs, code, alpha, gam, inv
     bout = boffs[L - 1] if boffs.shape[0] > 0 else -1
     nx = zero
     key0 = stream_keys[j0]
-    rec = 0
+    rec = np.int64(0)                   # not the literal 0: callees compile once, for int64
     dead = False
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:

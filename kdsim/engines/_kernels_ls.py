@@ -505,8 +505,8 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     c1_abs = abs(np.float64(c1))
     c1sq = c1 * c1
     n_active = gn
-    rec = 0
-    t = 0
+    rec = np.int64(0)                   # not literals: callees compile once, for int64
+    t = np.int64(0)
     while True:
         if rec < R and rec_steps[rec] == t:
             # borrowed views: a call with array arguments costs two atomic reference-count updates per array
@@ -692,7 +692,7 @@ def _ls_affine_block(s0, gn, A, bvec, rth, anorm, gcv, gcv_norm, plain, c1, gam_
     half_limit = 0.5 * limit
     c1_abs = abs(np.float64(c1))
     n_active = gn
-    rec = 0
+    rec = np.int64(0)                   # not the literal 0: callees compile once, for int64
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:
             # borrowed views: a call with array arguments costs two atomic reference-count updates per array
@@ -906,7 +906,7 @@ def _ls_traj_one(j0, A, bvec, rth, ridge, tfull, alpha, gam, inv_bs, inv_n, x0, 
     e = np.empty(d)
     fe = np.empty(m)
     key0 = stream_keys[j0]
-    rec = 0
+    rec = np.int64(0)                   # not the literal 0: callees compile once, for int64
     dead = False
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:
