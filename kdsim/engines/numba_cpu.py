@@ -70,6 +70,18 @@ def set_threads(n):
 _THREADS = []
 
 
+def _read_only(*arrays):
+    """Read-only views of ``arrays``: a kernel's inputs are typed read-only whatever the problem's arrays
+    are, so that one kernel serves both (numba compiles a kernel once per argument type, and the
+    layered kernel's compile takes about a minute)."""
+    views = []
+    for a in arrays:
+        v = a.view()
+        v.flags.writeable = False
+        views.append(v)
+    return tuple(views)
+
+
 def call_blocks(timer, kernel, n_items, args, align=1):
     """Call ``kernel(lo, hi, *args)`` over blocks of trajectories on worker threads.
 
@@ -261,11 +273,14 @@ class _LeastSquaresRunner(_Runner):
 
     # -- per trajectory ----------------------------------------------------
     def _traj_args(self, keys, a, c, outs, div, xfin, saved):
-        return (self.A, self.bvec, self.rth, self.ridge, self.tfull, self.alpha, self.gam, self.inv_bs,
-                self.inv_n, self.x0, a, c, self.est.snapshot, self.plan.svrg_period, self.snap_start, self.nfw,
+        A, bvec, rth, ridge, tfull, alpha, x0, nfw, xstar, theta_c, F = _read_only(
+            self.A, self.bvec, self.rth, self.ridge, self.tfull, self.alpha, self.x0, self.nfw, self.xstar, self.theta_c,
+            self.F)
+        return (A, bvec, rth, ridge, tfull, alpha, self.gam, self.inv_bs,
+                self.inv_n, x0, a, c, self.est.snapshot, self.plan.svrg_period, self.snap_start, nfw,
                 self.rec_steps,
-                self.plan.steps, keys, self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.xstar, self.theta_c,
-                self.F, self.alpha64, self.limit, self.zero, outs[0], outs[1], outs[2], div, xfin, saved)
+                self.plan.steps, keys, self.plan.batch_size, self.scode, self.epoch_steps, self.mom, xstar, theta_c,
+                F, self.alpha64, self.limit, self.zero, outs[0], outs[1], outs[2], div, xfin, saved)
 
     def run_trajectories(self, seeds):
         """Per-trajectory kernel for the given seeds (local indices, every λ)."""
@@ -396,10 +411,12 @@ class _LayeredRunner(_Runner):
             self.offs[-1] = d1 * dp                     # the weights end where the bias starts
 
     def _args(self, keys, a, c, saved, div, xfin):
-        return (self.A, self.Y, self.rt, self.Gt, self.ridge, self.dims, self.offs, self.code,
-                self.alpha, self.gam, self.inv_bs, self.inv_n, self.x0, a, c, self.est.uses_teacher,
-                self.est.snapshot, self.plan.svrg_period, self.snap_start, self.nfw, self.rec_steps, self.plan.steps, keys,
-                self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.tau, self.Qt, self.act, self.boffs,
+        A, Y, rt, Gt, ridge, alpha, x0, nfw, Qt = _read_only(self.A, self.Y, self.rt, self.Gt, self.ridge, self.alpha,
+                                                            self.x0, self.nfw, self.Qt)
+        return (A, Y, rt, Gt, ridge, self.dims, self.offs, self.code,
+                alpha, self.gam, self.inv_bs, self.inv_n, x0, a, c, self.est.uses_teacher,
+                self.est.snapshot, self.plan.svrg_period, self.snap_start, nfw, self.rec_steps, self.plan.steps, keys,
+                self.plan.batch_size, self.scode, self.epoch_steps, self.mom, self.tau, Qt, self.act, self.boffs,
                 self.keep, self.limit, self.zero, saved, div, xfin)
 
     def run_trajectories(self, seeds):
