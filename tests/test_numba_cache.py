@@ -60,15 +60,19 @@ from kdsim.engines import _kernels_layered as K
 from kdsim.problems import synthetic
 p = synthetic.poisson(n=60, d=5, l2=0.01)
 kdsim.simulate(p, kdsim.teachers.at_distance(p, 0.3, seed=1).theta, [0.0, 0.5], 0.01, 5, 2, backend="numba")
-print({f: len(getattr(K, f).signatures) for f in ("_layered_traj_one", "_backward_step", "_step_range")})
+q = synthetic.softmax(n=60, d=4, n_classes=3, seed=0)      # its teacher's probabilities are read-only
+kdsim.simulate(q, kdsim.teachers.at_distance(q, 0.3, seed=1).theta, [0.5], 0.01, 5, 2, estimator="kd_loss",
+               temperature=2.0, backend="numba")
+print({f: len(getattr(K, f).signatures) for f in ("layered_traj", "_layered_traj_one", "_backward_step", "_step_range")})
 """
 
 
 @pytest.mark.slow
 def test_layered_kernel_compiles_each_big_function_once(tmp_path):
     # a flag first typed as a literal (flag = True ... flag = False) compiled every callee once more for
-    # that literal: a third of the layered kernel's compile time. A fresh cache, so that all is compiled.
+    # that literal: a third of the layered kernel's compile time; a read-only input (teacher probabilities),
+    # the whole kernel once more. A fresh cache, so that all is compiled.
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", _COMPILE_ONCE], env=env, capture_output=True, text=True, check=True)
     counts = ast.literal_eval(out.stdout.strip().splitlines()[-1])
-    assert counts == {"_layered_traj_one": 1, "_backward_step": 1, "_step_range": 1}
+    assert counts == {"layered_traj": 1, "_layered_traj_one": 1, "_backward_step": 1, "_step_range": 1}
