@@ -721,30 +721,27 @@ def _step_range(x, g, lo, hi, inv_b, alpha, alpha_u, uniform, ridge, a, ridge_on
 
     The branches pick a copy of ``_step_range_as`` whose flags are literals (one compiled copy each): with
     the flags tested per vector inside its loop LLVM kept the tests and the loop took about twice as long."""
+    momentum = mom != 0
     sc = (inv_b, alpha_u, a, gam, mom)
     if uniform and alpha_u == 0:
-        if ridge_on:
-            if mom != 0:
-                return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, True, True)
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, True, False)
-        if mom != 0:
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, False, True)
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, False, False, False)
+        return _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, True, False, ridge_on, momentum)
     if uniform:
-        if ridge_on:
-            if mom != 0:
-                return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, True, True)
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, True, False)
-        if mom != 0:
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, False, True)
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, True, True, False, False)
+        return _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, True, True, ridge_on, momentum)
+    return _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, False, True, ridge_on, momentum)
+
+
+@njit(nogil=True, inline="always")
+def _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge_on, momentum):
+    """``_step_range_as`` with ``ridge_on`` and ``momentum`` made literals too (the second level of the branch).
+    Inlined, it is four calls: an inlined copy of ``_step_range_as`` itself would cost numba far more
+    (it copies an inlined function's IR per call site, at a cost that grows with the function's size)."""
     if ridge_on:
-        if mom != 0:
-            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, True, True)
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, True, False)
-    if mom != 0:
-        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, False, True)
-    return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, False, True, False, False)
+        if momentum:
+            return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, True, True)
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, True, False)
+    if momentum:
+        return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, False, True)
+    return _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, False, False)
 
 
 @njit(cache=True, nogil=True)
