@@ -746,9 +746,9 @@ def _step_range_by(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge
 
 @njit(cache=True, nogil=True)
 def _step_range_as(x, g, alpha, ridge, vel, lo, hi, sc, uniform, alpha_on, ridge_on, momentum):
-    """``_step_range`` with its flags given (literals: each combination is compiled on its own) and its scalars ``sc`` = (inv_b,
-    alpha_u, a, gam, mom). Four vectors at a time (four independent sums of squares), then one at a time
-    (the last masked)."""
+    """``_step_range`` with its flags given (literals: each combination is compiled on its own) and its
+    scalars ``sc`` = (inv_b, alpha_u, a, gam, mom). Four vectors at a time (four independent sums of
+    squares), then one at a time (the last masked)."""
     ib = _vsplat(sc[0])
     au = _vsplat(sc[1])
     ma = _vsplat(-sc[2])
