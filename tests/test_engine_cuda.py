@@ -123,11 +123,15 @@ def test_float32_iterates_and_divergence():
 @pytest.mark.parametrize("estimator", ["sgd", "kd", "kd_loss", "corrected"])
 def test_least_squares_affine_kernel_matches_the_reference(estimator):
     """One thread per seed, one (u, v) pair for every λ: trajectory by trajectory against the reference,
-    every sampling scheme, momentum, a λ schedule and batch size 1, a start away from zero."""
+    every sampling scheme, momentum, a λ schedule and batch size 1, a start away from zero, and without
+    ridge (l2 = 0: the kernel's step without the shrink, for sgd and kd also without the shift)."""
     p = problems()["least_squares"]
+    no_ridge = synthetic.least_squares(n=10, d=3, seed=1, l2=0.0)
     theta = teacher_of("least_squares", p)
     for kw in (dict(sampling="iid"), dict(sampling="reshuffle"), dict(sampling="shuffle_once", momentum=0.5),
-               dict(batch_size=1), dict(lam_schedule="decay:0.8", sampling="reshuffle")):
+               dict(batch_size=1), dict(lam_schedule="decay:0.8", sampling="reshuffle"), dict(problem=no_ridge),
+               dict(problem=no_ridge, batch_size=1, momentum=0.5)):
+        p = kw.pop("problem", problems()["least_squares"])
         kw = {"batch_size": 3, "record_every": 4, "seed": 5, "x0": p.default_x0() + 0.3, **kw}
         plan = make_plan(p, theta, [0.0, 0.5, 1.5], 0.05, 12, 2, estimator=estimator, **kw)
         out = driver.run(p, plan, cuda_gpu, growth_limit=None)

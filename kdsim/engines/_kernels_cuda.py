@@ -345,27 +345,29 @@ def layered_traj(A, Y, rt, Gt, ridge, alpha, dims, offs, boffs, act, code, gam, 
 _LS_AFFINE = {}
 
 
-def ls_affine_kernel(d, dtype, momentum):
-    """The affine-in-λ least-squares kernel for dimension ``d``, dtype and momentum on/off (compiled once each).
+def ls_affine_kernel(d, dtype, momentum, use_v):
+    """The affine-in-λ least-squares kernel for dimension ``d``, dtype, momentum on/off and ``use_v`` (an
+    estimator with a teacher term: v is stepped), compiled once each.
 
     One thread per seed; its (u, v) pair serves every λ of the grid: x_t(λ) = u_t + a·v_t
     (docs/theory.md §5.1; the recursion of ``_kernels_ls.ls_affine``). ``d`` is a compile-time
     constant, so the loops over coordinates have a fixed trip count and u, v (and the velocities
-    with momentum) can live in registers. The iterate pair is saved at the record steps
+    with momentum) can live in registers; ``use_v`` is a constant too, so that each kernel has one code path
+    through its step (a second unrolled path beside the first made ptxas spill the pair). The iterate pair is saved at the record steps
     (record-major, ``(R, d, S)``); the records are their quadratics in λ, evaluated afterwards on
     the device (``kernelspec.affine_record_values``).
     """
-    key = (int(d), np.dtype(dtype).name, bool(momentum))
+    key = (int(d), np.dtype(dtype).name, bool(momentum), bool(use_v))
     if key not in _LS_AFFINE:
-        _LS_AFFINE[key] = _make_ls_affine(int(d), numba.from_dtype(np.dtype(dtype)), bool(momentum))
+        _LS_AFFINE[key] = _make_ls_affine(int(d), numba.from_dtype(np.dtype(dtype)), bool(momentum), bool(use_v))
     return _LS_AFFINE[key]
 
 
-def _make_ls_affine(DP, WD, MOM):
+def _make_ls_affine(DP, WD, MOM, USE_V):
     DM = DP if MOM else 1
 
     @cuda.jit
-    def ls_affine(A, bvec, rth, gcv, anorm, gcv_norm, c1, gam_bs, gam_alpha, scales, x0, acw, use_v, plain,
+    def ls_affine(A, bvec, rth, gcv, anorm, gcv_norm, c1, gam_bs, gam_alpha, scales, x0, acw, plain,
                   rec_steps, steps, stream_keys, b, scode, K, mom, limit, IDX, RU, RV, TAKEN, PERM, PEPOCH, ALIVE,
                   usave, vsave, div, unsafe, ufin, vfin):
         """Seed j = the thread's index: u ← c1·u − (γ/b_t)Σ_B a_i(a_iᵀu − b_i),
@@ -403,7 +405,7 @@ def _make_ls_affine(DP, WD, MOM):
         amax = 0.0
         for k in range(L):
             ALIVE[k, j] = True
-            if use_v and abs(np.float64(acw[k])) > amax:
+            if USE_V and abs(np.float64(acw[k])) > amax:
                 amax = abs(np.float64(acw[k]))
         n_alive = L
         PEPOCH[j] = -1
@@ -430,13 +432,10 @@ def _make_ls_affine(DP, WD, MOM):
                 i = IDX[q, j]
                 au = zero
                 av = zero
-                if use_v:
-                    for p in range(DP):
-                        au += A[i, p] * u[p]
+                for p in range(DP):
+                    au += A[i, p] * u[p]
+                    if USE_V:
                         av += A[i, p] * v[p]
-                else:
-                    for p in range(DP):
-                        au += A[i, p] * u[p]
                 r0 = gam_b * (au - bvec[i])
                 r1 = gam_b * (av - sc * rth[i])
                 RU[q, j] = r0
@@ -456,32 +455,26 @@ def _make_ls_affine(DP, WD, MOM):
                         wv[p] += r1 * A[i, p]
                 for p in range(DP):
                     u[p] -= wu[p]
-                    if use_v:
+                    if USE_V:
                         v[p] -= wv[p]
                 wbu = mom_abs * wbu + ga_abs * ubu + su
                 wbv = mom_abs * wbv + ga_abs * ubv + sv + abs(np.float64(sc)) * gcv_norm
                 ubu += wbu
                 ubv += wbv
             else:
+                if not plain:                   # the shrink and the shift once, then every sample the same way
+                    for p in range(DP):
+                        u[p] = c1 * u[p]
+                        if USE_V:
+                            v[p] = c1 * v[p] + sc * gcv[p]
                 for q in range(nb):
                     i = IDX[q, j]
                     r0 = RU[q, j]
                     r1 = RV[q, j]
-                    if q > 0 or plain:
-                        if use_v:
-                            for p in range(DP):
-                                u[p] -= r0 * A[i, p]
-                                v[p] -= r1 * A[i, p]
-                        else:
-                            for p in range(DP):
-                                u[p] -= r0 * A[i, p]
-                    elif use_v:
-                        for p in range(DP):
-                            u[p] = c1 * u[p] - r0 * A[i, p]
-                            v[p] = c1 * v[p] - r1 * A[i, p] + sc * gcv[p]
-                    else:
-                        for p in range(DP):
-                            u[p] = c1 * u[p] - r0 * A[i, p]
+                    for p in range(DP):
+                        u[p] -= r0 * A[i, p]
+                        if USE_V:
+                            v[p] -= r1 * A[i, p]
                 ubu = c1_abs * ubu + su
                 ubv = c1_abs * ubv + sv + abs(np.float64(sc)) * gcv_norm
             bound = ubu + amax * ubv
@@ -503,7 +496,7 @@ def _make_ls_affine(DP, WD, MOM):
                     a = np.float64(acw[k])
                     big = False
                     q2 = nu
-                    if use_v and a != 0.0:
+                    if USE_V and a != 0.0:
                         q2 = nu + 2.0 * a * nuv + a * a * nv
                         big = not (nu <= limit and a * a * nv <= limit)
                     if not (q2 <= limit):
@@ -512,7 +505,7 @@ def _make_ls_affine(DP, WD, MOM):
                         div[k, j] = t + 1
                     elif big:
                         bad = True
-                    elif use_v and abs(a) > amax:
+                    elif USE_V and abs(a) > amax:
                         amax = abs(a)
                 ubu = math.sqrt(nu)
                 ubv = math.sqrt(nv)

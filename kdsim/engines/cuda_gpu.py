@@ -257,9 +257,9 @@ class _CudaLeastSquaresRunner(_CudaRunner):
         PERM = xp.zeros((n if self.scode else 1, ns), dtype=np.int64)
         PEPOCH = xp.full(ns, -1, dtype=np.int64)
         f = self.form
-        kernel = K.ls_affine_kernel(d, wd, self.mom != 0)
+        kernel = K.ls_affine_kernel(d, wd, self.mom != 0, bool(self.est.uses_teacher))
         args = (self.A, self.bvec, self.rth_v, self.gcv, self.anorm, f.gcv_norm, f.c1, self.gam_bs_dev,
-                f.gam_alpha, self.scales, self.x0, self.acw, bool(self.est.uses_teacher), f.plain, self.dev_rec,
+                f.gam_alpha, self.scales, self.x0, self.acw, f.plain, self.dev_rec,
                 int(self.plan.steps), keys, int(b), int(self.scode), int(self.epoch_steps), wd.type(self.mom),
                 float(self.limit), IDX, RU, RV, TAKEN, PERM, PEPOCH, alive, usave, vsave, div, unsafe, ufin, vfin)
         t0 = time.perf_counter()
