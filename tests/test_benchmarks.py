@@ -290,3 +290,25 @@ def test_harness_measurements_are_positive():
     assert len(harness.load()) == 3
     info = harness.machine()
     assert info["logical_cores"] >= 1 and info["numpy"] == np.__version__
+
+
+@pytest.mark.skipif(__import__("shutil").which("nm") is None, reason="needs binutils' nm")
+def test_profile_names_numba_symbols_and_writes_a_perf_map_of_compiled_code(tmp_path):
+    """benchmarks/profile.py: numba's mangled names read back as dotted paths, and the perf map lists a
+    function compiled in this process at the address numba runs it from."""
+    import numba
+    from benchmarks import profile
+    name = "_ZN5kdsim7engines16_kernels_layered24_softmax_layer_residualsB3v74B100c8tJTIeFIjx"
+    assert profile.short_name(name) == "kdsim.engines._kernels_layered._softmax_layer_residuals"
+    assert profile.short_name("gc_collect_main") == "gc_collect_main"
+
+    @numba.njit
+    def triple_plus_one(v):
+        return 3 * v + 1
+
+    assert triple_plus_one(2) == 7
+    n = profile.write_perf_map(str(tmp_path / "perf.map"))
+    cres = next(iter(triple_plus_one.overloads.values()))
+    address = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+    rows = [ln.split() for ln in (tmp_path / "perf.map").read_text().splitlines()]
+    assert n == len(rows) and [f"{address:x}", cres.fndesc.llvm_func_name] in [[r[0], r[2]] for r in rows]
