@@ -198,7 +198,36 @@ def test_reduce_runs_on_the_device_and_equals_the_moments_of_the_full_records(na
                 np.testing.assert_allclose(got["var"][rec][k], v.var(axis=0, ddof=1), rtol=1e-8, atol=1e-300)
 
 
+@pytest.mark.cudasim
+@needs_kernels
+def test_blocks_narrower_than_the_widest_give_the_same_trajectories(monkeypatch):
+    """With many multiprocessors the launch takes blocks of one warp (``threads_per_block``); the threads
+    past the last trajectory or seed return at once, so the records are those of the reference."""
+    from kdsim.engines import _kernels_cuda as K
+    monkeypatch.setattr(cuda_gpu, "sm_count", lambda: 10**6)
+    assert K.threads_per_block(6, cuda_gpu.sm_count()) == K.WARP
+    for name in ("least_squares", "softmax"):
+        p = problems()[name]
+        plan = make_plan(p, teacher_of(name, p), [0.0, 0.5, 1.5], 0.05, 12, 3, batch_size=3, record_every=4, seed=5,
+                         x0=p.default_x0() + 0.3)
+        out = driver.run(p, plan, cuda_gpu, growth_limit=None)
+        assert_records_close(out.arrays, run_arrays(reference, p, plan), rtol=1e-9, scale_tol=1e-11, x_rtol=1e-9)
+
+
 # ------------------------------------------------------------------ default set
+def test_threads_per_block_spreads_few_threads_over_the_multiprocessors():
+    """Blocks of 128 where every multiprocessor gets one, else halved down to a warp (an H100 has 132)."""
+    from kdsim.engines._kernels_cuda import threads_per_block
+    assert threads_per_block(65536 * 1, 132) == 128              # W1's seeds: 512 blocks
+    assert threads_per_block(132 * 128, 132) == 128
+    assert threads_per_block(131 * 128, 132) == 64                # 131 blocks of 128 would leave one idle
+    assert threads_per_block(10_000, 132) == 64                   # 157 blocks of 64
+    assert threads_per_block(3072, 132) == 32                     # W3, W5: 96 blocks of one warp
+    assert threads_per_block(1, 132) == 32 and threads_per_block(10**6, 1) == 128
+    with pytest.raises(ValueError, match="n_threads and sm_count"):
+        threads_per_block(0, 132)
+
+
 @pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="already in the simulator's process")
 @pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None, reason="needs numba-cuda (the test extra)")
 def test_cudasim_tests_pass_in_their_own_process():

@@ -8,6 +8,8 @@ compiled per dimension), and its records are the quadratics in λ of the saved p
 kernel's rule against cancellation (``kernelspec.affine_record_values``); a seed the affine form cannot
 decide is rerun per trajectory by the driver, as on the CPU. CuPy allocates, transfers and evaluates the records on the device (the problems'
 own formulas, ``kdsim.kernelspec``); the kernels take CuPy arrays through ``__cuda_array_interface__``.
+Blocks are 128 threads, narrower (down to one warp) when that would leave multiprocessors idle
+(``_kernels_cuda.threads_per_block``: W3's 3,072 trajectories).
 Only the record arrays, ``diverged_step`` and ``x_final`` come back, once per seed chunk (default
 budget: half of the device's free memory); with ``reduce=True`` the driver decides divergence and
 the chunk's moments on the device, and only the (λ, record) moments and ``diverged_step`` come back.
@@ -76,6 +78,28 @@ def gpu_status():
         return False, f"numba-cuda cannot use the CUDA driver ({type(exc).__name__}: {exc})"
     _CHECKED.append(True)
     return True, reason
+
+
+def sm_count():
+    """Multiprocessors of the current device (1 on the simulator, whose blocks run one after another)."""
+    if simulated():
+        return 1
+    if not _SM_COUNT:
+        _SM_COUNT.append(int(_import_cuda().get_current_device().MULTIPROCESSOR_COUNT))
+    return _SM_COUNT[0]
+
+
+_SM_COUNT = []
+
+
+def _launch(kernel, n_threads, args):
+    """``kernel`` over ``n_threads`` threads (one per trajectory or seed), blocks shaped by
+    ``_kernels_cuda.threads_per_block``."""
+    from . import _kernels_cuda as K
+    tpb = K.threads_per_block(n_threads, sm_count())
+    with warnings.catch_warnings():         # the simulator's uint64 arithmetic wraps on numpy scalars
+        warnings.filterwarnings("ignore", "overflow encountered in scalar", RuntimeWarning)
+        kernel[-(-n_threads // tpb), tpb](*args)
 
 
 def available():
@@ -179,10 +203,7 @@ class _CudaRunner(_Runner):
                 wd.type(self.mom), self.tau, self.Qt, wd.type(self.limit), X, G, Ys, GY, VEL, H, D, Dn, IDX, TAKEN,
                 PERM, PEPOCH, saved, div, xfin)
         t0 = time.perf_counter()
-        blocks = -(-T // K.THREADS)
-        with warnings.catch_warnings():         # the simulator's uint64 arithmetic wraps on numpy scalars
-            warnings.filterwarnings("ignore", "overflow encountered in scalar", RuntimeWarning)
-            K.layered_traj[blocks, K.THREADS](*args)
+        _launch(K.layered_traj, T, args)
         if xp is not np:
             xp.cuda.runtime.deviceSynchronize()
         self.timers["kernel"].run_s += time.perf_counter() - t0
@@ -263,9 +284,7 @@ class _CudaLeastSquaresRunner(_CudaRunner):
                 int(self.plan.steps), keys, int(b), int(self.scode), int(self.epoch_steps), wd.type(self.mom),
                 float(self.limit), IDX, RU, RV, TAKEN, PERM, PEPOCH, alive, usave, vsave, div, unsafe, ufin, vfin)
         t0 = time.perf_counter()
-        with warnings.catch_warnings():         # the simulator's uint64 arithmetic wraps on numpy scalars
-            warnings.filterwarnings("ignore", "overflow encountered in scalar", RuntimeWarning)
-            kernel[-(-ns // K.THREADS), K.THREADS](*args)
+        _launch(kernel, ns, args)
         if xp is not np:
             xp.cuda.runtime.deviceSynchronize()
         self.timers["kernel"].run_s += time.perf_counter() - t0
