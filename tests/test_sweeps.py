@@ -463,7 +463,8 @@ def test_docs_explain_a_multi_machine_cluster():
 @pytest.mark.slow
 def test_sigint_to_the_cli_keeps_finished_cells(tmp_path):
     spec = tmp_path / "tiny.toml"
-    spec.write_text(SPEC.replace("steps = 60", "steps = 600").replace("record_every = 6", "record_every = 60"))
+    # cells long enough that the sweep cannot finish between the third stored cell and the signal
+    spec.write_text(SPEC.replace("steps = 60", "steps = 6000").replace("record_every = 6", "record_every = 600"))
     out = tmp_path / "out"
     code = ("import sys\nfrom kdsim.sweeps import cli\nimport argparse\np = argparse.ArgumentParser()\n"
             "cli.add_parsers(p.add_subparsers(dest='command'))\nsys.exit(cli.run_command(p.parse_args(sys.argv[1:])))\n")
@@ -473,6 +474,7 @@ def test_sigint_to_the_cli_keeps_finished_cells(tmp_path):
     deadline = time.time() + 120
     while len(parts_of(out)) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
