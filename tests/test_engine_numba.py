@@ -751,8 +751,11 @@ from kdsim.problems import MLP, synthetic
 from kdsim.simulate import make_plan
 from kdsim.engines import driver, numba_cpu, reference
 r = np.random.default_rng(0)
+# (ten classes on 16 inputs and 16-wide linear layers: the blocks of sums narrower without AVX-512 run)
 for p in (synthetic.softmax(n=30, d=9, n_classes=5, l2=0.1),
+          synthetic.softmax(n=40, d=16, n_classes=10, l2=0.1),
           kdsim.DeepLinear(r.standard_normal((30, 5)), r.standard_normal((30, 3)), hidden=(4,), l2=0.1),
+          kdsim.DeepLinear(r.standard_normal((40, 16)), r.standard_normal((40, 16)), hidden=(16, 16), l2=0.1),
           MLP(r.standard_normal((30, 9)), np.arange(30) % 3, hidden=(6,), activation="relu", l2=0.1)):
     theta = p.default_x0() + 0.1 if isinstance(p, (kdsim.DeepLinear, MLP)) else p.solution() + 0.2
     plan = make_plan(p, theta, [0.0, 0.5], 0.05, 30, 3, batch_size=8, record_every=10, seed=1, x0=p.default_x0())
@@ -775,7 +778,8 @@ print("ok")
 @pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
 def test_layered_kernel_on_cpus_without_avx512(cpu, tmp_path):
     """The explicit 8-lane vectors (layered kernel, least-squares records) lower to narrower registers
-    where AVX-512 is missing: compiled for an AVX2 machine and for generic x86-64 (numba's target
+    where AVX-512 is missing, and the layered kernel takes narrower blocks of sums there
+    (``_kernels_layered.WIDE`` false): compiled for an AVX2 machine and for generic x86-64 (numba's target
     override, fresh cache), the kernels still match the reference."""
     import os
     import subprocess

@@ -40,7 +40,9 @@ the same pass; otherwise the gradient accumulates in g and ``_heavy_ball`` steps
 of ten classes (LANES < m <= LANES + 2) on whole vectors of inputs take the output layer and the
 residuals in one function (``_softmax_layer_residuals``); in the fused step, a layer whose rows are a
 multiple of 5 and not of 8 (ten classes) forms its gradient in registers and x steps on it at once
-(``_gemm_nn_step5``, no store of g). The step
+(``_gemm_nn_step5``, no store of g). Without AVX-512 (``WIDE`` false: 16 vector registers, each LANES-wide
+vector taking two) the blocks of sums of ``_gemm_nn``, ``_forward_lanes``, ``_gemm_nn_step5`` and
+``_softmax_layer_residuals`` are narrower, so that they stay in registers. The step
 loop passes borrowed views of its arrays (``_borrow``): a call with array arguments would
 otherwise cost two atomic reference-count updates per array. The engine may pad d_in with
 zero inputs (whole vectors per row of W_1), and may give one layer's intercept column to the kernel
@@ -63,10 +65,14 @@ from numba import njit
 from ..rng import batch_into_nb
 from . import _activations
 from ._kernels_ls import FASTMATH, _heavy_ball
-from ._simd import (LANES, _aligned_empty, _alive, _borrow, _vabs, _vadd, _vbcast, _vblend_n, _vdiv, _vexp,
+from ._simd import (LANES, wide_vectors, _aligned_empty, _alive, _borrow, _vabs, _vadd, _vbcast, _vblend_n, _vdiv, _vexp,
                     _vexp_safe, _vfma, _vhigh_to_low, _vhsum8, _vjoin_low, _vkeep_n, _vload, _vload_n, _vmax,
                     _vmax_all, _vmul, _vsplat, _vsplat_recip, _vstore, _vstore_half_n, _vstore_n, _vsub, _vsum,
                     _vtranspose8, _vzero)
+
+#: whether numba compiles for AVX-512 (32 vector registers); without it each LANES-wide vector takes two of
+#: the 16 AVX2 registers, and the blocks of sums are narrower so that they do not spill
+WIDE = wide_vectors()
 
 #: samples taken through the layers together; the minibatch scratch of a trajectory is
 #: O(SAMPLE_BLOCK · Σ widths) whatever the batch size (full-batch runs included)
@@ -168,61 +174,89 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
     """C.flat[c0 + i·cs + q] (+)= Σ_k A.flat[a0 + i·ai + k·ak] · B.flat[b0 + ρ(k)·sb + q] for i < M, q < N,
     k < K (``accumulate``: add to C, else overwrite it), with ρ(k) = rows[row0 + k] when ``gather``, else k.
 
-    Blocks of 2 rows × 4 vectors of q, each A entry broadcast: eight independent sums, six loads per
-    eight fused multiply-adds; the vectors of q left over (the last one masked) in blocks of 8 rows, or of
-    5 where M is a multiple of 5 and not of 8.
+    Blocks of 2 rows × 4 vectors of q (2 × 2 without AVX-512, ``WIDE``), each A entry broadcast: eight
+    independent sums, six loads per eight fused multiply-adds; the vectors of q left over (the last one
+    masked) in blocks of 8 rows, or of 5 where M is a multiple of 5 and not of 8.
     A partial block repeats its last row (both copies load C before either stores the same values).
     """
-    n4 = N - N % (4 * LANES)
-    for i in range(0, M, 2):
-        i1 = min(i + 1, M - 1)
-        pa0 = a0 + i * ai
-        pa1 = a0 + i1 * ai
-        pc0 = c0 + i * cs
-        pc1 = c0 + i1 * cs
-        for q in range(0, n4, 4 * LANES):
-            if accumulate:
-                c00 = _vload(C, pc0 + q)
-                c01 = _vload(C, pc0 + q + LANES)
-                c02 = _vload(C, pc0 + q + 2 * LANES)
-                c03 = _vload(C, pc0 + q + 3 * LANES)
-                c10 = _vload(C, pc1 + q)
-                c11 = _vload(C, pc1 + q + LANES)
-                c12 = _vload(C, pc1 + q + 2 * LANES)
-                c13 = _vload(C, pc1 + q + 3 * LANES)
-            else:
-                c00 = _vzero(C)
-                c01 = c00
-                c02 = c00
-                c03 = c00
-                c10 = c00
-                c11 = c00
-                c12 = c00
-                c13 = c00
-            for k in range(K):
-                s0 = _vbcast(A, pa0 + k * ak)
-                s1 = _vbcast(A, pa1 + k * ak)
-                pb = b0 + (rows[row0 + k] if gather else k) * sb + q
-                v0 = _vload(B, pb)
-                v1 = _vload(B, pb + LANES)
-                v2 = _vload(B, pb + 2 * LANES)
-                v3 = _vload(B, pb + 3 * LANES)
-                c00 = _vfma(s0, v0, c00)
-                c01 = _vfma(s0, v1, c01)
-                c02 = _vfma(s0, v2, c02)
-                c03 = _vfma(s0, v3, c03)
-                c10 = _vfma(s1, v0, c10)
-                c11 = _vfma(s1, v1, c11)
-                c12 = _vfma(s1, v2, c12)
-                c13 = _vfma(s1, v3, c13)
-            _vstore(C, pc0 + q, c00)
-            _vstore(C, pc0 + q + LANES, c01)
-            _vstore(C, pc0 + q + 2 * LANES, c02)
-            _vstore(C, pc0 + q + 3 * LANES, c03)
-            _vstore(C, pc1 + q, c10)
-            _vstore(C, pc1 + q + LANES, c11)
-            _vstore(C, pc1 + q + 2 * LANES, c12)
-            _vstore(C, pc1 + q + 3 * LANES, c13)
+    if not WIDE:
+        n4 = N - N % (2 * LANES)
+        for i in range(0, M, 2):
+            i1 = min(i + 1, M - 1)
+            pa0 = a0 + i * ai
+            pa1 = a0 + i1 * ai
+            pc0 = c0 + i * cs
+            pc1 = c0 + i1 * cs
+            for q in range(0, n4, 2 * LANES):
+                c00 = _vload(C, pc0 + q) if accumulate else _vzero(C)
+                c01 = _vload(C, pc0 + q + LANES) if accumulate else _vzero(C)
+                c10 = _vload(C, pc1 + q) if accumulate else _vzero(C)
+                c11 = _vload(C, pc1 + q + LANES) if accumulate else _vzero(C)
+                for k in range(K):
+                    s0 = _vbcast(A, pa0 + k * ak)
+                    s1 = _vbcast(A, pa1 + k * ak)
+                    pb = b0 + (rows[row0 + k] if gather else k) * sb + q
+                    v0 = _vload(B, pb)
+                    v1 = _vload(B, pb + LANES)
+                    c00 = _vfma(s0, v0, c00)
+                    c01 = _vfma(s0, v1, c01)
+                    c10 = _vfma(s1, v0, c10)
+                    c11 = _vfma(s1, v1, c11)
+                _vstore(C, pc0 + q, c00)
+                _vstore(C, pc0 + q + LANES, c01)
+                _vstore(C, pc1 + q, c10)
+                _vstore(C, pc1 + q + LANES, c11)
+    else:
+        n4 = N - N % (4 * LANES)
+        for i in range(0, M, 2):
+            i1 = min(i + 1, M - 1)
+            pa0 = a0 + i * ai
+            pa1 = a0 + i1 * ai
+            pc0 = c0 + i * cs
+            pc1 = c0 + i1 * cs
+            for q in range(0, n4, 4 * LANES):
+                if accumulate:
+                    c00 = _vload(C, pc0 + q)
+                    c01 = _vload(C, pc0 + q + LANES)
+                    c02 = _vload(C, pc0 + q + 2 * LANES)
+                    c03 = _vload(C, pc0 + q + 3 * LANES)
+                    c10 = _vload(C, pc1 + q)
+                    c11 = _vload(C, pc1 + q + LANES)
+                    c12 = _vload(C, pc1 + q + 2 * LANES)
+                    c13 = _vload(C, pc1 + q + 3 * LANES)
+                else:
+                    c00 = _vzero(C)
+                    c01 = c00
+                    c02 = c00
+                    c03 = c00
+                    c10 = c00
+                    c11 = c00
+                    c12 = c00
+                    c13 = c00
+                for k in range(K):
+                    s0 = _vbcast(A, pa0 + k * ak)
+                    s1 = _vbcast(A, pa1 + k * ak)
+                    pb = b0 + (rows[row0 + k] if gather else k) * sb + q
+                    v0 = _vload(B, pb)
+                    v1 = _vload(B, pb + LANES)
+                    v2 = _vload(B, pb + 2 * LANES)
+                    v3 = _vload(B, pb + 3 * LANES)
+                    c00 = _vfma(s0, v0, c00)
+                    c01 = _vfma(s0, v1, c01)
+                    c02 = _vfma(s0, v2, c02)
+                    c03 = _vfma(s0, v3, c03)
+                    c10 = _vfma(s1, v0, c10)
+                    c11 = _vfma(s1, v1, c11)
+                    c12 = _vfma(s1, v2, c12)
+                    c13 = _vfma(s1, v3, c13)
+                _vstore(C, pc0 + q, c00)
+                _vstore(C, pc0 + q + LANES, c01)
+                _vstore(C, pc0 + q + 2 * LANES, c02)
+                _vstore(C, pc0 + q + 3 * LANES, c03)
+                _vstore(C, pc1 + q, c10)
+                _vstore(C, pc1 + q + LANES, c11)
+                _vstore(C, pc1 + q + 2 * LANES, c12)
+                _vstore(C, pc1 + q + 3 * LANES, c13)
     five = M % 8 != 0 and M % 5 == 0                    # (softmax on 10 classes: no row computed twice)
     rb = 5 if five else 8
     for q in range(n4, N, LANES):
@@ -342,7 +376,8 @@ def _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT, nl):
     g·LANES … of H), one sample per lane: row g of HT holds each layer's input transposed (component c of
     the group's samples at LANES·(hoff[k] + c)), so h_{k+1}[r] = Σ_c W_k[r, c]·h_k[c] for all samples at once
     is LANES-wide fused multiply-adds with W_k[r, c] broadcast, no horizontal sums. Blocks of 8 rows of W_k
-    (a last partial block repeats its last row); an 8×8 transpose turns each block back into the rows of H.
+    (a last partial block repeats its last row; without AVX-512 two passes of 4 rows over the block's
+    columns); an 8×8 transpose turns each block back into the rows of H.
     """
     L = dims.shape[0] - 1
     hw = H.shape[1]
@@ -380,16 +415,30 @@ def _forward_lanes(x, dims, offs, A, idx, j0, H, hoff, g, HT, nl):
             a5 = a0
             a6 = a0
             a7 = a0
-            for c in range(cols):
-                h = _vload(HT, hi + c * LANES)
-                a0 = _vfma(_vbcast(x, w0 + c), h, a0)
-                a1 = _vfma(_vbcast(x, w1 + c), h, a1)
-                a2 = _vfma(_vbcast(x, w2 + c), h, a2)
-                a3 = _vfma(_vbcast(x, w3 + c), h, a3)
-                a4 = _vfma(_vbcast(x, w4 + c), h, a4)
-                a5 = _vfma(_vbcast(x, w5 + c), h, a5)
-                a6 = _vfma(_vbcast(x, w6 + c), h, a6)
-                a7 = _vfma(_vbcast(x, w7 + c), h, a7)
+            if WIDE:
+                for c in range(cols):
+                    h = _vload(HT, hi + c * LANES)
+                    a0 = _vfma(_vbcast(x, w0 + c), h, a0)
+                    a1 = _vfma(_vbcast(x, w1 + c), h, a1)
+                    a2 = _vfma(_vbcast(x, w2 + c), h, a2)
+                    a3 = _vfma(_vbcast(x, w3 + c), h, a3)
+                    a4 = _vfma(_vbcast(x, w4 + c), h, a4)
+                    a5 = _vfma(_vbcast(x, w5 + c), h, a5)
+                    a6 = _vfma(_vbcast(x, w6 + c), h, a6)
+                    a7 = _vfma(_vbcast(x, w7 + c), h, a7)
+            else:                                  # (AVX2: four rows at a time, eight sums in 16 registers)
+                for c in range(cols):
+                    h = _vload(HT, hi + c * LANES)
+                    a0 = _vfma(_vbcast(x, w0 + c), h, a0)
+                    a1 = _vfma(_vbcast(x, w1 + c), h, a1)
+                    a2 = _vfma(_vbcast(x, w2 + c), h, a2)
+                    a3 = _vfma(_vbcast(x, w3 + c), h, a3)
+                for c in range(cols):
+                    h = _vload(HT, hi + c * LANES)
+                    a4 = _vfma(_vbcast(x, w4 + c), h, a4)
+                    a5 = _vfma(_vbcast(x, w5 + c), h, a5)
+                    a6 = _vfma(_vbcast(x, w6 + c), h, a6)
+                    a7 = _vfma(_vbcast(x, w7 + c), h, a7)
             if k < nl - 1:                         # the next layer's input, transposed
                 ot = gb + (ho + r) * LANES
                 _vstore(HT, ot, a0)
@@ -470,6 +519,22 @@ def _fma_pair(w, h, g, u, v):
     return _vfma(w, h, u), _vfma(w, g, v)
 
 
+@njit(nogil=True, inline="always")
+def _logits5(x, r0, r1, r2, r3, r4, H, ph, K):
+    """Five rows of x (from r0 … r4) times the row of H at ph, K a whole number of vectors: five vectors of
+    partial sums (the horizontal sums are the caller's)."""
+    s0 = _vzero(x)
+    s1, s2, s3, s4 = s0, s0, s0, s0
+    for q in range(0, K, LANES):
+        h = _vload(H, ph + q)
+        s0 = _vfma(_vload(x, r0 + q), h, s0)
+        s1 = _vfma(_vload(x, r1 + q), h, s1)
+        s2 = _vfma(_vload(x, r2 + q), h, s2)
+        s3 = _vfma(_vload(x, r3 + q), h, s3)
+        s4 = _vfma(_vload(x, r4 + q), h, s4)
+    return s0, s1, s2, s3, s4
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0, nb, D, a, rt, teacher, Z, zoff):
     """The output layer and the softmax residuals in one pass, for LANES < m <= LANES + 2 classes (ten
@@ -500,19 +565,25 @@ def _softmax_layer_residuals(x, w0, K, Hin, a0, sa, gather, boff, m, Y, idx, j0,
         u0 = _vzero(D)
         u1, u2, u3, u4, u5, u6, u7, u8, u9 = u0, u0, u0, u0, u0, u0, u0, u0, u0
         v0, v1, v2, v3, v4, v5, v6, v7, v8, v9 = u0, u0, u0, u0, u0, u0, u0, u0, u0, u0
-        for q in range(0, K, LANES):
-            h = _vload(Hin, pa + q)
-            g = _vload(Hin, pb + q)
-            u0, v0 = _fma_pair(_vload(x, w0 + q), h, g, u0, v0)
-            u1, v1 = _fma_pair(_vload(x, w0 + K + q), h, g, u1, v1)
-            u2, v2 = _fma_pair(_vload(x, w0 + 2 * K + q), h, g, u2, v2)
-            u3, v3 = _fma_pair(_vload(x, w0 + 3 * K + q), h, g, u3, v3)
-            u4, v4 = _fma_pair(_vload(x, w0 + 4 * K + q), h, g, u4, v4)
-            u5, v5 = _fma_pair(_vload(x, w0 + 5 * K + q), h, g, u5, v5)
-            u6, v6 = _fma_pair(_vload(x, w0 + 6 * K + q), h, g, u6, v6)
-            u7, v7 = _fma_pair(_vload(x, w0 + 7 * K + q), h, g, u7, v7)
-            u8, v8 = _fma_pair(_vload(x, w0 + 8 * K + q), h, g, u8, v8)
-            u9, v9 = _fma_pair(_vload(x, p9 + q), h, g, u9, v9)
+        if WIDE:
+            for q in range(0, K, LANES):
+                h = _vload(Hin, pa + q)
+                g = _vload(Hin, pb + q)
+                u0, v0 = _fma_pair(_vload(x, w0 + q), h, g, u0, v0)
+                u1, v1 = _fma_pair(_vload(x, w0 + K + q), h, g, u1, v1)
+                u2, v2 = _fma_pair(_vload(x, w0 + 2 * K + q), h, g, u2, v2)
+                u3, v3 = _fma_pair(_vload(x, w0 + 3 * K + q), h, g, u3, v3)
+                u4, v4 = _fma_pair(_vload(x, w0 + 4 * K + q), h, g, u4, v4)
+                u5, v5 = _fma_pair(_vload(x, w0 + 5 * K + q), h, g, u5, v5)
+                u6, v6 = _fma_pair(_vload(x, w0 + 6 * K + q), h, g, u6, v6)
+                u7, v7 = _fma_pair(_vload(x, w0 + 7 * K + q), h, g, u7, v7)
+                u8, v8 = _fma_pair(_vload(x, w0 + 8 * K + q), h, g, u8, v8)
+                u9, v9 = _fma_pair(_vload(x, p9 + q), h, g, u9, v9)
+        else:                       # (AVX2: one sample × five classes per pass, the sums in 10 of 16 registers)
+            u0, u1, u2, u3, u4 = _logits5(x, w0, w0 + K, w0 + 2 * K, w0 + 3 * K, w0 + 4 * K, Hin, pa, K)
+            u5, u6, u7, u8, u9 = _logits5(x, w0 + 5 * K, w0 + 6 * K, w0 + 7 * K, w0 + 8 * K, p9, Hin, pa, K)
+            v0, v1, v2, v3, v4 = _logits5(x, w0, w0 + K, w0 + 2 * K, w0 + 3 * K, w0 + 4 * K, Hin, pb, K)
+            v5, v6, v7, v8, v9 = _logits5(x, w0 + 5 * K, w0 + 6 * K, w0 + 7 * K, w0 + 8 * K, p9, Hin, pb, K)
         z0 = _vhsum8(u0, u1, u2, u3, u4, u5, u6, u7)
         y0 = _vhsum8(v0, v1, v2, v3, v4, v5, v6, v7)
         t = _vhsum8(u8, u9, u8, u9, v8, v9, v8, v9)     # lanes 0, 1: sample j's last logits; 4, 5: sample j1's
@@ -848,14 +919,14 @@ def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gath
     ``_gemm_nn`` (C = x from xo, row stride N) is formed in registers, 5 rows × 3 vectors (the vectors left
     over 5 rows × 2, then 5 rows × 1), and x steps on it at once (``_step_math``): the gradient is never
     stored and loaded back, which halves the stores of a step. Three vectors, not four: the step's constants must stay in
-    registers beside the fifteen sums. The flags are ``_step_range``'s (constants where it is inlined).
+    registers beside the fifteen sums; without AVX-512 (``WIDE``) 5 rows × 1 vector throughout. The flags are ``_step_range``'s (constants where it is inlined).
     Returns Σ x_new² over the layer."""
     ib = _vsplat(sc[0])
     au = _vsplat(sc[1])
     ma = _vsplat(-sc[2])
     mg = _vsplat(-sc[3])
     mu = _vsplat(sc[4])
-    n3 = N - N % (3 * LANES)
+    n3 = N - N % (3 * LANES) if WIDE else 0         # (AVX2: 5 rows × 1 vector, the sums in 10 of 16 registers)
     s0 = _vzero(x)
     s1 = s0
     for i in range(0, M, 5):
@@ -892,7 +963,7 @@ def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gath
                     t = _vfma(xn, xn, t)
                 s0 = _vadd(s0, t)
         q1 = n3
-        if N - n3 >= 2 * LANES:                         # two whole vectors left: 5 rows × 2
+        if WIDE and N - n3 >= 2 * LANES:                # two whole vectors left: 5 rows × 2
             q1 = n3 + 2 * LANES
             d00 = _vzero(x)
             d01, d10, d11, d20, d21, d30, d31, d40, d41 = d00, d00, d00, d00, d00, d00, d00, d00, d00
