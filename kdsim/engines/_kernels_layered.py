@@ -179,14 +179,14 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
     masked) in blocks of 8 rows, or of 5 where M is a multiple of 5 and not of 8.
     A partial block repeats its last row (both copies load C before either stores the same values).
     """
-    if not WIDE:
-        n4 = N - N % (2 * LANES)
-        for i in range(0, M, 2):
-            i1 = min(i + 1, M - 1)
-            pa0 = a0 + i * ai
-            pa1 = a0 + i1 * ai
-            pc0 = c0 + i * cs
-            pc1 = c0 + i1 * cs
+    n4 = N - N % ((4 if WIDE else 2) * LANES)
+    for i in range(0, M, 2):
+        i1 = min(i + 1, M - 1)
+        pa0 = a0 + i * ai
+        pa1 = a0 + i1 * ai
+        pc0 = c0 + i * cs
+        pc1 = c0 + i1 * cs
+        if not WIDE:
             for q in range(0, n4, 2 * LANES):
                 c00 = _vload(C, pc0 + q) if accumulate else _vzero(C)
                 c01 = _vload(C, pc0 + q + LANES) if accumulate else _vzero(C)
@@ -206,14 +206,7 @@ def _gemm_nn(C, c0, cs, A, a0, ai, ak, B, b0, sb, M, K, N, accumulate, rows, row
                 _vstore(C, pc0 + q + LANES, c01)
                 _vstore(C, pc1 + q, c10)
                 _vstore(C, pc1 + q + LANES, c11)
-    else:
-        n4 = N - N % (4 * LANES)
-        for i in range(0, M, 2):
-            i1 = min(i + 1, M - 1)
-            pa0 = a0 + i * ai
-            pa1 = a0 + i1 * ai
-            pc0 = c0 + i * cs
-            pc1 = c0 + i1 * cs
+        else:
             for q in range(0, n4, 4 * LANES):
                 if accumulate:
                     c00 = _vload(C, pc0 + q)
