@@ -294,10 +294,10 @@ def test_harness_measurements_are_positive():
 
 @pytest.mark.skipif(__import__("shutil").which("nm") is None, reason="needs binutils' nm")
 def test_profile_names_numba_symbols_and_writes_a_perf_map_of_compiled_code(tmp_path):
-    """benchmarks/profile.py: numba's mangled names read back as dotted paths, and the perf map lists a
+    """benchmarks/perf_profile.py: numba's mangled names read back as dotted paths, and the perf map lists a
     function compiled in this process at the address numba runs it from."""
     import numba
-    from benchmarks import profile
+    from benchmarks import perf_profile as profile
     name = "_ZN5kdsim7engines16_kernels_layered24_softmax_layer_residualsB3v74B100c8tJTIeFIjx"
     assert profile.short_name(name) == "kdsim.engines._kernels_layered._softmax_layer_residuals"
     assert profile.short_name("gc_collect_main") == "gc_collect_main"

@@ -368,10 +368,10 @@ def ls_affine_kernel(d, dtype, momentum, use_v):
     One thread per seed; its (u, v) pair serves every λ of the grid: x_t(λ) = u_t + a·v_t
     (docs/theory.md §5.1; the recursion of ``_kernels_ls.ls_affine``). ``d`` is a compile-time
     constant, so the loops over coordinates have a fixed trip count and u, v (and the velocities
-    with momentum) can live in registers; ``use_v`` is a constant too, so that each kernel has one code path
-    through its step (a second unrolled path beside the first made ptxas spill the pair). The iterate pair is saved at the record steps
-    (record-major, ``(R, d, S)``); the records are their quadratics in λ, evaluated afterwards on
-    the device (``kernelspec.affine_record_values``).
+    with momentum) can live in registers; ``use_v`` is a constant too, so that each kernel has one code
+    path through its step (a second unrolled path beside the first made ptxas spill the pair). The
+    iterate pair is saved at the record steps (record-major, ``(R, d, S)``); the records are their
+    quadratics in λ, evaluated afterwards on the device (``kernelspec.affine_record_values``).
     """
     key = (int(d), np.dtype(dtype).name, bool(momentum), bool(use_v))
     if key not in _LS_AFFINE:

@@ -65,10 +65,10 @@ from numba import njit
 from ..rng import batch_into_nb
 from . import _activations
 from ._kernels_ls import FASTMATH, _heavy_ball
-from ._simd import (LANES, wide_vectors, _aligned_empty, _alive, _borrow, _vabs, _vadd, _vbcast, _vblend_n, _vdiv, _vexp,
+from ._simd import (LANES, _aligned_empty, _alive, _borrow, _vabs, _vadd, _vbcast, _vblend_n, _vdiv, _vexp,
                     _vexp_safe, _vfma, _vhigh_to_low, _vhsum8, _vjoin_low, _vkeep_n, _vload, _vload_n, _vmax,
                     _vmax_all, _vmul, _vsplat, _vsplat_recip, _vstore, _vstore_half_n, _vstore_n, _vsub, _vsum,
-                    _vtranspose8, _vzero)
+                    _vtranspose8, _vzero, wide_vectors)
 
 #: whether numba compiles for AVX-512 (32 vector registers); without it each LANES-wide vector takes two of
 #: the 16 AVX2 registers, and the blocks of sums are narrower so that they do not spill
@@ -911,8 +911,9 @@ def _gemm_nn_step5_as(x, xo, A, a0, ai, ak, B, b0, sb, M, K, N, rows, row0, gath
     """One layer's gradient and its step together, for M a multiple of 5 (ten classes): the block G of
     ``_gemm_nn`` (C = x from xo, row stride N) is formed in registers, 5 rows × 3 vectors (the vectors left
     over 5 rows × 2, then 5 rows × 1), and x steps on it at once (``_step_math``): the gradient is never
-    stored and loaded back, which halves the stores of a step. Three vectors, not four: the step's constants must stay in
-    registers beside the fifteen sums; without AVX-512 (``WIDE``) 5 rows × 1 vector throughout. The flags are ``_step_range``'s (constants where it is inlined).
+    stored and loaded back, which halves the stores of a step. Three vectors, not four: the step's
+    constants must stay in registers beside the fifteen sums; without AVX-512 (``WIDE``) 5 rows × 1
+    vector throughout. The flags are ``_step_range``'s (constants where it is inlined).
     Returns Σ x_new² over the layer."""
     ib = _vsplat(sc[0])
     au = _vsplat(sc[1])

@@ -1,8 +1,8 @@
 """Profile kdsim's numba kernel on one workload with Linux perf, JIT-compiled functions named.
 
     NUMBA_CACHE_DIR=$(mktemp -d) NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \\
-        perf record -e cpu-clock -F 4000 -o perf.data python benchmarks/profile.py W3 --runs 30
-    python benchmarks/profile.py --report perf.data
+        perf record -e cpu-clock -F 4000 -o perf.data python benchmarks/perf_profile.py W3 --runs 30
+    python benchmarks/perf_profile.py --report perf.data
 
 The first command runs the workload at 64 seeds × 2,000 steps ``--runs`` times on the numba engine,
 after one small run that compiles or loads the kernels, and prints ns per trajectory-step. At the end it
