@@ -453,11 +453,12 @@ def _make_ls_affine(DP, WD, MOM, USE_V):
                     if USE_V:
                         av += A[i, p] * v[p]
                 r0 = gam_b * (au - bvec[i])
-                r1 = gam_b * (av - sc * rth[i])
                 RU[q, j] = r0
-                RV[q, j] = r1
                 su += abs(np.float64(r0)) * anorm[i]
-                sv += abs(np.float64(r1)) * anorm[i]
+                if USE_V:                       # (else v stays 0 and its bound is not used: amax = 0)
+                    r1 = gam_b * (av - sc * rth[i])
+                    RV[q, j] = r1
+                    sv += abs(np.float64(r1)) * anorm[i]
             if MOM:                             # w ← μw + γg, x ← x − w; coordinate loops innermost (unrolled)
                 for p in range(DP):
                     wu[p] = mom * wu[p] + gam_alpha * u[p]
