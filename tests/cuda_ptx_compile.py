@@ -1,7 +1,7 @@
 """Compile the CUDA engine's kernels to PTX for compute capability 9.0 without a GPU (float64, float32).
 
-The per-trajectory kernel, and the affine least-squares kernel at d = 50 (W1's dimension) with and
-without momentum: there, with the coordinate loops of fixed trip count, u and v (and the velocities)
+The per-trajectory kernel (a thread, and a warp, per trajectory), and the affine least-squares kernel
+at d = 50 (W1's dimension) with and without momentum: there, with the coordinate loops of fixed trip count, u and v (and the velocities)
 must be promoted to registers, i.e. the PTX has no local-memory loads or stores.
 
 Where nvJitLink is installed (``cuda.bindings.nvjitlink``, from ``numba-cuda[cu13]``), the PTX is also
@@ -26,14 +26,20 @@ dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability
 from kdsim.engines import _kernels_cuda as K  # noqa: E402
 
 
-def args(wd):
-    """Arguments of ``layered_traj`` with the engine's types (shapes do not matter for typing)."""
+def args(wd, lanes):
+    """Arguments of ``layered_traj`` with the engine's types (shapes do not matter for typing): with one
+    lane the scratch (…, T) is C-ordered, with a warp per trajectory the engine passes transposed views."""
+    if lanes == 1:
+        z = lambda *s, t=wd: np.zeros(s, t)  # noqa: E731
+    else:
+        z = lambda *s, t=wd: np.zeros(s[::-1], t).T  # noqa: E731
     f = lambda *s: np.zeros(s, wd)  # noqa: E731
     i = lambda *s: np.zeros(s, np.int64)  # noqa: E731
     return (f(10, 3), f(10, 3), f(10, 3), f(3, 3), f(20), f(20), i(3), i(3), i(0), 1, 1, wd(0.1), f(4), wd(0.1),
             f(20), f(4, 2), f(4, 2), True, False, 5, 0, f(0), i(3), 10, np.zeros(4, np.uint64), 3, 0, 4, wd(0.0),
-            wd(1.0), f(0, 3), wd(1e30), f(20, 4), f(20, 4), f(20, 4), f(20, 4), f(20, 4), f(10, 16, 4), f(5, 16, 4),
-            f(5, 16, 4), i(3, 4), np.zeros((10, 4), np.bool_), i(10, 4), i(4), np.zeros((3, 20, 4)), i(4), f(20, 4))
+            wd(1.0), f(0, 3), wd(1e30), lanes, z(20, 4), z(20, 4), z(20, 4), z(20, 4), z(20, 4), z(10, 16, 4),
+            z(5, 16, 4), z(5, 16, 4), z(3, 4, t=np.int64), z(10, 4, t=np.bool_), z(10, 4, t=np.int64), i(4),
+            z(lanes, 4), z(3, 20, 4, t=np.float64), i(4), z(20, 4))
 
 
 #: a compiler library that is not installed (NVVM, NVRTC): the test skips, it cannot fail on them
@@ -49,7 +55,8 @@ def affine_args(wd, d):
             i(4), b(3, 4), f(3, d, 4), f(3, d, 4), i(3, 4), b(4), f(d, 4), f(d, 4))
 
 
-CASES = [(f"{wd.__name__} layered_traj", K.layered_traj.py_func, args(wd), False) for wd in (np.float64, np.float32)]
+CASES = [(f"{wd.__name__} layered_traj lanes={lanes}", K.layered_traj.py_func, args(wd, lanes), False)
+         for wd in (np.float64, np.float32) for lanes in (1, K.WARP)]
 CASES += [(f"{wd.__name__} ls_affine d=50 momentum={mom}", K.ls_affine_kernel(50, wd, mom, True).py_func,
            affine_args(wd, 50), True) for wd in (np.float64, np.float32) for mom in (False, True)]
 

@@ -214,7 +214,56 @@ def test_blocks_narrower_than_the_widest_give_the_same_trajectories(monkeypatch)
         assert_records_close(out.arrays, run_arrays(reference, p, plan), rtol=1e-9, scale_tol=1e-11, x_rtol=1e-9)
 
 
+@pytest.mark.cudasim
+@needs_kernels
+@pytest.mark.parametrize("name", ["softmax", "mlp"])
+def test_a_thread_and_a_warp_per_trajectory_compute_the_same_trajectories(name):
+    """The per-trajectory kernel run by one thread (``lanes=1``) and by lanes that share each step's loops
+    against the reference, and against each other to 1e-13 (an item of a shared loop does its arithmetic in
+    the one-thread order): four lanes, so that each takes several items of a loop, on the estimators with
+    full-data passes (corrected KD, SVRG), the teacher at a temperature, reshuffled epochs with a short last
+    batch, momentum and a step size that diverges (the lanes take one decision); a whole warp, the engine's
+    choice on a GPU for few trajectories, on SVRG with momentum. (The simulator runs each lane as a Python
+    thread and polls them at every barrier: a warp costs seconds a step, hence the small set.)"""
+    p = problems()[name]
+    theta = teacher_of(name, p)
+    base = {"batch_size": 3, "record_every": 2, "seed": 5, "svrg_period": 3, "x0": p.default_x0()}
+    cases = [(4, dict(estimator="corrected", sampling="reshuffle", batch_size=4)),
+             (4, dict(estimator="kd_loss", temperature=2.0)),
+             (4 if name != "mlp" else 32, dict(estimator="svrg", momentum=0.5))]
+    for lanes, kw in cases:
+        plan = make_plan(p, theta, [0.0, 0.5], 0.05, 8 if lanes < 32 else 4, 1, **{**base, **kw})
+        want = run_arrays(reference, p, plan)
+        outs = [driver.run(p, plan, cuda_gpu, path="trajectory", lanes=w, growth_limit=None) for w in (1, lanes)]
+        assert [o.timing["kernel"] for o in outs] == ["cuda_layered_traj", "cuda_layered_warp"]
+        for out in outs:
+            assert_records_close(out.arrays, want, rtol=1e-9, scale_tol=1e-11, x_rtol=1e-9)
+        np.testing.assert_allclose(outs[1].arrays["x_final"], outs[0].arrays["x_final"], rtol=1e-13, atol=1e-15)
+    plan = make_plan(p, theta, [0.0, 0.5], 1000.0, 60, 1, batch_size=2, record_every=8, seed=5, x0=p.default_x0())
+    want = run_arrays(reference, p, plan)
+    assert (want["diverged_step"] >= 0).all()
+    out = driver.run(p, plan, cuda_gpu, path="trajectory", lanes=4, growth_limit=None)
+    np.testing.assert_array_equal(out.arrays["diverged_step"], want["diverged_step"])
+    assert_records_close(out.arrays, want, rtol=1e-9, scale_tol=1e-11, x_rtol=None)
+
+
 # ------------------------------------------------------------------ default set
+def test_a_warp_per_trajectory_only_where_threads_would_leave_the_device_empty():
+    """A warp per trajectory while the trajectories are fewer than the threads the multiprocessors hold
+    (2,048 each: 270,336 on an H100's 132), else a thread; ``lanes`` not a power of two up to 32 is an
+    error."""
+    from kdsim.engines._kernels_cuda import WARP, lanes_per_trajectory
+    assert WARP == 32
+    assert lanes_per_trajectory(3072, 132) == 32                   # W3, W5: 1,024 seeds × 3 λ
+    assert lanes_per_trajectory(65536 * 5, 132) == 1               # W1's seeds × 5 λ, per trajectory
+    assert lanes_per_trajectory(132 * 2048 - 1, 132) == 32 and lanes_per_trajectory(132 * 2048, 132) == 1
+    with pytest.raises(ValueError, match="n_traj and sm_count"):
+        lanes_per_trajectory(0, 132)
+    p = problems()["softmax"]
+    plan = make_plan(p, teacher_of("softmax", p), [0.5], 0.05, 4, 2)
+    for bad in (3, 64, 0):
+        with pytest.raises(ValueError, match="lanes must be None or a power of two from 1 to 32"):
+            driver.run(p, plan, cuda_gpu, lanes=bad)
 def test_threads_per_block_spreads_few_threads_over_the_multiprocessors():
     """Blocks of 128 where every multiprocessor gets one, else halved down to a warp (an H100 has 132)."""
     from kdsim.engines._kernels_cuda import threads_per_block
@@ -270,4 +319,4 @@ def test_kernel_compiles_to_ptx_for_a_gpu():
     out = subprocess.run([sys.executable, str(code)], capture_output=True, text=True, timeout=600)
     if out.returncode == 0 and out.stdout.startswith("SKIP"):
         pytest.skip("a CUDA compiler library is missing: " + out.stdout[5:].strip())
-    assert out.returncode == 0 and out.stdout.count("PTX ok") == 6, out.stdout + out.stderr[-3000:]
+    assert out.returncode == 0 and out.stdout.count("PTX ok") == 8, out.stdout + out.stderr[-3000:]

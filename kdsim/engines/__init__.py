@@ -2,7 +2,7 @@
 
 ``numpy`` is the readable reference engine and the ground truth for the others; ``numba``
 the compiled CPU engine (``numba_cpu``); ``cuda`` the GPU engine (``cuda_gpu``: numba-cuda
-kernels on CuPy arrays, one thread per trajectory; ``cupy`` is another name for it, kept for
+kernels on CuPy arrays, a thread or a warp per trajectory; ``cupy`` is another name for it, kept for
 earlier scripts); ``auto`` the numba engine when numba imports and the problem exports a kernel
 spec, else the reference engine. ``auto`` stays on the CPU: a GPU run must be asked for by name.
 The array-module engine on CuPy (``cupy_gpu``) is reachable as an engine module

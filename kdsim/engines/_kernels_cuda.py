@@ -1,5 +1,5 @@
-"""numba-cuda kernels of the CUDA engine (``cuda_gpu``): one thread per trajectory, and for least squares
-in the affine form one thread per seed (``ls_affine_kernel``, at the end of this module).
+"""numba-cuda kernels of the CUDA engine (``cuda_gpu``): a thread or a warp per trajectory (``layered_traj``),
+and for least squares in the affine form one thread per seed (``ls_affine_kernel``, at the end of this module).
 
 The structure is the numba CPU layered kernel's (``_kernels_layered``), which covers every family
 of the kernel spec — least squares (one 1×d layer, identity link), softmax, the GLMs, deep linear
@@ -7,8 +7,13 @@ nets and MLPs (activations, biases) — with the same index stream (``kdsim.rng`
 keys: Floyd's sampling for i.i.d. minibatches, a Fisher–Yates permutation per epoch for
 reshuffling). Differences that keep a GPU busy:
 
-* every per-trajectory array is stored with the trajectory last, ``(…, T)``: the threads of a
-  warp read and write neighbouring words (coalesced), and no thread allocates;
+* every per-trajectory array is indexed with the trajectory last, ``(…, T)``, and no thread allocates.
+  With a thread per trajectory it is stored so: the threads of a warp read and write neighbouring words
+  (coalesced). Few trajectories leave a GPU mostly empty that way (W3's 3,072 threads on an H100 that
+  holds 270,336), so there a block of one warp runs each trajectory, its 32 lanes sharing the loops of
+  a step (the (row, sample) pairs of a layer, the weights of the gradient, the coordinates of the
+  update; ``lanes_per_trajectory``), and the engine stores the arrays trajectory by trajectory, so that
+  the lanes' words neighbour each other;
 * the full-data terms of deep nets (corrected KD's J(x)ᵀ r(θ) and SVRG's ∇f(y)) are full-data
   back-propagations at the point (for a linear net equal to the CPU kernel's end-to-end pull-back);
 * the iterate is saved at the record steps (record-major, ``(R, dim, T)``); the engine evaluates the
@@ -37,8 +42,10 @@ _EPOCH_TAG = np.uint64(1 << 63)
 SAMPLE_BLOCK = 16
 #: threads per block at most (``threads_per_block`` takes fewer where that would leave SMs idle)
 THREADS = 128
-#: the narrowest block: one warp
+#: the narrowest block: one warp (and the lanes of a trajectory in the warp-per-trajectory shape)
 WARP = 32
+#: threads one multiprocessor holds at once (A100, H100, H200)
+RESIDENT_THREADS = 2048
 
 
 def threads_per_block(n_threads, sm_count):
@@ -53,6 +60,15 @@ def threads_per_block(n_threads, sm_count):
     while t > WARP and -(-n_threads // t) < sm_count:
         t //= 2
     return t
+
+
+def lanes_per_trajectory(n_traj, sm_count):
+    """Threads per trajectory of ``layered_traj``: a warp (``WARP``) when one thread per trajectory would
+    leave the device mostly empty — fewer trajectories than the threads its multiprocessors hold
+    (W3's and W5's 3,072 against an H100's 132 × 2,048) — else one."""
+    if n_traj < 1 or sm_count < 1:
+        raise ValueError(f"n_traj and sm_count must be >= 1, got {n_traj} and {sm_count}")
+    return WARP if n_traj < sm_count * RESIDENT_THREADS else 1
 
 
 # ------------------------------------------------------------------ index stream (kdsim.rng's integers)
@@ -100,27 +116,39 @@ def _permutation_into(ekey, n, perm, j):
         perm[q, j] = held
 
 
+@cuda.jit(device=True, inline=True)
+def _batch_size(t, n, b, code, K):
+    """The size of step t's minibatch: b, or the rest of the epoch at its last step (``_batch_into``)."""
+    if code == 0:
+        return b
+    return min(b, n - (t - (t // K) * K) * b)
+
+
 @cuda.jit(device=True)
 def _batch_into(stream_key, t, n, b, code, K, perm, perm_epoch, idx, taken, j):
     """Step t's minibatch of trajectory j into idx[:, j] (``rng.batch_into_nb``); returns its size."""
+    nb = _batch_size(t, n, b, code, K)
     if code == 0:
         _minibatch_into(_splitmix64(np.uint64(stream_key) ^ np.uint64(t)), n, b, idx, taken, j)
-        return b
+        return nb
     e = t // K
-    k = t - e * K
     if code == 2:
         e = 0
     if perm_epoch[j] != e:
         _permutation_into(_splitmix64(np.uint64(stream_key) ^ (_EPOCH_TAG | np.uint64(e))), n, perm, j)
         perm_epoch[j] = e
-    lo = k * b
-    nb = min(b, n - lo)
+    lo = (t - (t // K) * K) * b
     for q in range(nb):
         idx[q, j] = perm[lo + q, j]
     return nb
 
 
 # ------------------------------------------------------------------ layers
+# Every helper below is run by the W lanes of trajectory j together (W = 1: one thread; W = WARP: the
+# block's warp): lane ℓ takes the items ℓ, ℓ + W, … of each loop, and on return every lane sees every
+# lane's writes (a barrier; with W = 1 a thread is alone, and a barrier would also wait for the block's
+# other trajectories). An item does its arithmetic in the one-thread order, so both shapes compute the
+# same numbers.
 _activate = cuda.jit(device=True, inline=True)(_activations.activate)
 _activation_d1 = cuda.jit(device=True, inline=True)(_activations.activation_d1)
 
@@ -136,33 +164,41 @@ def _logit_max(H, z0, m, s, j):
 
 
 @cuda.jit(device=True)
-def _forward(x, dims, offs, boffs, act, A, rows, r0, nb, H, hoff, j):
+def _forward(x, dims, offs, boffs, act, A, rows, r0, nb, H, hoff, j, lane, W):
     """H[hoff[k] + c, s, j]: layer k's input of sample rows[r0 + s, j] (h_0 = a_i; h_{k+1} = σ(W_k h_k + b_k),
-    linear at the output layer); ``rows`` (…, T) or, with ``r0 < 0``, the samples −r0 − 1 + s themselves."""
+    linear at the output layer); ``rows`` (…, T) or, with ``r0 < 0``, the samples −r0 − 1 + s themselves.
+    Items: (sample, input) pairs, then each layer's (row, sample) pairs."""
     L = dims.shape[0] - 1
-    for s in range(nb):
+    d0 = dims[0]
+    for q in range(lane, nb * d0, W):
+        s = q // d0
+        c = q - s * d0
         i = (-r0 - 1 + s) if r0 < 0 else rows[r0 + s, j]
-        for c in range(dims[0]):
-            H[c, s, j] = A[i, c]
+        H[c, s, j] = A[i, c]
+    if W > 1:
+        cuda.syncthreads()
     for k in range(L):
         rws, cols = dims[k + 1], dims[k]
         hi, ho = hoff[k], hoff[k + 1]
-        for r in range(rws):
+        for q in range(lane, rws * nb, W):
+            r = q // nb
+            s = q - r * nb
             base = offs[k] + r * cols
-            bias = x[boffs[k] + r, j] if boffs.shape[0] > 0 else x[0, j] - x[0, j]
-            for s in range(nb):
-                acc = bias
-                for c in range(cols):
-                    acc += x[base + c, j] * H[hi + c, s, j]
-                if act != 0 and k < L - 1:
-                    acc = _activate(act, acc)
-                H[ho + r, s, j] = acc
+            acc = x[boffs[k] + r, j] if boffs.shape[0] > 0 else x[0, j] - x[0, j]
+            for c in range(cols):
+                acc += x[base + c, j] * H[hi + c, s, j]
+            if act != 0 and k < L - 1:
+                acc = _activate(act, acc)
+            H[ho + r, s, j] = acc
+        if W > 1:
+            cuda.syncthreads()
 
 
 @cuda.jit(device=True)
-def _residuals(code, H, zoff, m, Y, rows, r0, nb, D, j):
-    """D[o, s, j] = ∂g/∂z of sample s at its logits H[zoff + o, s, j] (``_kernels_layered._residuals``)."""
-    for s in range(nb):
+def _residuals(code, H, zoff, m, Y, rows, r0, nb, D, j, lane, W):
+    """D[o, s, j] = ∂g/∂z of sample s at its logits H[zoff + o, s, j] (``_kernels_layered._residuals``).
+    Items: samples (a softmax normalises over its classes)."""
+    for s in range(lane, nb, W):
         i = (-r0 - 1 + s) if r0 < 0 else rows[r0 + s, j]
         if code == 0:
             for o in range(m):
@@ -188,75 +224,94 @@ def _residuals(code, H, zoff, m, Y, rows, r0, nb, D, j):
         else:
             for o in range(m):
                 D[o, s, j] = math.exp(H[zoff + o, s, j]) - Y[i, o]
+    if W > 1:
+        cuda.syncthreads()
 
 
 @cuda.jit(device=True)
-def _backward(x, dims, offs, boffs, act, H, hoff, D, Dn, nb, grad, scale, j):
-    """grad[:, j] += scale · Σ_s J_s(x)ᵀ δ_s for the output deltas δ_s = D[:d_out, s, j] (overwrites D, Dn)."""
+def _backward(x, dims, offs, boffs, act, H, hoff, D, Dn, nb, grad, scale, j, lane, W):
+    """grad[:, j] += scale · Σ_s J_s(x)ᵀ δ_s for the output deltas δ_s = D[:d_out, s, j] (overwrites D, Dn).
+    Items: each layer's weights (a weight sums over the samples in order) and rows, then the (sample,
+    input) pairs of the delta sent down."""
     L = dims.shape[0] - 1
-    for s in range(nb):
-        for o in range(dims[L]):
-            D[o, s, j] = scale * D[o, s, j]
+    m = dims[L]
+    for q in range(lane, nb * m, W):
+        s = q // m
+        o = q - s * m
+        D[o, s, j] = scale * D[o, s, j]
+    if W > 1:
+        cuda.syncthreads()
     flip = False
     for k in range(L - 1, -1, -1):
         rws, cols = dims[k + 1], dims[k]
         hi = hoff[k]
-        for r in range(rws):
-            base = offs[k] + r * cols
-            tot = grad[0, j] - grad[0, j]
+        for q in range(lane, rws * cols, W):
+            r = q // cols
+            c = q - r * cols
+            g = grad[offs[k] + q, j]
             for s in range(nb):
-                d = Dn[r, s, j] if flip else D[r, s, j]
-                tot += d
-                for c in range(cols):
-                    grad[base + c, j] += d * H[hi + c, s, j]
-            if boffs.shape[0] > 0:
+                g += (Dn[r, s, j] if flip else D[r, s, j]) * H[hi + c, s, j]
+            grad[offs[k] + q, j] = g
+        if boffs.shape[0] > 0:
+            for r in range(lane, rws, W):
+                tot = grad[0, j] - grad[0, j]
+                for s in range(nb):
+                    tot += Dn[r, s, j] if flip else D[r, s, j]
                 grad[boffs[k] + r, j] += tot
         if k > 0:
-            for s in range(nb):
-                for c in range(cols):
-                    acc = grad[0, j] - grad[0, j]
-                    for r in range(rws):
-                        d = Dn[r, s, j] if flip else D[r, s, j]
-                        acc += x[offs[k] + r * cols + c, j] * d
-                    if act != 0:
-                        acc *= _activation_d1(act, H[hi + c, s, j])
-                    if flip:
-                        D[c, s, j] = acc
-                    else:
-                        Dn[c, s, j] = acc
+            for q in range(lane, nb * cols, W):
+                s = q // cols
+                c = q - s * cols
+                acc = grad[0, j] - grad[0, j]
+                for r in range(rws):
+                    d = Dn[r, s, j] if flip else D[r, s, j]
+                    acc += x[offs[k] + r * cols + c, j] * d
+                if act != 0:
+                    acc *= _activation_d1(act, H[hi + c, s, j])
+                if flip:
+                    D[c, s, j] = acc
+                else:
+                    Dn[c, s, j] = acc
             flip = not flip
+        if W > 1:
+            cuda.syncthreads()
 
 
 @cuda.jit(device=True)
-def _full_pass(x, dims, offs, boffs, act, code, A, Y, R, nfw, n, IDX, H, hoff, D, Dn, grad, scale, j):
+def _full_pass(x, dims, offs, boffs, act, code, A, Y, R, nfw, n, IDX, H, hoff, D, Dn, grad, scale, j, lane, W):
     """grad[:, j] += scale · Σ_i w_i J_i(x)ᵀ r_i over every sample: r_i the residual of x itself (``R`` with
     no rows) or the given rows R[i] (the teacher's), weights n·w_i ``nfw`` (empty: 1)."""
     L = dims.shape[0] - 1
     d_out = dims[L]
     for s0 in range(0, n, SAMPLE_BLOCK):
         nb = min(SAMPLE_BLOCK, n - s0)
-        _forward(x, dims, offs, boffs, act, A, IDX, -s0 - 1, nb, H, hoff, j)
+        _forward(x, dims, offs, boffs, act, A, IDX, -s0 - 1, nb, H, hoff, j, lane, W)
         if R.shape[0] == 0:
-            _residuals(code, H, hoff[L], d_out, Y, IDX, -s0 - 1, nb, D, j)
-        else:
-            for s in range(nb):
-                for o in range(d_out):
-                    D[o, s, j] = R[s0 + s, o]
-        if nfw.shape[0] > 0:
-            for s in range(nb):
-                for o in range(d_out):
-                    D[o, s, j] *= nfw[s0 + s]
-        _backward(x, dims, offs, boffs, act, H, hoff, D, Dn, nb, grad, scale, j)
+            _residuals(code, H, hoff[L], d_out, Y, IDX, -s0 - 1, nb, D, j, lane, W)
+        for q in range(lane, nb * d_out, W):
+            s = q // d_out
+            o = q - s * d_out
+            if R.shape[0] > 0:
+                D[o, s, j] = R[s0 + s, o]
+            if nfw.shape[0] > 0:
+                D[o, s, j] *= nfw[s0 + s]
+        if W > 1:
+            cuda.syncthreads()
+        _backward(x, dims, offs, boffs, act, H, hoff, D, Dn, nb, grad, scale, j, lane, W)
 
 
 # ------------------------------------------------------------------ the trajectory kernel
 @cuda.jit
 def layered_traj(A, Y, rt, Gt, ridge, alpha, dims, offs, boffs, act, code, gam, inv_bs, inv_n, x0, acoef, ccoef,
                  use_teacher, snapshot, period, snap_start, nfw, rec_steps, steps, stream_keys, b, scode, K, mom,
-                 tau, Qt, limit, X, G, Ys, GY, VEL, H, D, Dn, IDX, TAKEN, PERM, PEPOCH, saved, div, xfin):
-    """Trajectory j = the thread's index: every step of ``_kernels_layered.layered_traj`` (same arguments,
-    same order of terms), the per-trajectory arrays (…, T) passed in as scratch (module docstring)."""
-    j = cuda.grid(1)
+                 tau, Qt, limit, W, X, G, Ys, GY, VEL, H, D, Dn, IDX, TAKEN, PERM, PEPOCH, NRM, saved, div, xfin):
+    """Every step of ``_kernels_layered.layered_traj`` (same arguments, same order of terms) for trajectory
+    j, run by W lanes: W = 1, a thread per trajectory (j its global index); W = ``WARP``, a block of one
+    warp per trajectory (j the block's index), the lanes sharing each step's loops (the helpers above). The
+    per-trajectory arrays (…, T) are passed in as scratch (module docstring); ``NRM`` (W, T) takes the
+    lanes' parts of ‖x‖²."""
+    j = (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x) // W
+    lane = cuda.threadIdx.x % W
     T = stream_keys.shape[0]
     if j >= T:
         return
@@ -272,16 +327,17 @@ def layered_traj(A, Y, rt, Gt, ridge, alpha, dims, offs, boffs, act, code, gam, 
         hoff[k + 1] = hoff[k] + dims[k]
     one_layer = L == 1 and act == 0 and boffs.shape[0] == 0
     empty = rt[:0]
-    for p in range(dim):
+    for p in range(lane, dim, W):
         X[p, j] = x0[p]
         VEL[p, j] = x0[p] - x0[p]
-    PEPOCH[j] = -1
+    if lane == 0:
+        PEPOCH[j] = -1
     key = stream_keys[j]
     rec = 0
     dead = False
     for t in range(steps + 1):
         if rec < R and rec_steps[rec] == t:
-            for p in range(dim):
+            for p in range(lane, dim, W):
                 saved[rec, p, j] = X[p, j]
             rec += 1
         if t == steps:
@@ -290,23 +346,30 @@ def layered_traj(A, Y, rt, Gt, ridge, alpha, dims, offs, boffs, act, code, gam, 
         a = acoef[j, ep]
         c = ccoef[j, ep]
         if snapshot and (t == 0 or (t >= snap_start and (t - snap_start) % period == 0)):
-            for p in range(dim):
+            for p in range(lane, dim, W):
                 Ys[p, j] = X[p, j]
                 GY[p, j] = X[p, j] - X[p, j]
-            _full_pass(Ys, dims, offs, boffs, act, code, A, Y, empty, nfw, n, IDX, H, hoff, D, Dn, GY, inv_n, j)
-            for p in range(dim):
+            if W > 1:
+                cuda.syncthreads()
+            _full_pass(Ys, dims, offs, boffs, act, code, A, Y, empty, nfw, n, IDX, H, hoff, D, Dn, GY, inv_n, j,
+                       lane, W)
+            for p in range(lane, dim, W):
                 GY[p, j] += alpha[p] * Ys[p, j]
-        bt = _batch_into(key, t, n, b, scode, K, PERM, PEPOCH, IDX, TAKEN, j)
+        if lane == 0:                           # the draw is sequential; the others only need its size
+            _batch_into(key, t, n, b, scode, K, PERM, PEPOCH, IDX, TAKEN, j)
+        bt = _batch_size(t, n, b, scode, K)
         inv_b = inv_bs[bt]
-        for p in range(dim):
+        for p in range(lane, dim, W):
             G[p, j] = X[p, j] - X[p, j]
+        if W > 1:
+            cuda.syncthreads()
         for j0 in range(0, bt, SAMPLE_BLOCK):
             nb = min(SAMPLE_BLOCK, bt - j0)
-            _forward(X, dims, offs, boffs, act, A, IDX, j0, nb, H, hoff, j)
-            _residuals(code, H, hoff[L], d_out, Y, IDX, j0, nb, D, j)
+            _forward(X, dims, offs, boffs, act, A, IDX, j0, nb, H, hoff, j, lane, W)
+            _residuals(code, H, hoff[L], d_out, Y, IDX, j0, nb, D, j, lane, W)
             if use_teacher and tau != 1:
                 z0 = hoff[L]
-                for s in range(nb):
+                for s in range(lane, nb, W):
                     i = IDX[j0 + s, j]
                     zmax = _logit_max(H, z0, d_out, s, j)
                     tot = zmax - zmax
@@ -316,44 +379,59 @@ def layered_traj(A, Y, rt, Gt, ridge, alpha, dims, offs, boffs, act, code, gam, 
                         pt = math.exp((H[z0 + o, s, j] - zmax) / tau) / tot
                         D[o, s, j] = (1 - a) * D[o, s, j] + a * tau * (pt - Qt[i, o])
             elif use_teacher:
-                for s in range(nb):
-                    i = IDX[j0 + s, j]
-                    for o in range(d_out):
-                        D[o, s, j] -= a * rt[i, o]
-            _backward(X, dims, offs, boffs, act, H, hoff, D, Dn, nb, G, gam / gam, j)
+                for q in range(lane, nb * d_out, W):
+                    s = q // d_out
+                    o = q - s * d_out
+                    D[o, s, j] -= a * rt[IDX[j0 + s, j], o]
+            if W > 1:
+                cuda.syncthreads()
+            _backward(X, dims, offs, boffs, act, H, hoff, D, Dn, nb, G, gam / gam, j, lane, W)
             if snapshot:                        # −a·J_B(y)ᵀ r_B(y), through the snapshot
-                _forward(Ys, dims, offs, boffs, act, A, IDX, j0, nb, H, hoff, j)
-                _residuals(code, H, hoff[L], d_out, Y, IDX, j0, nb, D, j)
-                _backward(Ys, dims, offs, boffs, act, H, hoff, D, Dn, nb, G, -a, j)
+                _forward(Ys, dims, offs, boffs, act, A, IDX, j0, nb, H, hoff, j, lane, W)
+                _residuals(code, H, hoff[L], d_out, Y, IDX, j0, nb, D, j, lane, W)
+                _backward(Ys, dims, offs, boffs, act, H, hoff, D, Dn, nb, G, -a, j, lane, W)
         if snapshot:
-            for p in range(dim):
+            for p in range(lane, dim, W):
                 G[p, j] = G[p, j] * inv_b + alpha[p] * (X[p, j] - a * Ys[p, j]) + c * GY[p, j]
         elif use_teacher and c != 0:
-            for p in range(dim):
+            for p in range(lane, dim, W):
                 G[p, j] *= inv_b
-            if one_layer:
-                for o in range(d_out):
-                    for q in range(d_in):
-                        G[o * d_in + q, j] += c * Gt[o, q]
+            if one_layer:                       # the weights p = o·d_in + q of the one layer (p's own lane)
+                for p in range(lane, d_out * d_in, W):
+                    o = p // d_in
+                    G[p, j] += c * Gt[o, p - o * d_in]
             else:                               # c·Σ_i w_i J_i(x)ᵀ rθ_i, back-propagated at x
-                _full_pass(X, dims, offs, boffs, act, code, A, Y, rt, nfw, n, IDX, H, hoff, D, Dn, G, c * inv_n, j)
-            for p in range(dim):
+                if W > 1:
+                    cuda.syncthreads()
+                _full_pass(X, dims, offs, boffs, act, code, A, Y, rt, nfw, n, IDX, H, hoff, D, Dn, G, c * inv_n, j,
+                           lane, W)
+            for p in range(lane, dim, W):
                 G[p, j] = G[p, j] + alpha[p] * X[p, j] + (c - a) * ridge[p]
         else:
-            for p in range(dim):
+            for p in range(lane, dim, W):
                 G[p, j] = G[p, j] * inv_b + alpha[p] * X[p, j] - a * ridge[p]
         nx = X[0, j] - X[0, j]
-        for p in range(dim):                    # heavy ball: w ← μw + g, x ← x − γw (μ = 0: SGD)
+        for p in range(lane, dim, W):           # heavy ball: w ← μw + g, x ← x − γw (μ = 0: SGD)
             w = mom * VEL[p, j] + G[p, j]
             VEL[p, j] = w
             xn = X[p, j] - gam * w
             X[p, j] = xn
             nx += xn * xn
+        if W > 1:                               # every lane sums the parts in one order: one decision
+            NRM[lane, j] = nx
+            if W > 1:
+                cuda.syncthreads()
+            nx = NRM[0, j]
+            for q in range(1, W):
+                nx += NRM[q, j]
+            if W > 1:
+                cuda.syncthreads()
         if not (nx <= limit):
-            div[j] = t + 1
+            if lane == 0:
+                div[j] = t + 1
             dead = True
             break
-    for p in range(dim):
+    for p in range(lane, dim, W):
         xfin[p, j] = X[p, j] if not dead else math.nan
 
 

@@ -1,15 +1,16 @@
 """The CUDA engine (backend ``"cuda"``; ``"cupy"`` is the same engine): numba-cuda kernels on CuPy arrays.
 
-One thread per trajectory (``_kernels_cuda.layered_traj``, every family of the kernel spec, every
-estimator, sampling scheme, momentum and temperature), the numba CPU engine's index stream, the same
-divergence guard. Least squares under common random numbers runs in the affine form instead
+A thread per trajectory, or a warp (one block of 32 threads sharing its loops) where the trajectories are
+too few to fill the device (``_kernels_cuda.layered_traj``: every family of the kernel spec, every
+estimator, sampling scheme, momentum and temperature; ``lanes_per_trajectory``), the numba CPU engine's
+index stream, the same divergence guard. Least squares under common random numbers runs in the affine form instead
 (``_kernels_cuda.ls_affine_kernel``: one thread per seed, its (u, v) pair in registers for every λ,
 compiled per dimension), and its records are the quadratics in λ of the saved pairs, with the CPU
 kernel's rule against cancellation (``kernelspec.affine_record_values``); a seed the affine form cannot
 decide is rerun per trajectory by the driver, as on the CPU. CuPy allocates, transfers and evaluates the records on the device (the problems'
 own formulas, ``kdsim.kernelspec``); the kernels take CuPy arrays through ``__cuda_array_interface__``.
-Blocks are 128 threads, narrower (down to one warp) when that would leave multiprocessors idle
-(``_kernels_cuda.threads_per_block``: W3's 3,072 trajectories).
+With a thread per trajectory or seed, blocks are 128 threads, narrower (down to one warp) when that would
+leave multiprocessors idle (``_kernels_cuda.threads_per_block``).
 Only the record arrays, ``diverged_step`` and ``x_final`` come back, once per seed chunk (default
 budget: half of the device's free memory); with ``reduce=True`` the driver decides divergence and
 the chunk's moments on the device, and only the (λ, record) moments and ``diverged_step`` come back.
@@ -92,14 +93,14 @@ def sm_count():
 _SM_COUNT = []
 
 
-def _launch(kernel, n_threads, args):
+def _launch(kernel, n_threads, args, lanes=1):
     """``kernel`` over ``n_threads`` threads (one per trajectory or seed), blocks shaped by
-    ``_kernels_cuda.threads_per_block``."""
+    ``_kernels_cuda.threads_per_block``; with ``lanes`` > 1, one block of that many threads per trajectory."""
     from . import _kernels_cuda as K
-    tpb = K.threads_per_block(n_threads, sm_count())
+    blocks, tpb = (n_threads, lanes) if lanes > 1 else (None, K.threads_per_block(n_threads, sm_count()))
     with warnings.catch_warnings():         # the simulator's uint64 arithmetic wraps on numpy scalars
         warnings.filterwarnings("ignore", "overflow encountered in scalar", RuntimeWarning)
-        kernel[-(-n_threads // tpb), tpb](*args)
+        kernel[blocks or -(-n_threads // tpb), tpb](*args)
 
 
 def available():
@@ -133,16 +134,17 @@ def _host(xp, a):
 
 
 class _CudaRunner(_Runner):
-    """Every family on ``_kernels_cuda.layered_traj``; records from the saved iterates, on the device."""
+    """Every family on ``_kernels_cuda.layered_traj`` (``lanes`` threads per trajectory: 1, 32 or None, the
+    device's choice); records from the saved iterates, on the device."""
 
     saved_iterates = True
-    kernel = "cuda_layered_traj"
+    traj_kernel = "cuda_layered_traj"       # the per-trajectory kernel's last shape: …_traj or …_warp
     reduces_on_device = True            # run_chunk(…, device=True): the driver reduces on the device
 
-    def __init__(self, spec, plan, dtype):
+    def __init__(self, spec, plan, dtype, lanes=None):
         super().__init__(spec, plan, dtype)
         from . import _kernels_cuda as K
-        self.K, self.xp = K, _xp()
+        self.K, self.xp, self.lanes = K, _xp(), lanes
         xp, wd = self.xp, dtype
         if spec.depth + 2 > 16:
             raise ValueError(f"backend 'cuda' runs networks of at most 14 layers; this one has {spec.depth}")
@@ -172,7 +174,7 @@ class _CudaRunner(_Runner):
     def bytes_per_seed(self):
         w, n, b, sb = self.wd.itemsize, self.spec.n, self.plan.batch_size, self.K.SAMPLE_BLOCK
         per_traj = (5 * self.dim * w + sb * (self.widths + 2 * self.wmax) * w + 8 * b + n
-                    + (8 * n if self.scode else 0) + 8 + self.R * self.dim * 8 + self.dim * w)
+                    + (8 * n if self.scode else 0) + 8 + self.K.WARP * w + self.R * self.dim * 8 + self.dim * w)
         return int(self.L * per_traj + super().bytes_per_seed)
 
     def run_chunk(self, s0, s1, device=False):
@@ -186,24 +188,33 @@ class _CudaRunner(_Runner):
         keys = xp.asarray(np.ascontiguousarray(self.keys_of(seeds).ravel()))
         a, c = self.traj_coefs(ns)
         T, dim, n, b, sb = len(keys), self.dim, self.spec.n, self.plan.batch_size, K.SAMPLE_BLOCK
-        z = lambda *shape: xp.zeros(shape, dtype=wd)  # noqa: E731
-        X, G, Ys, GY, VEL = (z(dim, T) for _ in range(5))
-        H, D, Dn = z(self.widths, sb, T), z(self.wmax, sb, T), z(self.wmax, sb, T)
-        IDX = xp.zeros((b, T), dtype=np.int64)
-        TAKEN = xp.zeros((n if (self.scode == 0 and b < n) else 1, T), dtype=np.bool_)
-        PERM = xp.zeros((n if self.scode else 1, T), dtype=np.int64)
+        W = self.lanes or (1 if simulated() else K.lanes_per_trajectory(T, sm_count()))
+        self.traj_kernel = "cuda_layered_warp" if W > 1 else "cuda_layered_traj"
+
+        def z(*shape, dtype=wd, fill=0):
+            """(…, T) arrays; with a warp per trajectory stored trajectory by trajectory, the first axis
+            fastest (a layer's inputs of one sample neighbour each other): the transpose of a C array."""
+            if W == 1:
+                return xp.full(shape + (T,), fill, dtype=dtype)
+            return xp.full((T,) + shape[::-1], fill, dtype=dtype).T
+        X, G, Ys, GY, VEL = (z(dim) for _ in range(5))
+        H, D, Dn = z(self.widths, sb), z(self.wmax, sb), z(self.wmax, sb)
+        IDX = z(b, dtype=np.int64)
+        TAKEN = z(n if (self.scode == 0 and b < n) else 1, dtype=np.bool_)
+        PERM = z(n if self.scode else 1, dtype=np.int64)
         PEPOCH = xp.full(T, -1, dtype=np.int64)
-        saved = xp.full((self.R, dim, T), np.nan)
+        NRM = z(W)
+        saved = z(self.R, dim, dtype=np.float64, fill=np.nan)
         div = xp.full(T, -1, dtype=np.int64)
-        xfin = z(dim, T)
+        xfin = z(dim)
         args = (self.A, self.Y, self.rt, self.Gt, self.ridge, self.alpha, self.dims, self.offs, self.boffs, self.act,
                 self.code, wd.type(self.gam), self.dev_inv_bs, wd.type(1.0 / n), self.x0, xp.asarray(a), xp.asarray(c),
                 bool(self.est.uses_teacher), bool(self.est.snapshot), int(self.plan.svrg_period), int(self.snap_start),
                 self.dev_nfw, self.dev_rec, int(self.plan.steps), keys, int(b), int(self.scode), int(self.epoch_steps),
-                wd.type(self.mom), self.tau, self.Qt, wd.type(self.limit), X, G, Ys, GY, VEL, H, D, Dn, IDX, TAKEN,
-                PERM, PEPOCH, saved, div, xfin)
+                wd.type(self.mom), self.tau, self.Qt, wd.type(self.limit), int(W), X, G, Ys, GY, VEL, H, D, Dn, IDX,
+                TAKEN, PERM, PEPOCH, NRM, saved, div, xfin)
         t0 = time.perf_counter()
-        _launch(K.layered_traj, T, args)
+        _launch(K.layered_traj, T, args, lanes=W)
         if xp is not np:
             xp.cuda.runtime.deviceSynchronize()
         self.timers["kernel"].run_s += time.perf_counter() - t0
@@ -216,6 +227,10 @@ class _CudaRunner(_Runner):
         if self.plan.keep_iterates:
             out["iterates"] = put(saved_t).reshape(shape + (self.R, dim))
         return out
+
+    @property
+    def kernel(self):
+        return self.traj_kernel
 
     def records(self, saved, div):
         """dist2_opt, subopt, dist2_teacher (T, R) from the saved iterates (T, R, dim) of the live records."""
@@ -230,8 +245,8 @@ class _CudaLeastSquaresRunner(_CudaRunner):
     else the per-trajectory kernel. Records of the affine form are the quadratics in λ of the saved pairs,
     evaluated on the device (``kernelspec.affine_record_values``, the cancellation rule of the CPU kernel)."""
 
-    def __init__(self, spec, plan, dtype, path="auto"):
-        super().__init__(spec, plan, dtype)
+    def __init__(self, spec, plan, dtype, path="auto", lanes=None):
+        super().__init__(spec, plan, dtype, lanes)
         self.affine = affine_path(spec, plan, path)
         if not self.affine:
             return
@@ -239,7 +254,6 @@ class _CudaLeastSquaresRunner(_CudaRunner):
         dev = lambda a, t=wd: xp.asarray(np.array(a, dtype=t, order="C"))  # noqa: E731 - a writeable copy
         form = AffineForm(spec, plan, wd)
         self.form = form
-        self.kernel = "cuda_ls_affine"
         self.bvec, self.rth_v = dev(spec.Y[:, 0]), dev(spec.teacher_residuals[:, 0])
         self.gcv, self.anorm = dev(form.gcv), dev(form.anorm, np.float64)
         self.gam_bs_dev, self.scales = dev(form.gam_bs), dev(form.scales)
@@ -250,6 +264,10 @@ class _CudaLeastSquaresRunner(_CudaRunner):
         self.F = dev(F, np.float64)
         self.xstar, self.theta = dev(spec.x_star, np.float64), dev(spec.theta, np.float64)
         self.fixed_bytes += F.nbytes
+
+    @property
+    def kernel(self):
+        return "cuda_ls_affine" if self.affine else self.traj_kernel
 
     @property
     def bytes_per_seed(self):
@@ -347,14 +365,19 @@ class _CudaLeastSquaresRunner(_CudaRunner):
         return _host(xp, div), _host(xp, unsafe), _host(xp, xp.transpose(coeffs, (1, 0, 2, 3)))
 
 
-def prepare(spec, plan, dtype=None, path="auto"):
+def prepare(spec, plan, dtype=None, path="auto", lanes=None):
     """A runner of the plan on the CUDA kernels. ``path``: "auto"; for least squares "affine" (required) or
-    "trajectory" (one thread per trajectory, every family's only path)."""
+    "trajectory" (the per-trajectory kernel, every family's only path). ``lanes``: threads per trajectory
+    of that kernel, 1 or 32 (one warp; fewer than a warp, a power of two, runs the same shared loops at a
+    warp's cost); None chooses by the device's size (``_kernels_cuda.lanes_per_trajectory``), and one
+    thread on the simulator, which runs every thread in Python."""
+    if lanes is not None and lanes not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"lanes must be None or a power of two from 1 to 32 (threads per trajectory); got {lanes!r}")
     if spec.family == "least_squares":
         require()
-        return _CudaLeastSquaresRunner(spec, plan, resolve_dtype(dtype, plan), path)
+        return _CudaLeastSquaresRunner(spec, plan, resolve_dtype(dtype, plan), path, lanes)
     if path not in ("auto", "trajectory"):
         raise ValueError(f"path must be 'auto' or 'trajectory' for backend 'cuda' on {spec.family} "
-                         f"(one thread per trajectory); got {path!r}")
+                         f"(the per-trajectory kernel); got {path!r}")
     require()
-    return _CudaRunner(spec, plan, resolve_dtype(dtype, plan))
+    return _CudaRunner(spec, plan, resolve_dtype(dtype, plan), lanes)
