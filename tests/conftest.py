@@ -5,11 +5,68 @@ Statistical tolerances: a Monte Carlo mean is compared with an exact value as
 over m comparisons (Bonferroni): z = Φ⁻¹(1 − p/(2m)). Seeds are fixed, so a
 test either always passes or always fails; no statistical test is retried.
 """
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import norm
 
 import kdsim
+
+#: the test that runs the ``cudasim`` tests in their own process (tests/test_engine_cuda.py)
+CUDASIM_TEST = "test_cudasim_tests_pass_in_their_own_process"
+_BACKGROUND = {}
+
+
+def cudasim_command():
+    """The pytest command of the ``cudasim`` tests, with numba-cuda's simulator set before numba is imported."""
+    return ([sys.executable, "-m", "pytest", "-q", "-m", "cudasim", "-p", "no:cacheprovider",
+             str(Path(__file__).parent / "test_engine_cuda.py")], {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+
+
+def pytest_collection_finish(session):
+    """Start the ``cudasim`` process as soon as its test is selected: it runs on the second core while this
+    process runs the other tests, and its test waits for it (``background_cudasim``). The simulator runs
+    every CUDA thread in Python on one core, for about a minute and a half."""
+    if any(item.name == CUDASIM_TEST for item in session.items) and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        import importlib.util
+        if importlib.util.find_spec("numba_cuda") is not None:
+            cmd, env = cudasim_command()
+            out = tempfile.TemporaryFile(mode="w+")
+            _BACKGROUND["cudasim"] = (subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True),
+                                      out)
+
+
+def background_cudasim(timeout):
+    """(return code, output) of the ``cudasim`` process started at collection (or started now)."""
+    if "cudasim" not in _BACKGROUND:
+        cmd, env = cudasim_command()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        return done.returncode, done.stdout + done.stderr
+    proc, out = _BACKGROUND.pop("cudasim")
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out.seek(0)
+    text = out.read()
+    out.close()
+    return proc.returncode, text
+
+
+def pytest_sessionfinish(session):
+    """A ``cudasim`` process whose test did not run (a stop on the first failure) ends with the session."""
+    for proc, out in _BACKGROUND.values():
+        proc.kill()
+        proc.wait()
+        out.close()
+    _BACKGROUND.clear()
 
 
 def z_threshold(false_failure=1e-6, comparisons=1):
