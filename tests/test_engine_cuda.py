@@ -216,11 +216,12 @@ def test_blocks_narrower_than_the_widest_give_the_same_trajectories(monkeypatch)
 
 @pytest.mark.cudasim
 @needs_kernels
-@pytest.mark.parametrize("name", ["softmax", "mlp"])
+@pytest.mark.parametrize("name", ["softmax", "deep_linear", "mlp"])
 def test_a_thread_and_a_warp_per_trajectory_compute_the_same_trajectories(name):
     """The per-trajectory kernel run by one thread (``lanes=1``) and by lanes that share each step's loops
     against the reference, and against each other to 1e-13 (an item of a shared loop does its arithmetic in
-    the one-thread order): four lanes, so that each takes several items of a loop, on the estimators with
+    the one-thread order), on one layer (softmax), layers without biases (deep linear) and with biases and
+    an activation (MLP): four lanes, so that each takes several items of a loop, on the estimators with
     full-data passes (corrected KD, SVRG), the teacher at a temperature, reshuffled epochs with a short last
     batch, momentum and a step size that diverges (the lanes take one decision); a whole warp, the engine's
     choice on a GPU for few trajectories, on SVRG with momentum. (The simulator runs each lane as a Python
@@ -229,7 +230,7 @@ def test_a_thread_and_a_warp_per_trajectory_compute_the_same_trajectories(name):
     theta = teacher_of(name, p)
     base = {"batch_size": 3, "record_every": 2, "seed": 5, "svrg_period": 3, "x0": p.default_x0()}
     cases = [(4, dict(estimator="corrected", sampling="reshuffle", batch_size=4)),
-             (4, dict(estimator="kd_loss", temperature=2.0)),
+             (4, dict(estimator="kd_loss", temperature=2.0 if name != "deep_linear" else 1.0)),
              (4 if name != "mlp" else 32, dict(estimator="svrg", momentum=0.5))]
     for lanes, kw in cases:
         plan = make_plan(p, theta, [0.0, 0.5], 0.05, 8 if lanes < 32 else 4, 1, **{**base, **kw})
@@ -245,6 +246,18 @@ def test_a_thread_and_a_warp_per_trajectory_compute_the_same_trajectories(name):
     out = driver.run(p, plan, cuda_gpu, path="trajectory", lanes=4, growth_limit=None)
     np.testing.assert_array_equal(out.arrays["diverged_step"], want["diverged_step"])
     assert_records_close(out.arrays, want, rtol=1e-9, scale_tol=1e-11, x_rtol=None)
+    # a limit that ‖x_t‖² reaches within the run, not by a factor of 99 a step: the lanes must add up
+    # their parts of ‖x‖² before they decide (one lane's part alone stays under it)
+    plan = make_plan(p, theta, [0.0, 0.5], 0.05, 8, 1, **{**base, "estimator": "kd"})
+    runs = [driver.prepare(p, plan, cuda_gpu, path="trajectory", lanes=w) for w in (1, 4)]
+    limit = 0.9 * (runs[0].run_trajectories(np.arange(1))["x_final"] ** 2).sum(axis=-1).min()
+    outs = []
+    for r in runs:
+        r.limit = r.wd.type(limit)
+        outs.append(r.run_trajectories(np.arange(1)))
+    assert (outs[0]["diverged_step"] > 0).all()
+    np.testing.assert_array_equal(outs[1]["diverged_step"], outs[0]["diverged_step"])
+    assert np.isnan(outs[1]["x_final"]).all()
 
 
 # ------------------------------------------------------------------ default set
