@@ -147,7 +147,7 @@ def _batch_into(stream_key, t, n, b, code, K, perm, perm_epoch, idx, taken, j):
 # Every helper below is run by the W lanes of trajectory j together (W = 1: one thread; W = WARP: the
 # block's warp): lane ℓ takes the items ℓ, ℓ + W, … of each loop, and on return every lane sees every
 # lane's writes (a barrier; with W = 1 a thread is alone, and a barrier would also wait for the block's
-# other trajectories). An item does its arithmetic in the one-thread order, so both shapes compute the
+# other trajectories; written inline, because the simulator makes every device-function call costly). An item does its arithmetic in the one-thread order, so both shapes compute the
 # same numbers.
 _activate = cuda.jit(device=True, inline=True)(_activations.activate)
 _activation_d1 = cuda.jit(device=True, inline=True)(_activations.activation_d1)

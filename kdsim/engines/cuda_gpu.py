@@ -97,10 +97,14 @@ def _launch(kernel, n_threads, args, lanes=1):
     """``kernel`` over ``n_threads`` threads (one per trajectory or seed), blocks shaped by
     ``_kernels_cuda.threads_per_block``; with ``lanes`` > 1, one block of that many threads per trajectory."""
     from . import _kernels_cuda as K
-    blocks, tpb = (n_threads, lanes) if lanes > 1 else (None, K.threads_per_block(n_threads, sm_count()))
+    if lanes > 1:
+        blocks, tpb = n_threads, lanes
+    else:
+        tpb = K.threads_per_block(n_threads, sm_count())
+        blocks = -(-n_threads // tpb)
     with warnings.catch_warnings():         # the simulator's uint64 arithmetic wraps on numpy scalars
         warnings.filterwarnings("ignore", "overflow encountered in scalar", RuntimeWarning)
-        kernel[blocks or -(-n_threads // tpb), tpb](*args)
+        kernel[blocks, tpb](*args)
 
 
 def available():
