@@ -34,7 +34,7 @@ from numba import njit
 
 from ..rng import epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
 from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vload, _vload_n,
-                    _vmul, _vnonneg, _vsplat, _vstore, _vsub, _vzero, wide_vectors)
+                    _vmul, _vnonneg, _vsplat, _vstore, _vsub, _vtranspose8, _vwhere_gt, _vzero, wide_vectors)
 
 #: LLVM fast-math flags used by every kernel: reassociation (vectorised reductions),
 #: contraction (FMA), approximate functions and no-signed-zero; never nnan/ninf, and never
@@ -489,8 +489,9 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     four times. A pair never straddles a record step. Steps run one at a time instead (the
     same draws) before a record or the end when one step is left, and for a seed whose
     triangle-inequality bound could reach the limit within the pair, so the exact guard
-    sees every iterate it has to. The step code is written inline: a helper taking arrays
-    would cost reference-count updates per call.
+    sees every iterate it has to. A pair's residuals and bounds are computed for the whole
+    block at once, the seed slots as vector lanes. The step code is written inline: a helper
+    taking arrays would cost reference-count updates per call.
     """
     n, dp = A.shape
     d = xstar.shape[0]
@@ -501,6 +502,15 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     perm_start = np.full(SEED_BLOCK, NO_EPOCH, dtype=np.int64)
     rows = np.zeros((SEED_BLOCK, 2), dtype=np.int64)          # a pair's two rows of A per seed slot
     dots = _aligned_empty(SEED_BLOCK, LANES, U)               # its five dot products per seed slot
+    # a pair's scalars with the seed slots as lanes: b_i0, rth_i0, b_i1, rth_i1, agcv_i1; ‖a_i0‖, ‖a_i1‖;
+    # the residuals r_u0, r_u1, r_v0, r_v1; and 1 where the pair needs no exact guard
+    at_rows = _aligned_empty(5, LANES, U)
+    at_norms = _aligned_empty(2, LANES, ubu)
+    resid = _aligned_empty(4, LANES, U)
+    no_guard = _aligned_empty(1, LANES, ubu)
+    dots[:, :] = 0                      # an idle slot's lanes hold finite numbers
+    at_rows[:, :] = 0
+    at_norms[:, :] = 0
     half_limit = 0.5 * limit
     c1_abs = abs(np.float64(c1))
     c1sq = c1 * c1
@@ -529,16 +539,25 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                 # the indices inline: a call that takes the permutation arrays (even one inlined by numba)
                 # costs reference-count updates per step, which were a third of this loop's time
                 if code == 0:
-                    rows[g, 0] = _index1(key0, t, n)
-                    rows[g, 1] = _index1(key0, t + 1, n)
+                    i0 = _index1(key0, t, n)
+                    i1 = _index1(key0, t + 1, n)
                 else:
                     k0 = t - perm_start[g]
-                    rows[g, 0] = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t, n, code, perm, perm_start, g)
+                    i0 = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t, n, code, perm, perm_start, g)
                     k0 = t + 1 - perm_start[g]
-                    rows[g, 1] = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t + 1, n, code, perm, perm_start,
-                                                                           g)
+                    i1 = perm[g, k0] if 0 <= k0 < n else _index1s(key0, t + 1, n, code, perm, perm_start, g)
+                rows[g, 0] = i0
+                rows[g, 1] = i1
+                at_rows[0, g] = bvec[i0]
+                at_rows[1, g] = rth[i0]
+                at_rows[2, g] = bvec[i1]
+                at_rows[3, g] = rth[i1]
+                at_rows[4, g] = agcv[i1]
+                at_norms[0, g] = anorm[i0]
+                at_norms[1, g] = anorm[i1]
             for g in range(gn):
                 if not active[g]:
+                    _vstore(dots, g * LANES, _vzero(U))
                     continue
                 # five dot products over whole vectors (dp is a multiple of LANES), one horizontal sum
                 z = _vzero(U)
@@ -562,31 +581,57 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                         sv0 = _vfma(x0v, vv, sv0)
                         sv1 = _vfma(x1v, vv, sv1)
                 _vstore(dots, g * LANES, _vhsum8(su0, su1, sv0, sv1, sk, z, z, z))
+            # the residuals and the bounds of every seed slot at once, as lanes: the scalar chain
+            # (dots → residuals → bounds → test) of one seed no longer delays the next seed's update
+            dcol = _vtranspose8(_vload(dots, 0), _vload(dots, LANES), _vload(dots, 2 * LANES),
+                                _vload(dots, 3 * LANES), _vload(dots, 4 * LANES), _vload(dots, 5 * LANES),
+                                _vload(dots, 6 * LANES), _vload(dots, 7 * LANES))
+            gbv = _vsplat(gam_b)
+            c1v = _vsplat(c1)
+            ru0 = _vmul(gbv, _vsub(dcol[0], _vload(at_rows, 0)))
+            rv0 = _vmul(gbv, _vsub(dcol[2], _vload(at_rows, LANES)))
+            ru1 = _vmul(gbv, _vsub(_vsub(_vmul(c1v, dcol[1]), _vmul(ru0, dcol[4])), _vload(at_rows, 2 * LANES)))
+            rv1 = _vmul(gbv, _vsub(_vadd(_vsub(_vmul(c1v, dcol[3]), _vmul(rv0, dcol[4])),
+                                         _vload(at_rows, 4 * LANES)), _vload(at_rows, 3 * LANES)))
+            _vstore(resid, 0, ru0)
+            _vstore(resid, LANES, ru1)
+            _vstore(resid, 2 * LANES, rv0)
+            _vstore(resid, 3 * LANES, rv1)
+            # ‖u‖, ‖v‖ bounds after each step of the pair (float64), as in the steps taken one at a time
+            cab = _vsplat(c1_abs)
+            gnv = _vsplat(gcv_norm)
+            n0 = _vload(at_norms, 0)
+            n1 = _vload(at_norms, LANES)
+            ubu0 = _vload(ubu, 0)
+            ubv0 = _vload(ubv, 0)
+            ub1u = _vadd(_vmul(cab, ubu0), _vmul(_vabs(_vf64(ru0)), n0))
+            ub1v = _vadd(_vadd(_vmul(cab, ubv0), _vmul(_vabs(_vf64(rv0)), n0)), gnv)
+            ub2u = _vadd(_vmul(cab, ub1u), _vmul(_vabs(_vf64(ru1)), n1))
+            ub2v = _vadd(_vadd(_vmul(cab, ub1v), _vmul(_vabs(_vf64(rv1)), n1)), gnv)
+            am = _vload(amax, 0)
+            hl = _vsplat(half_limit)
+            bd1 = _vadd(ub1u, _vmul(am, ub1v))
+            bd2 = _vadd(ub2u, _vmul(am, ub2v))
+            # (‖u‖ + max|a|·‖v‖)² <= limit/2 after both steps (``_within``); NaN fails
+            ok = _vmul(_vnonneg(_vsub(hl, _vmul(bd1, bd1))), _vnonneg(_vsub(hl, _vmul(bd2, bd2))))
+            _vstore(no_guard, 0, ok)
+            half = _vsplat(0.5)
+            _vstore(ubu, 0, _vwhere_gt(ok, half, ub2u, ubu0))
+            _vstore(ubv, 0, _vwhere_gt(ok, half, ub2v, ubv0))
         for g in range(gn):
             if not active[g]:
                 continue
             key0 = stream_keys[s0 + g]
             singles = 1
             if pair:
-                i0 = rows[g, 0]
-                i1 = rows[g, 1]
-                o0 = i0 * dp
-                o1 = i1 * dp
-                og = g * dp
-                u0 = dots[g, 0]
-                u1 = dots[g, 1]
-                v0 = dots[g, 2]
-                v1 = dots[g, 3]
-                k01 = dots[g, 4]
-                ru0 = gam_b * (u0 - bvec[i0])
-                rv0 = gam_b * (v0 - rth[i0])
-                ru1 = gam_b * ((c1 * u1 - ru0 * k01) - bvec[i1])
-                rv1 = gam_b * ((c1 * v1 - rv0 * k01 + agcv[i1]) - rth[i1])
-                ub1u = c1_abs * ubu[g] + abs(np.float64(ru0)) * anorm[i0]
-                ub1v = c1_abs * ubv[g] + abs(np.float64(rv0)) * anorm[i0] + gcv_norm
-                ub2u = c1_abs * ub1u + abs(np.float64(ru1)) * anorm[i1]
-                ub2v = c1_abs * ub1v + abs(np.float64(rv1)) * anorm[i1] + gcv_norm
-                if _within(ub1u, ub1v, amax[g], half_limit) and _within(ub2u, ub2v, amax[g], half_limit):
+                if no_guard[0, g] != 0.0:
+                    o0 = rows[g, 0] * dp
+                    o1 = rows[g, 1] * dp
+                    og = g * dp
+                    ru0 = resid[0, g]
+                    ru1 = resid[1, g]
+                    rv0 = resid[2, g]
+                    rv1 = resid[3, g]
                     r0u = _vsplat(ru0)
                     r1u = _vsplat(ru1)
                     r0v = _vsplat(rv0)
@@ -595,24 +640,26 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                     cu0 = _vsplat(c1 * ru0)
                     cv0 = _vsplat(c1 * rv0)
                     c1v = _vsplat(c1)
-                    for p in range(0, dp, LANES):
-                        x0v = _vload(A, o0 + p)
-                        x1v = _vload(A, o1 + p)
-                        uv = _vload(U, og + p)
-                        if plain:
-                            _vstore(U, og + p, _vsub(uv, _vfma(r0u, x0v, _vmul(r1u, x1v))))
-                        else:
-                            _vstore(U, og + p, _vsub(_vmul(c2v, uv), _vfma(cu0, x0v, _vmul(r1u, x1v))))
-                        if use_v:
-                            vv = _vload(V, og + p)
-                            if plain:
-                                _vstore(V, og + p, _vsub(vv, _vfma(r0v, x0v, _vmul(r1v, x1v))))
-                            else:
-                                gv = _vload(gcv, p)          # γc enters both steps: c1·γc + γc
-                                _vstore(V, og + p, _vadd(_vsub(_vmul(c2v, vv), _vfma(cv0, x0v, _vmul(r1v, x1v))),
-                                                         _vfma(c1v, gv, gv)))
-                    ubu[g] = ub2u
-                    ubv[g] = ub2v
+                    # one loop per case, no branch inside (LLVM does not unswitch these); with c1 = 1
+                    # the general u update is the plain one exactly
+                    if use_v and plain:
+                        for p in range(0, dp, LANES):
+                            x0v = _vload(A, o0 + p)
+                            x1v = _vload(A, o1 + p)
+                            _vstore(U, og + p, _vsub(_vload(U, og + p), _vfma(r0u, x0v, _vmul(r1u, x1v))))
+                            _vstore(V, og + p, _vsub(_vload(V, og + p), _vfma(r0v, x0v, _vmul(r1v, x1v))))
+                    elif use_v:
+                        for p in range(0, dp, LANES):
+                            x0v = _vload(A, o0 + p)
+                            x1v = _vload(A, o1 + p)
+                            gv = _vload(gcv, p)              # γc enters both steps: c1·γc + γc
+                            _vstore(U, og + p, _vsub(_vmul(c2v, _vload(U, og + p)), _vfma(cu0, x0v, _vmul(r1u, x1v))))
+                            _vstore(V, og + p, _vadd(_vsub(_vmul(c2v, _vload(V, og + p)),
+                                                           _vfma(cv0, x0v, _vmul(r1v, x1v))), _vfma(c1v, gv, gv)))
+                    else:
+                        for p in range(0, dp, LANES):
+                            _vstore(U, og + p, _vsub(_vmul(c2v, _vload(U, og + p)),
+                                                     _vfma(cu0, _vload(A, o0 + p), _vmul(r1u, _vload(A, o1 + p)))))
                     continue
                 singles = 2
             for tt in range(t, t + singles):
