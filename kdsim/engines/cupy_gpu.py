@@ -33,8 +33,8 @@ def import_cupy():
         import cupy
     except ImportError as exc:
         raise ImportError(
-            "backend 'cupy' needs CuPy and an NVIDIA GPU: " + INSTALL_HINT + " (installs cupy-cuda12x; "
-            "for another CUDA version install the matching cupy-cudaXXx wheel), or use backend='numpy' "
+            "backend 'cupy' needs CuPy and an NVIDIA GPU: " + INSTALL_HINT + " (CUDA 12 wheels, "
+            "which CUDA 13 drivers run too; kdsim[gpu-cuda13] for CUDA 13's), or use backend='numpy' "
             "or backend='numba'") from exc
     return cupy
 
