@@ -43,11 +43,13 @@ import numpy as np
 
 from ._validate import choice, int_in_range
 
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _GOLDEN_INT = 0x9E3779B97F4A7C15
+_M1_INT = 0xBF58476D1CE4E5B9
+_M2_INT = 0x94D049BB133111EB
+GOLDEN = np.uint64(_GOLDEN_INT)
 _MASK64 = (1 << 64) - 1
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+_M1 = np.uint64(_M1_INT)
+_M2 = np.uint64(_M2_INT)
 _S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
 STREAM_LAMBDA_SHIFT = 32  # stream = seed_index + (lam_index + 1) << 32 without common random numbers
 #: Floyd's membership test compares with the earlier picks up to this batch size, else uses an (T, n) scratch
@@ -70,6 +72,20 @@ def splitmix64(z, xp=np):
         z = (z ^ (z >> _S30)) * _M1
         z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
+
+
+def splitmix64_u64(z):
+    """``splitmix64`` of one uint64, written once for the compiled kernels: numba compiles it for the
+    CPU (``splitmix64_nb``), numba-cuda as a device function (``engines._kernels_cuda``)."""
+    z = np.uint64(z) + np.uint64(_GOLDEN_INT)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1_INT)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2_INT)
+    return z ^ (z >> np.uint64(31))
+
+
+def uniform_below_u64(h, m):
+    """``uniform_below`` of one uint64, ((h >> 32) · m) >> 32, compiled for both as ``splitmix64_u64``."""
+    return ((np.uint64(h) >> np.uint64(32)) * np.uint64(m)) >> np.uint64(32)
 
 
 def stream_keys(seed, streams, xp=np):
@@ -278,17 +294,8 @@ except ImportError:  # numba is optional at import time; the numba engine checks
     _njit = None
 
 if _njit is not None:
-    _G_INT = 0x9E3779B97F4A7C15
-    _M1_INT = 0xBF58476D1CE4E5B9
-    _M2_INT = 0x94D049BB133111EB
-
-    @_njit(cache=True)
-    def splitmix64_nb(z):
-        """SplitMix64 finaliser of one uint64 (numba twin of ``splitmix64``)."""
-        z = np.uint64(z) + np.uint64(_G_INT)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1_INT)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2_INT)
-        return z ^ (z >> np.uint64(31))
+    splitmix64_nb = _njit(cache=True)(splitmix64_u64)
+    uniform_below_nb = _njit(cache=True)(uniform_below_u64)
 
     @_njit(cache=True)
     def seed_key_nb(seed):
@@ -306,11 +313,6 @@ if _njit is not None:
         return splitmix64_nb(np.uint64(stream_key) ^ np.uint64(step))
 
     @_njit(cache=True)
-    def uniform_below_nb(h, m):
-        """((h >> 32) · m) >> 32 on uint64 (twin of ``uniform_below``)."""
-        return ((np.uint64(h) >> np.uint64(32)) * np.uint64(m)) >> np.uint64(32)
-
-    @_njit(cache=True)
     def minibatch_into_nb(key, n, b, out, taken):
         """Write one minibatch (Floyd's algorithm) into ``out[:b]``.
 
@@ -324,7 +326,7 @@ if _njit is not None:
             return
         for j in range(b):
             c = n - b + j
-            h = splitmix64_nb(np.uint64(key) + np.uint64(j + 1) * np.uint64(_G_INT))
+            h = splitmix64_nb(np.uint64(key) + np.uint64(j + 1) * np.uint64(_GOLDEN_INT))
             r = np.int64(uniform_below_nb(h, np.uint64(c + 1)))
             pick = c if taken[r] else r
             taken[pick] = True
@@ -358,7 +360,7 @@ if _njit is not None:
         for j in range(n):
             perm[j] = j
         for j in range(n - 1, 0, -1):
-            h = splitmix64_nb(np.uint64(ekey) + np.uint64(n - j) * np.uint64(_G_INT))
+            h = splitmix64_nb(np.uint64(ekey) + np.uint64(n - j) * np.uint64(_GOLDEN_INT))
             r = np.int64(uniform_below_nb(h, np.uint64(j + 1)))
             held = perm[r]
             perm[r] = perm[j]

@@ -31,12 +31,11 @@ import numba
 import numpy as np
 from numba import cuda
 
+from .. import rng
 from . import _activations
 
-_G = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_EPOCH_TAG = np.uint64(1 << 63)
+_G = rng.GOLDEN
+_EPOCH_TAG = rng.EPOCH_TAG
 
 #: samples taken through the layers together (the scratch of a trajectory is O(SAMPLE_BLOCK · Σ widths))
 SAMPLE_BLOCK = 16
@@ -72,17 +71,9 @@ def lanes_per_trajectory(n_traj, sm_count):
 
 
 # ------------------------------------------------------------------ index stream (kdsim.rng's integers)
-@cuda.jit(device=True, inline=True)
-def _splitmix64(z):
-    z = np.uint64(z) + _G
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-@cuda.jit(device=True, inline=True)
-def _uniform_below(h, m):
-    return ((np.uint64(h) >> np.uint64(32)) * np.uint64(m)) >> np.uint64(32)
+# the hash and the bounded draw: the CPU kernels' source (``kdsim.rng``), compiled as device functions
+_splitmix64 = cuda.jit(device=True, inline=True)(rng.splitmix64_u64)
+_uniform_below = cuda.jit(device=True, inline=True)(rng.uniform_below_u64)
 
 
 @cuda.jit(device=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..rng import _GOLDEN_INT as _G_INT
 from ..rng import epoch_key_nb, permutation_into_nb, splitmix64_nb, step_key_nb, uniform_below_nb
 from ._simd import (LANES, _aligned_empty, _borrow, _vabs, _vadd, _vbcast, _vf64, _vfma, _vhsum8, _vload, _vload_n,
                     _vmul, _vnonneg, _vsplat, _vstore, _vsub, _vtranspose8, _vwhere_gt, _vzero, wide_vectors)
@@ -52,8 +53,6 @@ SEED_BLOCK = 8
 #: bound of that evaluation is below this relative error; otherwise directly (see
 #: ``_records_block``).
 QUAD_RECORD_RTOL = 1e-12
-
-_G_INT = 0x9E3779B97F4A7C15
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
