@@ -512,7 +512,8 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
     at_norms[:, :] = 0
     half_limit = 0.5 * limit
     c1_abs = abs(np.float64(c1))
-    c1sq = c1 * c1
+    c1v = _vsplat(c1)
+    c2v = _vsplat(c1 * c1)
     n_active = gn
     rec = np.int64(0)                   # not literals: callees compile once, for int64
     t = np.int64(0)
@@ -586,7 +587,6 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                                 _vload(dots, 3 * LANES), _vload(dots, 4 * LANES), _vload(dots, 5 * LANES),
                                 _vload(dots, 6 * LANES), _vload(dots, 7 * LANES))
             gbv = _vsplat(gam_b)
-            c1v = _vsplat(c1)
             ru0 = _vmul(gbv, _vsub(dcol[0], _vload(at_rows, 0)))
             rv0 = _vmul(gbv, _vsub(dcol[2], _vload(at_rows, LANES)))
             ru1 = _vmul(gbv, _vsub(_vsub(_vmul(c1v, dcol[1]), _vmul(ru0, dcol[4])), _vload(at_rows, 2 * LANES)))
@@ -635,10 +635,8 @@ def _ls_affine_block1(s0, gn, A, bvec, rth, agcv, anorm, gcv, gcv_norm, plain, c
                     r1u = _vsplat(ru1)
                     r0v = _vsplat(rv0)
                     r1v = _vsplat(rv1)
-                    c2v = _vsplat(c1sq)
                     cu0 = _vsplat(c1 * ru0)
                     cv0 = _vsplat(c1 * rv0)
-                    c1v = _vsplat(c1)
                     # one loop per case, no branch inside (LLVM does not unswitch these); with c1 = 1
                     # the general u update is the plain one exactly
                     if use_v and plain:
